@@ -1,0 +1,65 @@
+"""The single entry point that picks the next trial, in either stage."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+from app.bandit.cost import reward
+from app.bandit.gaussian_ts import choose_arm, fit_arm
+from app.bandit.pruning import pruning_walk
+from app.bandit.types import ArmPosterior, Decision, Exploration, JobParams, TrialType
+
+
+def initial_arms(
+    params: JobParams,
+    arm_batch_sizes: Sequence[int],
+    explorations: Mapping[int, Sequence[Exploration]],
+) -> tuple[ArmPosterior, ...]:
+    """Fit each surviving batch size on the costs of all its finished explorations."""
+    arms = []
+    for bs in sorted(arm_batch_sizes):
+        rewards = [
+            reward(e.cost)
+            for e in explorations.get(bs, ())
+            if not e.dispatched and e.cost is not None
+        ]
+        arms.append(
+            fit_arm(
+                bs,
+                rewards,
+                prior_mean=params.mab_prior_mean,
+                prior_precision=params.mab_prior_precision,
+            )
+        )
+    return tuple(arms)
+
+
+def decide(
+    params: JobParams,
+    *,
+    in_bandit_stage: bool,
+    min_cost_batch_size: int,
+    explorations: Mapping[int, Sequence[Exploration]],
+    arms: Sequence[ArmPosterior],
+    rng: np.random.Generator,
+) -> Decision:
+    """Choose the next trial.
+
+    In the pruning stage ``explorations`` drives the walk; the request that
+    finds every round complete fits the arms, returns them in
+    ``Decision.new_arms`` and is answered by the bandit. In the bandit stage
+    only ``arms`` (ascending) and ``rng`` matter.
+
+    Raises:
+        NoConvergedBatchSizeError: a pruning round ended with nothing converged.
+    """
+    if not in_bandit_stage:
+        step = pruning_walk(params, explorations, min_cost_batch_size=min_cost_batch_size)
+        if step.batch_size is not None and step.trial_type is not None:
+            return Decision(step.batch_size, step.trial_type)
+        new_arms = initial_arms(params, step.arms, explorations)
+        chosen = choose_arm(new_arms, num_explorations=params.mab_num_explorations, rng=rng)
+        return Decision(chosen, TrialType.MAB, new_arms)
+    chosen = choose_arm(arms, num_explorations=params.mab_num_explorations, rng=rng)
+    return Decision(chosen, TrialType.MAB)

@@ -1,0 +1,131 @@
+"""Immutable values the algorithm reads and returns."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class TrialType(StrEnum):
+    """In which stage, and why, a trial was dispatched (Zeus's names)."""
+
+    EXPLORATION = "Exploration"
+    CONCURRENT = "Concurrent"
+    MAB = "MAB"
+
+
+class TrialStatus(StrEnum):
+    """Life cycle of a trial (Zeus's names)."""
+
+    DISPATCHED = "Dispatched"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+
+
+@dataclass(frozen=True, slots=True)
+class JobParams:
+    """The part of a job's specification that the algorithm reads."""
+
+    batch_sizes: tuple[int, ...]  # ascending, distinct
+    default_batch_size: int
+    eta_knob: float = 0.5
+    beta_knob: float | None = 2.0
+    target_metric: float = 0.5
+    higher_is_better_metric: bool = True
+    max_epochs: int = 100
+    num_pruning_rounds: int = 2
+    window_size: int = 0
+    mab_prior_mean: float = 0.0
+    mab_prior_precision: float = 0.0
+    mab_num_explorations: int = 2
+    max_power: float = 300.0
+
+
+@dataclass(frozen=True, slots=True)
+class Exploration:
+    """A non-Failed Exploration trial, as the pruning walk sees it."""
+
+    trial_number: int
+    batch_size: int
+    dispatched: bool  # still running: no final report yet
+    converged: bool | None = None
+    cost: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RewardStats:
+    """Running count, mean and sum of squared deviations of rewards (Welford).
+
+    Lets an arm be refitted on its whole history in O(1), without reading it.
+    """
+
+    count: int = 0
+    mean: float = 0.0
+    m2: float = 0.0
+
+    def add(self, value: float) -> RewardStats:
+        count = self.count + 1
+        delta = value - self.mean
+        mean = self.mean + delta / count
+        return RewardStats(count, mean, self.m2 + delta * (value - mean))
+
+    @property
+    def variance(self) -> float:
+        """Population variance (numpy's ``var`` with ddof=0)."""
+        return self.m2 / self.count if self.count else 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class ArmPosterior:
+    """Gaussian belief about one batch size's mean reward (reward = -cost).
+
+    ``param_precision`` and ``reward_precision`` may be ``math.inf``: the
+    rewards seen so far are all equal, so a draw returns their mean exactly.
+    """
+
+    batch_size: int
+    param_mean: float
+    param_precision: float
+    reward_precision: float
+    num_observations: int
+
+    @property
+    def scale(self) -> float:
+        """Standard deviation of the belief: sqrt(1 / precision)."""
+        if self.param_precision == math.inf:
+            return 0.0
+        return math.sqrt(1.0 / self.param_precision)
+
+
+@dataclass(frozen=True, slots=True)
+class PruningState:
+    """Where the pruning walk stands: round, that round's default and candidates."""
+
+    round: int
+    default_batch_size: int
+    candidates: tuple[int, ...]
+    min_cost_of_round: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What to dispatch next.
+
+    ``new_arms`` is set only on the request that ends the pruning stage: the
+    caller persists those arms and switches the job to the bandit stage.
+    """
+
+    batch_size: int
+    trial_type: TrialType
+    new_arms: tuple[ArmPosterior, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """The answer to one epoch report."""
+
+    stop_train: bool
+    converged: bool
+    cost: float
+    message: str

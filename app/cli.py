@@ -1,0 +1,85 @@
+"""The ``bso`` command: serve, migrate, simulate."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Annotated
+
+import typer
+from pydantic import ValidationError
+
+from app.config import Settings, get_settings
+
+cli = typer.Typer(
+    name="bso",
+    help="Batch size optimizer: a Zeus-compatible service that learns energy-efficient "
+    "batch sizes for recurring training jobs.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+logger = logging.getLogger("app.cli")
+
+
+def _settings() -> Settings:
+    """Read the settings, or exit with a message naming the bad setting."""
+    try:
+        return get_settings()
+    except ValidationError as exc:
+        lines = [f"  {'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
+        typer.echo("Invalid configuration:\n" + "\n".join(lines), err=True)
+        raise typer.Exit(2) from exc
+
+
+@cli.command()
+def migrate() -> None:
+    """Upgrade the configured database to the latest schema (alembic upgrade head)."""
+    from app.migrate import upgrade_head
+
+    settings = _settings()
+    upgrade_head(settings.database_url)
+    typer.echo("Database schema is up to date.")
+
+
+@cli.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Interface to bind [BSO_HOST].")] = None,
+    port: Annotated[int | None, typer.Option(help="Port [BSO_PORT].")] = None,
+    workers: Annotated[
+        int | None, typer.Option(min=1, help="Worker processes [BSO_WORKERS].")
+    ] = None,
+) -> None:
+    """Serve the API. The embedded SQLite default is migrated automatically first."""
+    import uvicorn
+
+    from app.migrate import upgrade_head
+
+    settings = _settings()
+    if settings.is_embedded_default:
+        upgrade_head(settings.database_url)
+    uvicorn.run(
+        "app.main:app",
+        host=host or settings.host,
+        port=port or settings.port,
+        workers=workers or settings.workers,
+        log_level=settings.log_level.lower(),
+        proxy_headers=True,
+    )
+
+
+def _register_plugins() -> None:
+    try:
+        from app.sim.command import register
+    except ImportError:  # the simulator is optional in slim installs
+        return
+    register(cli)
+
+
+def main() -> None:
+    """Entry point of the console script."""
+    _register_plugins()
+    cli()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,94 @@
+"""Settings from the environment, validated once at start-up.
+
+Our names are ``BSO_*``; the Zeus server's ``ZEUS_BSO_*`` names are honoured
+too, so a Zeus deployment switches by changing only the image.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Annotated, Literal
+
+from pydantic import AliasChoices, BeforeValidator, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+
+_LEVEL_ALIASES = {"WARN": "WARNING", "FATAL": "CRITICAL"}
+
+
+def _normalise_level(value: object) -> object:
+    if isinstance(value, str):
+        upper = value.strip().upper()
+        return _LEVEL_ALIASES.get(upper, upper)
+    return value
+
+
+def normalise_database_url(url: str) -> str:
+    """Pick the async driver for bare URLs; refuse databases we do not support."""
+    url = url.strip()
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        raise ValueError(
+            f"not a database URL: {url!r}; expected e.g. "
+            "postgresql+asyncpg://user:password@host:5432/db or sqlite+aiosqlite:///./data/bso.db"
+        )
+    scheme = scheme.lower()
+    if scheme in {"postgres", "postgresql", "postgresql+asyncpg"}:
+        return f"postgresql+asyncpg://{rest}"
+    if scheme in {"sqlite", "sqlite+aiosqlite"}:
+        return f"sqlite+aiosqlite://{rest}"
+    raise ValueError(
+        f"unsupported database {scheme!r}: use PostgreSQL (postgresql+asyncpg://...) "
+        "or SQLite (sqlite+aiosqlite:///path)"
+    )
+
+
+class Settings(BaseSettings):
+    """Service configuration; see the configuration table in README.md."""
+
+    model_config = SettingsConfigDict(env_prefix="BSO_", env_file=".env", extra="ignore")
+
+    database_url: str = Field(
+        default="sqlite+aiosqlite:///./data/bso.db",
+        validation_alias=AliasChoices("BSO_DATABASE_URL", "ZEUS_BSO_DATABASE_URL", "database_url"),
+    )
+    log_level: Annotated[LogLevel, BeforeValidator(_normalise_level)] = Field(
+        default="INFO",
+        validation_alias=AliasChoices("BSO_LOG_LEVEL", "ZEUS_BSO_LOG_LEVEL", "log_level"),
+    )
+    echo_sql: bool = Field(
+        default=False,
+        validation_alias=AliasChoices("BSO_ECHO_SQL", "ZEUS_BSO_ECHO_SQL", "echo_sql"),
+    )
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    workers: int = Field(default=1, ge=1, le=64)
+    pool_size: int = Field(default=10, ge=1, le=1000)
+    lock_timeout_ms: int = Field(
+        default=10_000,
+        ge=1,
+        description="How long a request waits for another request's lock on the same job "
+        "(PostgreSQL lock_timeout, SQLite busy timeout) before answering 503.",
+    )
+    max_body_bytes: int = Field(default=65_536, ge=1024)
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, value: str) -> str:
+        return normalise_database_url(value)
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @property
+    def is_embedded_default(self) -> bool:
+        """The laptop default: a local SQLite file the service may migrate itself."""
+        return self.is_sqlite
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings, read from the environment on first use."""
+    return Settings()

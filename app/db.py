@@ -1,0 +1,132 @@
+"""Engine, session factory and the declarative base with its naming convention."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import DateTime, Dialect, MetaData, TypeDecorator, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+from sqlalchemy.orm import DeclarativeBase
+
+from app.config import Settings
+
+# Deterministic constraint names, so that migrations can drop and rename them.
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_N_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware timestamps on both databases, always UTC.
+
+    PostgreSQL keeps the zone (timestamptz); SQLite has no zone, so values are
+    stored as UTC and read back as aware UTC datetimes.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime: pass an aware one (UTC)")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value
+
+
+class Base(DeclarativeBase):
+    """Base of the ORM models."""
+
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+def ensure_sqlite_directory(database_url: str) -> None:
+    """Create the folder of a file-backed SQLite database (./data by default)."""
+    url = make_url(database_url)
+    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
+        folder = os.path.dirname(os.path.abspath(url.database))
+        os.makedirs(folder, exist_ok=True)
+
+
+def _configure_sqlite(engine: AsyncEngine, busy_timeout_ms: int) -> None:
+    """Make SQLite serialise writers the way PostgreSQL's row lock does.
+
+    pysqlite's own transaction handling begins transactions lazily (a read
+    lock that fails to upgrade under contention). We take over: every
+    transaction starts with BEGIN IMMEDIATE, so the second writer waits on the
+    busy timeout instead of failing half-way through a request.
+    """
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def create_engine(settings: Settings) -> AsyncEngine:
+    """Build the engine for the configured database."""
+    if settings.is_sqlite:
+        ensure_sqlite_directory(settings.database_url)
+        engine = create_async_engine(
+            settings.database_url,
+            echo=settings.echo_sql,
+            connect_args={"timeout": settings.lock_timeout_ms / 1000},
+        )
+        _configure_sqlite(engine, settings.lock_timeout_ms)
+        return engine
+    return create_async_engine(
+        settings.database_url,
+        echo=settings.echo_sql,
+        pool_size=settings.pool_size,
+        max_overflow=settings.pool_size,
+        pool_pre_ping=True,
+        connect_args={
+            # A request stuck behind another's lock on the same job fails fast
+            # (answered 503) instead of hanging.
+            "server_settings": {"lock_timeout": str(settings.lock_timeout_ms)},
+        },
+    )
+
+
+def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    """Sessions keep loaded values after commit: responses are built after it."""
+    return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
+
+
+async def session_scope(
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> AsyncIterator[AsyncSession]:
+    """Yield a session; roll back whatever the use case did not commit."""
+    async with sessionmaker() as session:
+        try:
+            yield session
+        finally:
+            if session.in_transaction():
+                await session.rollback()

@@ -1,0 +1,133 @@
+"""Domain errors with their HTTP status, and the handlers that render them.
+
+Every error body is ``{"message": ...}`` as Zeus's clients expect. Nothing a
+client sends produces a 5xx: unexpected failures are logged with their
+traceback and answered with a generic 500 that leaks no SQL or stack.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError, OperationalError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+logger = logging.getLogger(__name__)
+
+
+class DomainError(Exception):
+    """An error a client can act on; ``status_code`` says which kind."""
+
+    status_code = 400
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class JobNotFoundError(DomainError):
+    status_code = 404
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"Unknown job {job_id!r}. Register it first with POST /jobs.")
+
+
+class TrialNotFoundError(DomainError):
+    status_code = 404
+
+    def __init__(self, job_id: str, trial_number: int) -> None:
+        super().__init__(
+            f"Job {job_id!r} has no trial {trial_number}. Get one from GET /jobs/batch_size."
+        )
+
+
+class JobSpecMismatchError(DomainError):
+    """The same job_id was registered before with a different specification."""
+
+    status_code = 409
+
+
+class BatchSizeMismatchError(DomainError):
+    """A report or end names another batch size than the trial was dispatched with."""
+
+    status_code = 409
+
+
+class NoConvergedBatchSizeError(DomainError):
+    """Pruning found no batch size that reaches the target: the job cannot go on."""
+
+    status_code = 409
+
+
+class JobBusyError(DomainError):
+    """Another request held the job's lock for longer than the lock timeout."""
+
+    status_code = 503
+
+
+def _field(loc: tuple[Any, ...] | list[Any]) -> str:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path")]
+    return ".".join(parts) or "body"
+
+
+def validation_message(errors: list[Any]) -> str:
+    """One line naming every invalid field, e.g. 'time: Input should be ...'."""
+    return "; ".join(f"{_field(e.get('loc', ()))}: {e.get('msg', 'invalid')}" for e in errors)
+
+
+def _is_lock_timeout(exc: DBAPIError) -> bool:
+    text = str(exc.orig).lower()
+    return "lock timeout" in text or "database is locked" in text or "locknotavailable" in text
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Register the one place where exceptions become HTTP responses."""
+
+    @app.exception_handler(DomainError)
+    async def _domain(_: Request, exc: DomainError) -> JSONResponse:
+        headers = {"Retry-After": "1"} if exc.status_code == 503 else None
+        return JSONResponse({"message": exc.message}, exc.status_code, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = list(exc.errors())
+        # Echo loc/msg/type only: inputs may hold NaN or huge values that are
+        # not valid JSON, and ctx may hold exception objects.
+        detail = [
+            {"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": e.get("type")}
+            for e in errors
+        ]
+        return JSONResponse({"message": validation_message(errors), "detail": detail}, 422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse(
+            {"message": str(exc.detail)}, exc.status_code, headers=getattr(exc, "headers", None)
+        )
+
+    @app.exception_handler(OperationalError)
+    async def _operational(request: Request, exc: OperationalError) -> JSONResponse:
+        if _is_lock_timeout(exc):
+            return JSONResponse(
+                {"message": "The job is busy with another request; retry shortly."},
+                503,
+                headers={"Retry-After": "1"},
+            )
+        logger.error("database unavailable on %s %s", request.method, request.url.path,
+                     exc_info=exc)  # fmt: skip
+        return JSONResponse({"message": "The database is unavailable; retry shortly."}, 503)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        if isinstance(exc, DBAPIError) and _is_lock_timeout(exc):
+            return JSONResponse(
+                {"message": "The job is busy with another request; retry shortly."},
+                503,
+                headers={"Retry-After": "1"},
+            )
+        logger.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+        return JSONResponse({"message": "Internal server error."}, 500)

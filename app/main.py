@@ -1,0 +1,113 @@
+"""The ASGI application: ``app.main:app``, or ``create_app(settings)`` in tests.
+
+Request path: routes.py (validate) -> service.py / reads.py (one transaction)
+-> repository.py (SQL) -> models.py; the algorithm in bandit/ is pure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.config import Settings, get_settings
+from app.db import create_engine, create_sessionmaker
+from app.errors import install_error_handlers
+from app.log import configure_logging
+from app.routes import health, read, zeus
+
+DESCRIPTION = """
+A drop-in, wire-compatible replacement for the Zeus batch size optimizer server
+(Zeus, NSDI'23). Recurring training jobs ask it which batch size to use, report
+cumulative time, energy and validation metric every epoch, and it learns the
+batch size with the lowest energy-time cost: a pruning exploration of batch
+sizes, then Gaussian Thompson Sampling.
+
+Errors are JSON `{"message": ...}`; 422 also carries FastAPI's `detail` list.
+Infinite precisions are shown as `null`.
+"""
+
+
+class BodySizeLimit:
+    """Refuse request bodies over a limit with 413, before anything parses them."""
+
+    def __init__(self, app: ASGIApp, default_max_bytes: int = 65_536) -> None:
+        self.app = app
+        self.default_max_bytes = default_max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        settings = getattr(scope["app"].state, "settings", None) if "app" in scope else None
+        max_bytes = settings.max_body_bytes if settings else self.default_max_bytes
+        declared = dict(scope.get("headers", [])).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > max_bytes):
+            await self._refuse(send, max_bytes)
+            return
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > max_bytes:
+                raise _BodyTooLargeError
+            return message
+
+        try:
+            await self.app(scope, limited_receive, send)
+        except _BodyTooLargeError:
+            await self._refuse(send, max_bytes)
+
+    async def _refuse(self, send: Send, max_bytes: int) -> None:
+        body = b'{"message":"Request body too large (limit %d bytes)."}' % max_bytes
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+
+class _BodyTooLargeError(Exception):
+    pass
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app; settings are read from the environment when not given."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        resolved = settings or get_settings()
+        configure_logging(resolved.log_level)
+        engine = create_engine(resolved)
+        app.state.settings = resolved
+        app.state.sessionmaker = create_sessionmaker(engine)
+        try:
+            yield
+        finally:
+            await engine.dispose()
+
+    app = FastAPI(
+        title="Batch Size Optimizer",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.include_router(zeus)
+    app.include_router(read)
+    app.include_router(health)
+    install_error_handlers(app)
+    app.add_middleware(BodySizeLimit)
+    return app
+
+
+app = create_app()

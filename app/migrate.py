@@ -1,0 +1,57 @@
+"""Schema migrations from code: `bso migrate`, `bso serve` and the tests use these.
+
+The migration scripts ship inside the package (the ``migrations`` package),
+so an installed service can migrate without the source tree.
+"""
+
+from __future__ import annotations
+
+import threading
+from functools import lru_cache
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.script import ScriptDirectory
+
+import migrations
+
+
+def alembic_config(database_url: str | None = None) -> Config:
+    """An Alembic config pointing at the packaged scripts and, if given, a URL."""
+    config = Config()
+    config.set_main_option("script_location", str(Path(migrations.__file__).parent))
+    config.attributes["configure_logging"] = False
+    if database_url is not None:
+        config.attributes["database_url"] = database_url
+    return config
+
+
+def upgrade_head(database_url: str | None = None) -> None:
+    """Upgrade the database to the latest revision (the configured one by default).
+
+    env.py runs its own event loop; called from inside a running loop (an
+    async test, say), the upgrade runs on a helper thread instead.
+    """
+    config = alembic_config(database_url)
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            command.upgrade(config, "head")
+        except BaseException as exc:  # re-raised in the caller's thread
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, name="alembic-upgrade")
+    thread.start()
+    thread.join()
+    if errors:
+        raise errors[0]
+
+
+@lru_cache
+def head_revision() -> str:
+    """The newest revision this code knows."""
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    assert head is not None, "migrations/versions holds at least the initial revision"
+    return head

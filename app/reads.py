@@ -1,0 +1,135 @@
+"""Read-side use cases (SPEC section 8): jobs, trials, arms, readiness.
+
+Reads take no locks; each is bounded by a page size or the job's configuration.
+"""
+
+from __future__ import annotations
+
+import math
+
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app import bandit
+from app.errors import JobNotFoundError
+from app.migrate import head_revision
+from app.models import Job
+from app.repository import Repository
+from app.schemas import (
+    ArmRead,
+    JobPage,
+    JobRead,
+    JobSummary,
+    PruningProgress,
+    TrialPage,
+    TrialRead,
+)
+from app.service import SPEC_FIELDS, job_params, trial_read
+
+
+def _finite(value: float) -> float | None:
+    """JSON has no Infinity; an infinite precision is shown as null (documented)."""
+    return value if math.isfinite(value) else None
+
+
+async def _progress(repo: Repository, job: Job, batch_sizes: list[int]) -> PruningProgress | None:
+    if job.stage != "Pruning":
+        return None
+    params = job_params(job, tuple(batch_sizes))
+    try:
+        step = bandit.pruning_walk(
+            params, await repo.explorations(job.job_id), min_cost_batch_size=job.min_cost_batch_size
+        )
+    except bandit.NoConvergedBatchSizeError as exc:
+        return PruningProgress(round=exc.round_index, default_batch_size=None, candidates=[])
+    state = step.state
+    return PruningProgress(
+        round=state.round,
+        default_batch_size=state.default_batch_size,
+        candidates=list(state.candidates),
+    )
+
+
+async def get_job(session: AsyncSession, job_id: str) -> JobRead:
+    repo = Repository(session)
+    job = await repo.get_job(job_id)
+    if job is None:
+        raise JobNotFoundError(job_id)
+    batch_sizes = await repo.batch_sizes(job_id)
+    return JobRead(
+        job_id=job.job_id,
+        batch_sizes=batch_sizes,
+        **{name: getattr(job, name) for name in SPEC_FIELDS},
+        stage=job.stage,  # type: ignore[arg-type]
+        min_cost=job.min_cost,
+        min_cost_batch_size=job.min_cost_batch_size,
+        exploration=await _progress(repo, job, batch_sizes),
+        num_trials=job.next_trial_number - 1,
+        created_at=job.created_at,
+        updated_at=job.updated_at,
+    )
+
+
+async def list_jobs(
+    session: AsyncSession, *, prefix: str | None, after: str | None, limit: int
+) -> JobPage:
+    jobs = await Repository(session).list_jobs(prefix=prefix, after=after, limit=limit + 1)
+    items = [
+        JobSummary(
+            job_id=j.job_id,
+            job_id_prefix=j.job_id_prefix,
+            stage=j.stage,  # type: ignore[arg-type]
+            min_cost=j.min_cost,
+            min_cost_batch_size=j.min_cost_batch_size,
+            num_trials=j.next_trial_number - 1,
+            created_at=j.created_at,
+        )
+        for j in jobs[:limit]
+    ]
+    return JobPage(items=items, next_after=items[-1].job_id if len(jobs) > limit else None)
+
+
+async def list_trials(
+    session: AsyncSession,
+    job_id: str,
+    *,
+    status: str | None,
+    trial_type: str | None,
+    after: int | None,
+    limit: int,
+) -> TrialPage:
+    repo = Repository(session)
+    if await repo.get_job(job_id) is None:
+        raise JobNotFoundError(job_id)
+    trials = await repo.list_trials(
+        job_id, status=status, trial_type=trial_type, after=after, limit=limit + 1
+    )
+    items: list[TrialRead] = [trial_read(t) for t in trials[:limit]]
+    return TrialPage(
+        items=items, next_after=items[-1].trial_number if len(trials) > limit else None
+    )
+
+
+async def list_arms(session: AsyncSession, job_id: str) -> list[ArmRead]:
+    repo = Repository(session)
+    if await repo.get_job(job_id) is None:
+        raise JobNotFoundError(job_id)
+    return [
+        ArmRead(
+            batch_size=a.batch_size,
+            param_mean=a.param_mean,
+            param_precision=_finite(a.param_precision),
+            reward_precision=_finite(a.reward_precision),
+            num_observations=a.num_observations,
+        )
+        for a in await repo.arms(job_id)
+    ]
+
+
+async def schema_revision(session: AsyncSession) -> tuple[str | None, str]:
+    """The database's migration revision and the code's head revision."""
+    connection = await session.connection()
+    current = await connection.run_sync(
+        lambda sync: MigrationContext.configure(sync).get_current_revision()
+    )
+    return current, head_revision()

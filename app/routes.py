@@ -1,0 +1,299 @@
+"""HTTP endpoints: validate, call one use case, return its schema.
+
+The first five are Zeus's wire API (paths, fields and status codes kept so
+that Zeus's ``BatchSizeOptimizer`` client works unchanged); the rest is the
+read side that Zeus lacks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
+from fastapi.responses import JSONResponse
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app import reads, service
+from app.db import session_scope
+from app.schemas import (
+    ArmRead,
+    CreatedJob,
+    Health,
+    JobPage,
+    JobRead,
+    JobSpec,
+    Message,
+    ReportResponse,
+    TrainingResult,
+    TrialId,
+    TrialPage,
+    TrialRead,
+    ValidationErrorBody,
+    error_example,
+)
+from app.service import utcnow
+
+
+async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
+    """One session per request; the use case commits, this only cleans up."""
+    async for session in session_scope(request.app.state.sessionmaker):
+        yield session
+
+
+SessionDep = Annotated[AsyncSession, Depends(get_session)]
+JobIdQuery = Annotated[
+    str,
+    Query(min_length=1, max_length=256, pattern=r"^[^\x00-\x1f\x7f]*$", description="The job."),
+]
+JobIdPath = Annotated[
+    str,
+    Path(min_length=1, max_length=256, pattern=r"^[^\x00-\x1f\x7f]*$", description="The job."),
+]
+
+UNKNOWN_TRIAL = error_example(
+    "Job 'mnist-nightly' has no trial 7. Get one from GET /jobs/batch_size."
+)
+UNKNOWN_JOB = error_example("Unknown job 'mnist-nightly'. Register it first with POST /jobs.")
+INVALID: dict[int | str, dict[str, Any]] = {
+    422: {
+        "model": ValidationErrorBody,
+        "description": "Invalid input: `message` names every invalid field.",
+    }
+}
+BUSY: dict[int | str, dict[str, Any]] = {
+    503: {
+        **error_example("The job is busy with another request; retry shortly."),
+        "description": "The job's lock was not free within the lock timeout, or the "
+        "database is unavailable. Safe to retry.",
+    }
+}
+
+zeus = APIRouter(tags=["Zeus-compatible API"])
+read = APIRouter(tags=["Read side"])
+health = APIRouter(tags=["Health"])
+
+
+@zeus.post(
+    "/jobs",
+    status_code=status.HTTP_201_CREATED,
+    response_model=CreatedJob,
+    summary="Register a job",
+    responses={
+        201: {"description": "The job was created; the body is its spec with its job_id."},
+        200: {"model": CreatedJob, "description": "An identical job was already registered."},
+        409: {
+            **error_example(
+                "Job 'mnist-nightly' is already registered with a different max_epochs. "
+                "Use a new job_id for a different configuration."
+            ),
+            "description": "The job_id exists with a different specification.",
+        },
+        **INVALID,
+    },
+)
+async def register_job(spec: JobSpec, response: Response, session: SessionDep) -> CreatedJob:
+    """Register a recurring job, or confirm that an identical one exists.
+
+    With `job_id` null the server makes one: `{job_id_prefix}-{8 hex digits}`.
+    Registering the same job_id again with an identical spec is a no-op (200).
+    """
+    registration = await service.register_job(session, spec, now=utcnow())
+    if not registration.created:
+        response.status_code = status.HTTP_200_OK
+    return registration.job
+
+
+@zeus.get(
+    "/jobs/batch_size",
+    response_model=TrialId,
+    summary="Get the batch size for the next recurrence",
+    responses={
+        404: {**UNKNOWN_JOB, "description": "No such job."},
+        409: {
+            **error_example(
+                "No batch size converged in pruning round 1, so the job cannot proceed. "
+                "Revisit batch_sizes, target_metric or max_epochs and register a new job."
+            ),
+            "description": "Pruning ended a round with no converged batch size.",
+        },
+        **INVALID,
+        **BUSY,
+    },
+)
+async def get_batch_size(job_id: JobIdQuery, session: SessionDep) -> TrialId:
+    """Dispatch a new trial: the batch size to train this recurrence with.
+
+    Pruning stage: the next batch size to explore, or, while an exploration is
+    still running, a Concurrent trial of the cheapest batch size so far.
+    Bandit stage: Gaussian Thompson Sampling over the surviving batch sizes.
+    """
+    return await service.dispatch_trial(session, job_id, now=utcnow())
+
+
+@zeus.post(
+    "/report",
+    response_model=ReportResponse,
+    summary="Report an epoch's cumulative result",
+    responses={
+        404: {
+            **error_example(
+                "Job 'mnist-nightly' has no trial 7. Get one from GET /jobs/batch_size."
+            ),
+            "description": "No such job or trial.",
+        },
+        409: {
+            **error_example(
+                "Trial 3 of job 'mnist-nightly' was dispatched with batch size 128, not 64."
+            ),
+            "description": "The batch size is not the one the trial was dispatched with.",
+        },
+        **INVALID,
+        **BUSY,
+    },
+)
+async def report(result: TrainingResult, session: SessionDep) -> ReportResponse:
+    """Report cumulative time, energy and metric after an epoch; obey `stop_train`.
+
+    The trial ends (Succeeded) when it reaches the target, exceeds
+    `beta_knob * min_cost`, or spends `max_epochs`. A report on an ended trial
+    changes nothing and gets the same answer again, so retries are safe.
+    """
+    return await service.report_result(session, result, now=utcnow())
+
+
+@zeus.patch(
+    "/trials",
+    response_model=TrialRead,
+    summary="End a trial",
+    responses={
+        404: {
+            **error_example(
+                "Job 'mnist-nightly' has no trial 7. Get one from GET /jobs/batch_size."
+            ),
+            "description": "No such job or trial.",
+        },
+        409: {
+            **error_example(
+                "Trial 3 of job 'mnist-nightly' was dispatched with batch size 128, not 64."
+            ),
+            "description": "The batch size is not the one the trial was dispatched with.",
+        },
+        **INVALID,
+        **BUSY,
+    },
+)
+async def end_trial(trial: TrialId, session: SessionDep) -> TrialRead:
+    """End a trial (Zeus's client calls this when the training script exits).
+
+    A trial still running without a final report becomes Failed, and its batch
+    size will be explored again; an already ended trial is left as it is.
+    """
+    return await service.end_trial(session, trial, now=utcnow())
+
+
+@zeus.delete(
+    "/jobs",
+    response_model=Message,
+    summary="Delete a job",
+    responses={404: {**UNKNOWN_JOB, "description": "No such job."}, **INVALID, **BUSY},
+)
+async def delete_job(job_id: JobIdQuery, session: SessionDep) -> Message:
+    """Delete a job with its trials and arms."""
+    await service.delete_job(session, job_id)
+    return Message(message=f"Job {job_id!r} was deleted.")
+
+
+# --------------------------------------------------------------- read side
+
+
+@read.get("/jobs", response_model=JobPage, summary="List jobs", responses={**INVALID})
+async def list_jobs(
+    session: SessionDep,
+    job_id_prefix: Annotated[
+        str | None, Query(max_length=256, description="Only jobs registered with this prefix.")
+    ] = None,
+    after: Annotated[
+        str | None, Query(max_length=256, description="The `next_after` of the previous page.")
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=500, description="Page size.")] = 50,
+) -> JobPage:
+    """Jobs ordered by job_id, a page at a time."""
+    return await reads.list_jobs(session, prefix=job_id_prefix, after=after, limit=limit)
+
+
+@read.get(
+    "/jobs/{job_id}",
+    response_model=JobRead,
+    summary="Read a job",
+    responses={404: {**UNKNOWN_JOB, "description": "No such job."}, **INVALID},
+)
+async def get_job(job_id: JobIdPath, session: SessionDep) -> JobRead:
+    """A job's configuration, stage, min cost and, while pruning, the current round."""
+    return await reads.get_job(session, job_id)
+
+
+@read.get(
+    "/jobs/{job_id}/trials",
+    response_model=TrialPage,
+    summary="List a job's trials",
+    responses={404: {**UNKNOWN_JOB, "description": "No such job."}, **INVALID},
+)
+async def list_trials(
+    job_id: JobIdPath,
+    session: SessionDep,
+    status: Annotated[
+        Literal["Dispatched", "Succeeded", "Failed"] | None, Query(description="Filter.")
+    ] = None,
+    type: Annotated[
+        Literal["Exploration", "Concurrent", "MAB"] | None, Query(description="Filter.")
+    ] = None,
+    after: Annotated[
+        int | None, Query(ge=0, le=2**31 - 1, description="The `next_after` of the previous page.")
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=500, description="Page size.")] = 50,
+) -> TrialPage:
+    """Trials in trial-number order, a page at a time."""
+    return await reads.list_trials(
+        session, job_id, status=status, trial_type=type, after=after, limit=limit
+    )
+
+
+@read.get(
+    "/jobs/{job_id}/arms",
+    response_model=list[ArmRead],
+    summary="Read a job's bandit arms",
+    responses={404: {**UNKNOWN_JOB, "description": "No such job."}, **INVALID},
+)
+async def list_arms(job_id: JobIdPath, session: SessionDep) -> list[ArmRead]:
+    """The bandit's belief per batch size (empty while pruning)."""
+    return await reads.list_arms(session, job_id)
+
+
+# ------------------------------------------------------------------ health
+
+
+@health.get("/healthz", response_model=Health, summary="Liveness")
+async def healthz() -> Health:
+    """The process is up and serving. Touches no database."""
+    return Health(status="ok")
+
+
+@health.get(
+    "/readyz",
+    response_model=Health,
+    summary="Readiness",
+    responses={503: {"model": Health, "description": "Database unreachable or not migrated."}},
+)
+async def readyz(request: Request) -> Any:
+    """The database is reachable and its schema is at the latest migration."""
+    try:
+        async with request.app.state.sessionmaker() as session:
+            current, head = await reads.schema_revision(session)
+    except Exception as exc:  # any failure to reach the database means not ready
+        detail = f"database unreachable: {type(exc).__name__}"
+        return JSONResponse(Health(status="unavailable", detail=detail).model_dump(), 503)
+    if current != head:
+        detail = f"schema at revision {current}, expected {head}: run `bso migrate`"
+        return JSONResponse(Health(status="unavailable", detail=detail).model_dump(), 503)
+    return Health(status="ok", detail=f"schema at {head}")

@@ -1,0 +1,322 @@
+"""Wire models: the Zeus-compatible requests and responses, and the read side.
+
+Field names and defaults are Zeus's (``zeus.optimizer.batch_size.common``).
+Unknown fields are ignored, as Zeus's clients may send more. Every bound
+here exists so that nothing a client sends reaches the database unchecked.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+INT32_MAX = 2**31 - 1
+MAX_BATCH_SIZES = 256
+MAX_WINDOW_SIZE = 10_000
+MAX_TIME_S = 1e12  # about 31,700 years
+MAX_ENERGY_J = 1e18
+MAX_POWER_W = 1e9
+
+_PRINTABLE = r"^[^\x00-\x1f\x7f]*$"
+Identifier = Annotated[str, StringConstraints(min_length=1, max_length=256, pattern=_PRINTABLE)]
+Prefix = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=_PRINTABLE)]
+PositiveInt32 = Annotated[int, Field(gt=0, le=INT32_MAX)]
+
+
+class WireModel(BaseModel):
+    """Ignore unknown fields; refuse NaN and infinities everywhere."""
+
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
+
+
+class JobParams(WireModel):
+    """What the training script sets (Zeus's ``JobParams``, minus the id)."""
+
+    job_id_prefix: Prefix = Field(
+        description="Groups the recurrences of one job; a given job_id must start with it."
+    )
+    batch_sizes: list[PositiveInt32] = Field(
+        min_length=1,
+        max_length=MAX_BATCH_SIZES,
+        description="Batch sizes to choose from: distinct and positive; stored ascending.",
+    )
+    default_batch_size: PositiveInt32 = Field(
+        description="The batch size the pruning stage starts from; one of batch_sizes."
+    )
+    eta_knob: float = Field(
+        default=0.5, ge=0, le=1, description="Weight of energy against time in the cost."
+    )
+    beta_knob: float | None = Field(
+        default=2.0,
+        gt=0,
+        description="Stop a trial whose cost exceeds beta_knob * min_cost; null disables it.",
+    )
+    target_metric: float = Field(
+        default=0.5, ge=-1e300, le=1e300, description="Validation metric to reach."
+    )
+    higher_is_better_metric: bool = Field(
+        default=True, description="Whether the target is reached from below (accuracy)."
+    )
+    max_epochs: int = Field(default=100, gt=0, le=INT32_MAX, description="Epoch budget.")
+    num_pruning_rounds: int = Field(
+        default=2, ge=0, le=100, description="Rounds of pruning exploration before the bandit."
+    )
+    window_size: int = Field(
+        default=0,
+        ge=0,
+        le=MAX_WINDOW_SIZE,
+        description="Recent results an arm is fitted on; 0 means all of them.",
+    )
+    mab_prior_mean: float = Field(
+        default=0.0, ge=-1e30, le=1e30, description="Mean of the arms' prior (a reward: -cost)."
+    )
+    mab_prior_precision: float = Field(
+        default=0.0, ge=0, le=1e30, description="Precision of the arms' prior; 0 is uninformative."
+    )
+    mab_num_explorations: int = Field(
+        default=2, ge=0, le=10_000, description="Pulls of every arm before sampling."
+    )
+    mab_seed: int | None = Field(
+        default=None,
+        ge=0,
+        le=2**63 - 1,
+        description="Seed of the job's random generator; its state is persisted, so a "
+        "seeded job's choices are reproducible. Null: fresh OS entropy per draw.",
+    )
+
+    @model_validator(mode="after")
+    def _check_batch_sizes(self) -> JobParams:
+        if len(set(self.batch_sizes)) != len(self.batch_sizes):
+            raise ValueError("batch_sizes must be distinct")
+        self.batch_sizes = sorted(self.batch_sizes)
+        if self.default_batch_size not in self.batch_sizes:
+            raise ValueError(
+                f"default_batch_size {self.default_batch_size} is not one of batch_sizes"
+            )
+        return self
+
+
+class GpuConfig(WireModel):
+    """What the Zeus client fills in from the GPUs it sees."""
+
+    max_power: float = Field(
+        gt=0, le=MAX_POWER_W, description="Power limit in watts, times the number of GPUs."
+    )
+    number_of_gpus: int = Field(gt=0, le=1_000_000)
+    gpu_model: Identifier
+
+
+class JobSpec(JobParams, GpuConfig):
+    """A job registration (Zeus's ``JobSpecFromClient``)."""
+
+    job_id: Identifier | None = Field(
+        default=None,
+        description="Null: the server makes one, '{job_id_prefix}-{8 hex digits}'.",
+    )
+
+    @model_validator(mode="after")
+    def _check_job_id(self) -> JobSpec:
+        if self.job_id is not None and not self.job_id.startswith(self.job_id_prefix):
+            raise ValueError(
+                f"job_id {self.job_id!r} does not start with job_id_prefix {self.job_id_prefix!r}"
+            )
+        return self
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "job_id": "mnist-nightly",
+                    "job_id_prefix": "mnist",
+                    "batch_sizes": [32, 64, 128, 256],
+                    "default_batch_size": 128,
+                    "eta_knob": 0.5,
+                    "beta_knob": 2.0,
+                    "target_metric": 0.97,
+                    "higher_is_better_metric": True,
+                    "max_epochs": 20,
+                    "num_pruning_rounds": 2,
+                    "window_size": 0,
+                    "mab_prior_mean": 0.0,
+                    "mab_prior_precision": 0.0,
+                    "mab_num_explorations": 2,
+                    "mab_seed": 42,
+                    "max_power": 300.0,
+                    "number_of_gpus": 1,
+                    "gpu_model": "NVIDIA A40",
+                }
+            ]
+        }
+    )
+
+
+class CreatedJob(JobSpec):
+    """The registered job (Zeus's ``CreatedJob``): the spec with its job_id."""
+
+    job_id: str  # type: ignore[assignment]
+
+
+class TrialId(WireModel):
+    """A dispatched trial: the batch size to train with, and its number."""
+
+    job_id: Identifier
+    batch_size: PositiveInt32
+    trial_number: PositiveInt32
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"job_id": "mnist-nightly", "batch_size": 128, "trial_number": 1}]
+        }
+    )
+
+
+class TrainingResult(TrialId):
+    """Cumulative time, energy and metric of a trial after ``current_epoch``."""
+
+    time: float = Field(ge=0, le=MAX_TIME_S, description="Seconds since the trial started.")
+    energy: float = Field(ge=0, le=MAX_ENERGY_J, description="Joules since the trial started.")
+    metric: float = Field(description="Validation metric after this epoch.")
+    current_epoch: int = Field(ge=1, le=INT32_MAX, description="1-based epoch just finished.")
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "job_id": "mnist-nightly",
+                    "batch_size": 128,
+                    "trial_number": 1,
+                    "time": 61.5,
+                    "energy": 14850.0,
+                    "metric": 0.93,
+                    "current_epoch": 1,
+                }
+            ]
+        }
+    )
+
+
+class ReportResponse(BaseModel):
+    """Whether to stop training, and whether the trial reached its target."""
+
+    stop_train: bool
+    converged: bool
+    message: str
+
+
+class Message(BaseModel):
+    """An error, or an acknowledgement: a human-readable message."""
+
+    message: str
+
+
+class ValidationErrorBody(BaseModel):
+    """Invalid input: a message naming the fields, and FastAPI's usual detail list."""
+
+    message: str = Field(examples=["time: Input should be greater than or equal to 0"])
+    detail: list[dict[str, Any]]
+
+
+# ---------------------------------------------------------------- read side
+
+Precision = Annotated[
+    float | None,
+    Field(
+        description="Precision (1 / variance). null means infinite: every reward observed "
+        "so far was the same, so a draw returns the mean exactly."
+    ),
+]
+
+
+class PruningProgress(BaseModel):
+    """Where the pruning stage stands."""
+
+    round: int = Field(description="0-based round being explored.")
+    default_batch_size: int | None = Field(
+        description="The round's starting batch size; null when the round ended with no "
+        "batch size converged (the job cannot proceed)."
+    )
+    candidates: list[int] = Field(description="Batch sizes still in the running.")
+
+
+class JobRead(CreatedJob):
+    """A job's configuration and learning state."""
+
+    stage: Literal["Pruning", "MAB"]
+    min_cost: float | None = Field(description="Cheapest converged cost so far.")
+    min_cost_batch_size: int = Field(description="Its batch size (the default until then).")
+    exploration: PruningProgress | None = Field(
+        description="The current pruning round; null in the bandit stage."
+    )
+    num_trials: int = Field(description="Trials dispatched so far.")
+    created_at: datetime
+    updated_at: datetime
+
+
+class JobSummary(BaseModel):
+    """A job in a listing."""
+
+    job_id: str
+    job_id_prefix: str
+    stage: Literal["Pruning", "MAB"]
+    min_cost: float | None
+    min_cost_batch_size: int
+    num_trials: int
+    created_at: datetime
+
+
+class JobPage(BaseModel):
+    """A page of jobs, ordered by job_id."""
+
+    items: list[JobSummary]
+    next_after: str | None = Field(
+        description="Pass as `after` for the next page; null at the end."
+    )
+
+
+class TrialRead(BaseModel):
+    """One trial and, once it Succeeded, its result."""
+
+    job_id: str
+    trial_number: int
+    batch_size: int
+    type: Literal["Exploration", "Concurrent", "MAB"]
+    status: Literal["Dispatched", "Succeeded", "Failed"]
+    start_timestamp: datetime
+    end_timestamp: datetime | None
+    time: float | None
+    energy: float | None
+    cost: float | None
+    converged: bool | None
+
+
+class TrialPage(BaseModel):
+    """A page of trials, ordered by trial_number."""
+
+    items: list[TrialRead]
+    next_after: int | None = Field(
+        description="Pass as `after` for the next page; null at the end."
+    )
+
+
+class ArmRead(BaseModel):
+    """The bandit's belief about one batch size's reward (-cost)."""
+
+    batch_size: int
+    param_mean: float = Field(description="Posterior mean of the reward.")
+    param_precision: Precision
+    reward_precision: Precision
+    num_observations: int
+
+
+class Health(BaseModel):
+    """Liveness or readiness."""
+
+    status: Literal["ok", "unavailable"]
+    detail: str | None = None
+
+
+def error_example(message: str) -> dict[str, Any]:
+    """An OpenAPI response entry for an error with its example body."""
+    return {"model": Message, "content": {"application/json": {"example": {"message": message}}}}
