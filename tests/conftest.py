@@ -1,0 +1,110 @@
+"""Fixtures: one PostgreSQL database and one SQLite file per xdist worker.
+
+Migrations run once per database (so every run also tests them); each test
+starts from empty tables. DB-backed tests run against both backends through
+the parametrised ``database_url`` fixture.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pytest
+from fastapi import FastAPI
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+
+from app.config import Settings
+from app.main import create_app
+from app.migrate import upgrade_head
+
+ADMIN_URL = os.environ.get(
+    "BSO_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
+)
+
+
+def _worker() -> str:
+    return os.environ.get("PYTEST_XDIST_WORKER", "main")
+
+
+async def _recreate_database(admin_url: str, name: str) -> str:
+    url = make_url(admin_url)
+    connection = await asyncpg.connect(
+        host=url.host, port=url.port or 5432, user=url.username, password=url.password,
+        database=url.database,
+    )  # fmt: skip
+    try:
+        await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await connection.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await connection.close()
+    return url.set(database=name).render_as_string(hide_password=False)
+
+
+@pytest.fixture(scope="session")
+def postgresql_url() -> str:
+    """A fresh, migrated PostgreSQL database for this worker."""
+    # On a thread: asyncio.run here would unset the loop pytest-asyncio uses.
+    with ThreadPoolExecutor(1) as pool:
+        url = pool.submit(asyncio.run, _recreate_database(ADMIN_URL, f"bso_test_{_worker()}"))
+        url = url.result()
+    upgrade_head(url)
+    return url
+
+
+@pytest.fixture(scope="session")
+def sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A fresh, migrated SQLite file for this worker."""
+    path = tmp_path_factory.mktemp("sqlite") / f"bso_{_worker()}.db"
+    url = f"sqlite+aiosqlite:///{path}"
+    upgrade_head(url)
+    return url
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest) -> str:
+    """Each DB-backed test runs once per backend."""
+    return str(request.getfixturevalue(f"{request.param}_url"))
+
+
+@pytest.fixture(scope="session")
+async def app(database_url: str) -> AsyncIterator[FastAPI]:
+    """The real app with its lifespan (engine and sessionmaker) running."""
+    application = create_app(Settings(database_url=database_url, log_level="WARNING"))
+    async with application.router.lifespan_context(application):
+        yield application
+
+
+@pytest.fixture(autouse=True)
+async def _clean_tables(request: pytest.FixtureRequest) -> AsyncIterator[None]:
+    """Every DB-backed test starts with empty tables."""
+    if "app" not in request.fixturenames:
+        yield
+        return
+    application: FastAPI = request.getfixturevalue("app")
+    async with application.state.sessionmaker() as session:
+        if session.bind.dialect.name == "postgresql":
+            await session.execute(text("TRUNCATE job, batch_size, trial, arm"))
+        else:
+            await session.execute(text("DELETE FROM job"))  # cascades
+        await session.commit()
+    yield
+
+
+@pytest.fixture
+async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client over the ASGI app (the real HTTP stack, in process)."""
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+        yield http
+
+
+@pytest.fixture
+def repo_root() -> Iterator[Path]:
+    yield Path(__file__).resolve().parent.parent
