@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Set everything up and run every check: lint, format, Dockerfile lint, tests.
+#
+#   scripts/test.sh                   # the whole suite
+#   scripts/test.sh -k report -x      # extra arguments go to pytest
+#
+# The tests need PostgreSQL: BSO_TEST_POSTGRES_URL (an admin URL; default
+# postgresql+asyncpg://postgres@127.0.0.1:5432/postgres). A local server that
+# is down is started with pg_ctlcluster where that exists.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
+
+step "Python environment"
+ensure_venv
+
+step "PostgreSQL"
+pg_url="${BSO_TEST_POSTGRES_URL:-postgresql+asyncpg://postgres@127.0.0.1:5432/postgres}"
+read -r pg_host pg_port < <(
+    "$VENV_DIR/bin/python" -c 'import sys, urllib.parse as u; p = u.urlsplit(sys.argv[1]); print(p.hostname or "127.0.0.1", p.port or 5432)' "$pg_url"
+)
+ensure_postgres "$pg_host" "$pg_port"
+
+step "ruff check"
+"$VENV_DIR/bin/ruff" check .
+
+step "ruff format --check"
+"$VENV_DIR/bin/ruff" format --check .
+
+step "hadolint Dockerfile"
+"$VENV_DIR/bin/hadolint" Dockerfile
+
+step "pytest"
+exec "$VENV_DIR/bin/pytest" -n 2 "$@"
