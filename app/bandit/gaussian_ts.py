@@ -12,6 +12,7 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
+
 from app.bandit.types import ArmPosterior, RewardStats
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+
 from app.bandit.cost import reward
 from app.bandit.gaussian_ts import choose_arm, fit_arm
 from app.bandit.pruning import pruning_walk
