@@ -60,7 +60,7 @@ async def get_job(session: AsyncSession, job_id: str) -> JobRead:
         job_id=job.job_id,
         batch_sizes=batch_sizes,
         **{name: getattr(job, name) for name in SPEC_FIELDS},
-        stage=job.stage,  # type: ignore[arg-type]
+        stage=job.stage,
         min_cost=job.min_cost,
         min_cost_batch_size=job.min_cost_batch_size,
         exploration=await _progress(repo, job, batch_sizes),
@@ -78,7 +78,7 @@ async def list_jobs(
         JobSummary(
             job_id=j.job_id,
             job_id_prefix=j.job_id_prefix,
-            stage=j.stage,  # type: ignore[arg-type]
+            stage=j.stage,
             min_cost=j.min_cost,
             min_cost_batch_size=j.min_cost_batch_size,
             num_trials=j.next_trial_number - 1,

@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import delete, func, select, update
+from sqlalchemy import insert as insert_into
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -61,7 +62,7 @@ class Repository:
         if inserted is None:
             return False
         await self.session.execute(
-            BatchSize.__table__.insert(),
+            insert_into(BatchSize),
             [
                 {"job_id": values["job_id"], "batch_size": bs, "reward_count": 0,
                  "reward_mean": 0.0, "reward_m2": 0.0}
@@ -168,7 +169,7 @@ class Repository:
             .order_by(Trial.trial_number.desc())
             .limit(limit)
         )
-        costs = [float(c) for c in (await self.session.execute(query)).scalars()]
+        costs = [float(c) for c in (await self.session.execute(query)).scalars() if c is not None]
         costs.reverse()
         return costs
 
@@ -197,7 +198,7 @@ class Repository:
 
     async def insert_arms(self, job_id: str, arms: Sequence[ArmPosterior]) -> None:
         await self.session.execute(
-            Arm.__table__.insert(), [{"job_id": job_id, **_arm_values(a)} for a in arms]
+            insert_into(Arm), [{"job_id": job_id, **_arm_values(a)} for a in arms]
         )
 
     async def save_arm(self, job_id: str, arm: ArmPosterior) -> None:

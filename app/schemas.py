@@ -155,7 +155,7 @@ class JobSpec(JobParams, GpuConfig):
 class CreatedJob(JobSpec):
     """The registered job (Zeus's ``CreatedJob``): the spec with its job_id."""
 
-    job_id: str  # type: ignore[assignment]
+    job_id: str
 
 
 class TrialId(WireModel):

@@ -177,7 +177,7 @@ async def dispatch_trial(session: AsyncSession, job_id: str, *, now: datetime) -
         logger.info("job %s enters the bandit stage with arms %s", job_id,
                     [a.batch_size for a in decision.new_arms])  # fmt: skip
     if job.mab_seed is not None and decision.trial_type == "MAB":
-        job.rng_state = rng.bit_generator.state
+        job.rng_state = dict(rng.bit_generator.state)
     number = await repo.add_trial(job, decision.batch_size, decision.trial_type, now)
     await session.commit()
     logger.info("job %s trial %d: %s batch size %d", job_id, number, decision.trial_type,
@@ -322,8 +322,8 @@ def trial_read(trial: Trial) -> TrialRead:
         job_id=trial.job_id,
         trial_number=trial.trial_number,
         batch_size=trial.batch_size,
-        type=trial.type,  # type: ignore[arg-type]
-        status=trial.status,  # type: ignore[arg-type]
+        type=trial.type,
+        status=trial.status,
         start_timestamp=trial.start_timestamp,
         end_timestamp=trial.end_timestamp,
         time=trial.time,

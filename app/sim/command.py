@@ -1,0 +1,180 @@
+"""The ``bso simulate`` command: replay recurring jobs from the traces and summarise.
+
+``register(cli)`` adds the command to the ``bso`` Typer app. It builds the cases
+(:mod:`app.sim.traces`), picks the engine (the service in-process by default,
+a running server with ``--url``, the pure algorithm with ``--engine pure``),
+replays every case with a progress bar, then prints a summary table or JSON
+and optionally draws plots (matplotlib is imported only then).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import asdict
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
+
+from app.sim.engines import Engine, HttpEngine, in_process_service
+from app.sim.pure_engine import PureEngine
+from app.sim.replay import replay
+from app.sim.results import CaseResult, ReplaySettings
+from app.sim.summary import render_summary
+from app.sim.traces import GPUS, Case, TraceError, all_cases, build_case, find_workload
+
+
+class EngineKind(StrEnum):
+    """Which optimiser answers the simulated training scripts."""
+
+    SERVICE = "service"
+    PURE = "pure"
+
+
+def register(cli: typer.Typer) -> None:
+    """Add ``simulate`` to the ``bso`` command."""
+    cli.command("simulate")(simulate)
+
+
+def _cases(workload: str, gpu: str, everything: bool, power_limit: int | None) -> list[Case]:
+    try:
+        if everything:
+            return all_cases(power_limit=power_limit)
+        gpu = gpu.strip().lower()
+        if gpu not in GPUS:
+            raise TraceError(f"Unknown GPU {gpu!r}; choose one of: {', '.join(GPUS)}.")
+        return [build_case(find_workload(workload), gpu, power_limit=power_limit)]
+    except TraceError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+
+
+@asynccontextmanager
+async def _engine(kind: EngineKind, url: str | None) -> AsyncIterator[Engine]:
+    if url is not None:
+        async with HttpEngine.for_url(url) as engine:
+            yield engine
+    elif kind is EngineKind.PURE:
+        yield PureEngine()
+    else:
+        async with in_process_service() as engine:
+            yield engine
+
+
+async def _replay_all(
+    cases: Sequence[Case],
+    settings: ReplaySettings,
+    kind: EngineKind,
+    url: str | None,
+    console: Console,
+) -> list[CaseResult]:
+    results = []
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=console) as progress:
+        async with _engine(kind, url) as engine:
+            for case in cases:
+                task = progress.add_task(case.name, total=settings.recurrences_for(case))
+
+                def advance(done: int, task: TaskID = task) -> None:
+                    progress.update(task, completed=done)
+
+                results.append(await replay(engine, case, settings, on_recurrence=advance))
+    return results
+
+
+def _json(results: Sequence[CaseResult], kind: str) -> str:
+    return json.dumps({"engine": kind, "cases": [r.to_dict() for r in results]}, indent=2)
+
+
+def simulate(
+    workload: Annotated[
+        str,
+        typer.Option("--workload", "-w", help="Dataset of the workload (e.g. squad, imagenet)."),
+    ] = "librispeech",
+    gpu: Annotated[
+        str, typer.Option("--gpu", "-g", help=f"GPU trace: {', '.join(GPUS)}.")
+    ] = "v100",
+    everything: Annotated[bool, typer.Option("--all", help="Every workload on every GPU.")] = False,
+    engine: Annotated[
+        EngineKind,
+        typer.Option(help="service: this service in-process (SQLite); pure: no service."),
+    ] = EngineKind.SERVICE,
+    url: Annotated[
+        str | None, typer.Option(help="A running server (this one or Zeus's) instead.")
+    ] = None,
+    eta: Annotated[float, typer.Option(min=0.0, max=1.0, help="eta_knob: energy vs time.")] = 0.5,
+    beta: Annotated[
+        float, typer.Option(min=0.0, help="beta_knob: early-stop at beta x min cost.")
+    ] = 2.0,
+    no_early_stop: Annotated[
+        bool, typer.Option("--no-early-stop", help="Send beta_knob null (no early stopping).")
+    ] = False,
+    window_size: Annotated[int, typer.Option(min=0, help="Bandit window (0: all history).")] = 0,
+    seed: Annotated[int, typer.Option(help="The job's mab_seed and the path sampling seed.")] = 1,
+    recurrences: Annotated[
+        int | None, typer.Option("--recurrences", "-n", min=1, help="Default: 2 x |B| x |P|.")
+    ] = None,
+    power_limit: Annotated[
+        int | None, typer.Option(help="Watts; default: the GPU's maximum in the trace.")
+    ] = None,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print JSON results instead.")
+    ] = False,
+    plot: Annotated[
+        Path | None, typer.Option(help="Draw cost and batch size per recurrence to this PNG.")
+    ] = None,
+) -> None:
+    """Replay recurring training jobs from the Zeus NSDI'23 traces through the optimizer.
+
+    Each recurrence asks for a batch size, trains along a training path sampled
+    from the traces (reporting after every epoch and obeying stop_train), and
+    retries up to 20 times until it converges; every try's cost counts.
+    Baselines: always the default batch size, and the oracle (the single batch
+    size with the lowest expected cost in hindsight).
+    """
+    if url is not None and engine is EngineKind.PURE:
+        raise typer.BadParameter("--url talks to a server; it cannot go with --engine pure.")
+    if beta <= 0 and not no_early_stop:
+        raise typer.BadParameter("--beta must be > 0 (or use --no-early-stop).")
+    cases = _cases(workload, gpu, everything, power_limit)
+    settings = ReplaySettings(
+        eta_knob=eta,
+        beta_knob=None if no_early_stop else beta,
+        window_size=window_size,
+        seed=seed,
+        recurrences=recurrences,
+    )
+    stderr = Console(stderr=True)
+    kind = url if url is not None else engine.value
+    results = asyncio.run(_replay_all(cases, settings, engine, url, stderr))
+    if json_output:
+        typer.echo(_json(results, kind))
+    else:
+        stdout = Console()
+        if not stdout.is_terminal:
+            stdout = Console(width=160)  # piped: do not squeeze the table into 80 columns
+        render_summary(stdout, results, engine=kind, settings=asdict(settings))
+    if plot is not None:
+        from app.sim.plot import plot_results
+
+        for path in plot_results(results, plot):
+            stderr.print(f"plot written to {path}")
+    if any(r.error for r in results):
+        raise typer.Exit(1)

@@ -1,0 +1,220 @@
+"""The optimiser a replay talks to: the Zeus wire API over HTTP, or the pure algorithm.
+
+:class:`Engine` is the four calls a training script makes: register the job,
+get a batch size (a new trial), report after every epoch, end the trial.
+:class:`HttpEngine` speaks only the Zeus wire API (POST /jobs,
+GET /jobs/batch_size, POST /report, PATCH /trials), so it drives this service
+in-process, this service over the network, or a Zeus server alike;
+:func:`in_process_service` runs this service on a temporary SQLite database.
+:class:`~app.sim.pure_engine.PureEngine` mirrors the service in memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import httpx
+
+from app.bandit import JobParams
+
+
+class EngineError(Exception):
+    """The optimiser refused a call (an HTTP error status, or its in-memory twin)."""
+
+    def __init__(self, status_code: int, message: str) -> None:
+        super().__init__(f"{status_code}: {message}")
+        self.status_code = status_code
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class JobSpec:
+    """The job specification a Zeus client registers (field names are the wire's)."""
+
+    job_id_prefix: str
+    batch_sizes: tuple[int, ...]
+    default_batch_size: int
+    max_power: float
+    gpu_model: str
+    number_of_gpus: int = 1
+    eta_knob: float = 0.5
+    beta_knob: float | None = 2.0
+    target_metric: float = 0.5
+    higher_is_better_metric: bool = True
+    max_epochs: int = 100
+    num_pruning_rounds: int = 2
+    window_size: int = 0
+    mab_prior_mean: float = 0.0
+    mab_prior_precision: float = 0.0
+    mab_num_explorations: int = 2
+    mab_seed: int | None = None
+    job_id: str | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        body = asdict(self)
+        body["batch_sizes"] = sorted(self.batch_sizes)
+        return body
+
+    def params(self) -> JobParams:
+        """The part of the spec the algorithm reads."""
+        return JobParams(
+            batch_sizes=tuple(sorted(self.batch_sizes)),
+            default_batch_size=self.default_batch_size,
+            eta_knob=self.eta_knob,
+            beta_knob=self.beta_knob,
+            target_metric=self.target_metric,
+            higher_is_better_metric=self.higher_is_better_metric,
+            max_epochs=self.max_epochs,
+            num_pruning_rounds=self.num_pruning_rounds,
+            window_size=self.window_size,
+            mab_prior_mean=self.mab_prior_mean,
+            mab_prior_precision=self.mab_prior_precision,
+            mab_num_explorations=self.mab_num_explorations,
+            max_power=self.max_power,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class TrialId:
+    """A dispatched trial: which job, which batch size, which number."""
+
+    job_id: str
+    batch_size: int
+    trial_number: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReportAnswer:
+    """The optimiser's answer to an epoch report."""
+
+    stop_train: bool
+    converged: bool
+    message: str
+
+
+class Engine(Protocol):
+    """What a training script asks of the batch size optimiser."""
+
+    async def register(self, spec: JobSpec) -> str:
+        """Register the job; returns its job_id."""
+        ...
+
+    async def next_trial(self, job_id: str) -> TrialId:
+        """Dispatch a new trial and say which batch size to train with."""
+        ...
+
+    async def report(
+        self, trial: TrialId, *, time: float, energy: float, metric: float, current_epoch: int
+    ) -> ReportAnswer:
+        """Report cumulative time/energy and the metric after ``current_epoch``."""
+        ...
+
+    async def end_trial(self, trial: TrialId) -> None:
+        """End the trial (a no-op when a final report already ended it)."""
+        ...
+
+
+def _error_message(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text or response.reason_phrase
+    if isinstance(body, dict):
+        return str(body.get("message") or body.get("detail") or body)
+    return str(body)
+
+
+class HttpEngine:
+    """A Zeus client: the four wire calls over an ``httpx.AsyncClient``."""
+
+    def __init__(self, client: httpx.AsyncClient) -> None:
+        self._client = client
+
+    @classmethod
+    def for_url(cls, base_url: str, *, timeout: float = 30.0) -> HttpEngine:
+        """Talk to a running server (this service or a Zeus server)."""
+        return cls(httpx.AsyncClient(base_url=base_url.rstrip("/"), timeout=timeout))
+
+    @classmethod
+    def for_app(cls, app: Any) -> HttpEngine:
+        """Talk to an ASGI app in this process (its lifespan is the caller's business)."""
+        transport = httpx.ASGITransport(app=app)
+        return cls(httpx.AsyncClient(transport=transport, base_url="http://bso.local"))
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def __aenter__(self) -> HttpEngine:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: dict[str, Any] | None = None,
+        params: dict[str, str] | None = None,
+    ) -> Any:
+        try:
+            response = await self._client.request(method, path, json=body, params=params)
+        except httpx.TransportError as exc:
+            raise EngineError(503, f"cannot reach {self._client.base_url}: {exc!r}") from exc
+        if response.is_error:
+            raise EngineError(response.status_code, _error_message(response))
+        return response.json() if response.content else None
+
+    async def register(self, spec: JobSpec) -> str:
+        created = await self._call("POST", "/jobs", body=spec.to_wire())
+        return str(created["job_id"])
+
+    async def next_trial(self, job_id: str) -> TrialId:
+        got = await self._call("GET", "/jobs/batch_size", params={"job_id": job_id})
+        return TrialId(str(got["job_id"]), int(got["batch_size"]), int(got["trial_number"]))
+
+    async def report(
+        self, trial: TrialId, *, time: float, energy: float, metric: float, current_epoch: int
+    ) -> ReportAnswer:
+        body = {**asdict(trial), "time": time, "energy": energy, "metric": metric}
+        answer = await self._call("POST", "/report", body={**body, "current_epoch": current_epoch})
+        return ReportAnswer(
+            bool(answer["stop_train"]), bool(answer["converged"]), str(answer.get("message", ""))
+        )
+
+    async def end_trial(self, trial: TrialId) -> None:
+        await self._call("PATCH", "/trials", body=asdict(trial))
+
+
+def sqlite_url(directory: Path) -> str:
+    """An aiosqlite URL for a database file in ``directory``."""
+    return f"sqlite+aiosqlite:///{directory / 'sim.db'}"
+
+
+@asynccontextmanager
+async def in_process_service(
+    directory: Path | None = None, *, log_level: str = "WARNING"
+) -> AsyncIterator[HttpEngine]:
+    """Run the service in this process, on a fresh SQLite database (temporary by default).
+
+    The schema is made by the migrations (``upgrade_head``) and the app's
+    lifespan runs around the requests, as under a real server.
+    """
+    from app.config import Settings
+    from app.main import create_app
+    from app.migrate import upgrade_head
+
+    with tempfile.TemporaryDirectory(prefix="bso-sim-") as scratch:
+        url = sqlite_url(directory if directory is not None else Path(scratch))
+        # Alembic's env.py runs its own event loop: keep it off ours.
+        await asyncio.to_thread(upgrade_head, url)
+        app = create_app(Settings(database_url=url, log_level=log_level))
+        async with app.router.lifespan_context(app), HttpEngine.for_app(app) as engine:
+            yield engine
