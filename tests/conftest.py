@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any, TypeVar
 
 import asyncpg
 import httpx
@@ -27,6 +28,7 @@ from app.migrate import upgrade_head
 ADMIN_URL = os.environ.get(
     "BSO_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
 )
+T = TypeVar("T")
 
 
 def _worker() -> str:
@@ -47,15 +49,33 @@ async def _recreate_database(admin_url: str, name: str) -> str:
     return url.set(database=name).render_as_string(hide_password=False)
 
 
-@pytest.fixture(scope="session")
-def postgresql_url() -> str:
-    """A fresh, migrated PostgreSQL database for this worker."""
-    # On a thread: asyncio.run here would unset the loop pytest-asyncio uses.
+async def _drop_database(admin_url: str, name: str) -> None:
+    url = make_url(admin_url)
+    connection = await asyncpg.connect(
+        host=url.host, port=url.port or 5432, user=url.username, password=url.password,
+        database=url.database,
+    )  # fmt: skip
+    try:
+        await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await connection.close()
+
+
+def _off_loop(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine on a thread: asyncio.run here would unset pytest-asyncio's loop."""
     with ThreadPoolExecutor(1) as pool:
-        url = pool.submit(asyncio.run, _recreate_database(ADMIN_URL, f"bso_test_{_worker()}"))
-        url = url.result()
+        return pool.submit(asyncio.run, coroutine).result()
+
+
+@pytest.fixture(scope="session")
+def postgresql_url(testrun_uid: str) -> Iterator[str]:
+    """A fresh, migrated PostgreSQL database for this worker of this run."""
+    # Named per run, so that concurrent runs on one machine never collide.
+    name = f"bso_test_{testrun_uid[:12]}_{_worker()}"
+    url = _off_loop(_recreate_database(ADMIN_URL, name))
     upgrade_head(url)
-    return url
+    yield url
+    _off_loop(_drop_database(ADMIN_URL, name))
 
 
 @pytest.fixture(scope="session")
