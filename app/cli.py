@@ -9,6 +9,7 @@ import typer
 from pydantic import ValidationError
 
 from app.config import Settings, get_settings
+from app.sim.command import register as register_simulate
 
 cli = typer.Typer(
     name="bso",
@@ -66,18 +67,12 @@ def serve(
     )
 
 
-def _register_plugins() -> None:
-    try:
-        from app.sim.command import register
-    except ImportError:  # the simulator is optional in slim installs
-        return
-    register(cli)
-
-
 def main() -> None:
     """Entry point of the console script."""
-    _register_plugins()
     cli()
+
+
+register_simulate(cli)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,9 @@ it also runs that epoch when even one epoch exceeds the bound (Zeus skips the
 run and feeds the optimiser a ``100 * beta * min_cost`` penalty); the
 service's ``min_cost`` is the cheapest converged trial (Zeus's simulator uses
 the whole recurrence's cost, failed tries included); a first recurrence that
-does not converge is retried (Zeus's simulator raises).
+does not converge is retried (Zeus's simulator raises). With the default knobs
+and seed 1, 23 of the 24 cases still choose exactly the batch sizes of Zeus's
+simulator; the other (cifar100@a40) differs through the ``min_cost`` rule.
 """
 
 from __future__ import annotations
