@@ -74,9 +74,15 @@ def _field(loc: tuple[Any, ...] | list[Any]) -> str:
     return ".".join(parts) or "body"
 
 
+def _describe(error: Any) -> str:
+    if error.get("type") == "model_attributes_type" and tuple(error.get("loc", ())) == ("body",):
+        return "body: expected a JSON object (send it with Content-Type: application/json)"
+    return f"{_field(error.get('loc', ()))}: {error.get('msg', 'invalid')}"
+
+
 def validation_message(errors: list[Any]) -> str:
     """One line naming every invalid field, e.g. 'time: Input should be ...'."""
-    return "; ".join(f"{_field(e.get('loc', ()))}: {e.get('msg', 'invalid')}" for e in errors)
+    return "; ".join(_describe(e) for e in errors)
 
 
 def _is_lock_timeout(exc: DBAPIError) -> bool:

@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app import reads, service
 from app.db import session_scope
 from app.schemas import (
+    PRINTABLE,
     ArmRead,
     CreatedJob,
     Health,
@@ -44,11 +45,11 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
 SessionDep = Annotated[AsyncSession, Depends(get_session)]
 JobIdQuery = Annotated[
     str,
-    Query(min_length=1, max_length=256, pattern=r"^[^\x00-\x1f\x7f]*$", description="The job."),
+    Query(min_length=1, max_length=256, pattern=PRINTABLE, description="The job."),
 ]
 JobIdPath = Annotated[
     str,
-    Path(min_length=1, max_length=256, pattern=r"^[^\x00-\x1f\x7f]*$", description="The job."),
+    Path(min_length=1, max_length=256, pattern=PRINTABLE, description="The job."),
 ]
 
 UNKNOWN_TRIAL = error_example(
@@ -211,10 +212,12 @@ async def delete_job(job_id: JobIdQuery, session: SessionDep) -> Message:
 async def list_jobs(
     session: SessionDep,
     job_id_prefix: Annotated[
-        str | None, Query(max_length=256, description="Only jobs registered with this prefix.")
+        str | None,
+        Query(max_length=256, pattern=PRINTABLE, description="Only jobs with this prefix."),
     ] = None,
     after: Annotated[
-        str | None, Query(max_length=256, description="The `next_after` of the previous page.")
+        str | None,
+        Query(max_length=256, pattern=PRINTABLE, description="`next_after` of the last page."),
     ] = None,
     limit: Annotated[int, Query(ge=1, le=500, description="Page size.")] = 50,
 ) -> JobPage:

@@ -19,16 +19,21 @@ MAX_TIME_S = 1e12  # about 31,700 years
 MAX_ENERGY_J = 1e18
 MAX_POWER_W = 1e9
 
-_PRINTABLE = r"^[^\x00-\x1f\x7f]*$"
-Identifier = Annotated[str, StringConstraints(min_length=1, max_length=256, pattern=_PRINTABLE)]
-Prefix = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=_PRINTABLE)]
+# No C0/C1 control characters (NUL breaks PostgreSQL text; the rest break logs).
+PRINTABLE = r"^[^\x00-\x1f\x7f-\x9f]*$"
+Identifier = Annotated[str, StringConstraints(min_length=1, max_length=256, pattern=PRINTABLE)]
+Prefix = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=PRINTABLE)]
 PositiveInt32 = Annotated[int, Field(gt=0, le=INT32_MAX)]
 
 
 class WireModel(BaseModel):
-    """Ignore unknown fields; refuse NaN and infinities everywhere."""
+    """Ignore unknown fields; refuse NaN, infinities and values of the wrong JSON type.
 
-    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
+    Strict: "64" is not a batch size and true is not a GPU count (an int is
+    still accepted where a float is expected). Zeus's client sends exact types.
+    """
+
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False, strict=True)
 
 
 class JobParams(WireModel):
