@@ -20,13 +20,11 @@ def run_pruning(
     """Drive the walk to the end, finishing each exploration at once."""
     history: dict[int, list[Exploration]] = {}
     order: list[int] = []
-    number = 0
-    for _ in range(limit):
+    for number in range(1, limit + 1):
         step = pruning_walk(p, history, min_cost_batch_size=p.default_batch_size)
         if step.batch_size is None:
             return order, step
         assert step.trial_type is TrialType.EXPLORATION
-        number += 1
         round_index = len(history.get(step.batch_size, []))
         converged, cost = outcome(step.batch_size, round_index)
         history.setdefault(step.batch_size, []).append(

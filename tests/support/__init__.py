@@ -1,0 +1,1 @@
+"""Shared helpers of the tests that run the service as real processes."""

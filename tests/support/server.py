@@ -1,0 +1,199 @@
+"""Run the service as a real process (uvicorn or ``bso``) and create databases.
+
+Tests that need real TCP, several worker processes or the console script use
+these; everything else goes through the in-process ASGI client of conftest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+import httpx
+from sqlalchemy.engine import make_url
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+VENV_BIN = Path(sys.executable).parent
+ADMIN_URL = os.environ.get(
+    "BSO_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
+)
+
+
+def worker_name() -> str:
+    """The xdist worker ("gw0", ...) or "main": keeps databases of workers apart."""
+    return os.environ.get("PYTEST_XDIST_WORKER", "main")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def clean_env(**overrides: str) -> dict[str, str]:
+    """This process's environment without any BSO_/ZEUS_BSO_ setting, plus overrides."""
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("BSO_", "ZEUS_BSO_")) or key == "BSO_TEST_POSTGRES_URL"
+    }
+    env.update(overrides)
+    return env
+
+
+async def _admin(statements: Sequence[str]) -> None:
+    url = make_url(ADMIN_URL)
+    connection = await asyncpg.connect(
+        host=url.host,
+        port=url.port or 5432,
+        user=url.username,
+        password=url.password,
+        database=url.database,
+    )
+    try:
+        for statement in statements:
+            await connection.execute(statement)
+    finally:
+        await connection.close()
+
+
+def _run_admin(*statements: str) -> None:
+    # On a helper thread: works inside a running event loop too.
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, _admin(statements)).result()
+
+
+def fresh_postgres_database(name: str) -> str:
+    """Drop and create an empty PostgreSQL database; returns its asyncpg URL."""
+    _run_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)', f'CREATE DATABASE "{name}"')
+    return make_url(ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+
+
+def drop_postgres_database(name: str) -> None:
+    _run_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@dataclass
+class Server:
+    """A started server process and where it listens."""
+
+    process: subprocess.Popen[bytes]
+    base_url: str
+    log_path: Path
+
+    def log(self, tail: int = 4000) -> str:
+        return self.log_path.read_text(errors="replace")[-tail:]
+
+
+def wait_until_answers(
+    server: Server, path: str, *, status: int = 200, timeout: float = 30.0
+) -> httpx.Response:
+    """Poll ``path`` until it answers ``status``; fail with the server's log otherwise."""
+    deadline = time.monotonic() + timeout
+    last: str = "no answer"
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            raise AssertionError(
+                f"server exited with {server.process.returncode} before answering {path}:\n"
+                f"{server.log()}"
+            )
+        try:
+            response = httpx.get(server.base_url + path, timeout=2.0)
+        except httpx.TransportError as exc:
+            last = repr(exc)
+        else:
+            if response.status_code == status:
+                return response
+            last = f"{response.status_code} {response.text}"
+        time.sleep(0.1)
+    raise AssertionError(f"{path} did not answer {status} in {timeout}s ({last}):\n{server.log()}")
+
+
+def stop(process: subprocess.Popen[bytes], *, timeout: float = 10.0) -> None:
+    """Stop a process started with its own session, and its children (uvicorn workers)."""
+    with suppress(ProcessLookupError):  # the whole group, even if the parent already died
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        with suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout)
+
+
+@contextmanager
+def running_server(
+    args: Sequence[str],
+    *,
+    port: int,
+    env: Mapping[str, str],
+    log_dir: Path,
+    ready_path: str = "/healthz",
+    cwd: Path = REPO_ROOT,
+    timeout: float = 30.0,
+) -> Iterator[Server]:
+    """Start ``args`` (a server listening on ``port``), wait for ``ready_path``, stop it after."""
+    log_path = log_dir / f"server-{port}.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            list(args),
+            cwd=cwd,
+            env=dict(env),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: workers are stopped with it
+        )
+    server = Server(process, f"http://127.0.0.1:{port}", log_path)
+    try:
+        wait_until_answers(server, ready_path, timeout=timeout)
+        yield server
+    finally:
+        stop(process)
+
+
+def uvicorn_args(port: int) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "app.main:app",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+    ]
+
+
+def child_processes(pid: int) -> dict[int, str]:
+    """Direct children of ``pid`` with their command lines (Linux /proc)."""
+    children = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        # pid (comm) state ppid ...: comm may hold spaces, so split after its ")".
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            children[int(entry.name)] = cmdline
+    return children
+
+
+def bso_args(*args: str) -> list[str]:
+    """The installed console script, as an operator runs it."""
+    return [str(VENV_BIN / "bso"), *args]

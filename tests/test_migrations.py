@@ -1,0 +1,164 @@
+"""Migrations on fresh databases of both kinds: the CLI, model agreement, down and up.
+
+Also readiness: /readyz is 503 until the database is at the latest revision.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import CheckConstraint, Connection, inspect
+
+from app import models  # noqa: F401  (registers the tables)
+from app.config import Settings
+from app.db import Base, create_engine
+from app.main import create_app
+from app.migrate import alembic_config, head_revision, upgrade_head
+from tests.support.server import (
+    REPO_ROOT,
+    VENV_BIN,
+    clean_env,
+    drop_postgres_database,
+    fresh_postgres_database,
+    worker_name,
+)
+
+TABLES = {"job", "batch_size", "trial", "arm"}
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def fresh_url(request: pytest.FixtureRequest, tmp_path: Path, testrun_uid: str) -> Iterator[str]:
+    """An empty database that no migration has touched."""
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'nested' / 'fresh.db'}"
+        return
+    name = f"bso_mig_{testrun_uid[:12]}_{worker_name()}"
+    yield fresh_postgres_database(name)
+    drop_postgres_database(name)
+
+
+def alembic(url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """The ``alembic`` command an operator runs from the repository root."""
+    return subprocess.run(
+        [str(VENV_BIN / "alembic"), *args],
+        cwd=REPO_ROOT,
+        env=clean_env(BSO_DATABASE_URL=url),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def ok(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 0, f"{result.args}: {result.returncode}\n{result.stderr}"
+    return result.stdout + result.stderr
+
+
+async def on_connection(url: str, work: Any) -> Any:
+    """Run ``work(sync_connection)`` against ``url`` with the service's own engine."""
+    engine = create_engine(Settings(database_url=url))
+    try:
+        async with engine.connect() as connection:
+            return await connection.run_sync(work)
+    finally:
+        await engine.dispose()
+
+
+def _schema(connection: Connection) -> dict[str, Any]:
+    inspector = inspect(connection)
+    tables = set(inspector.get_table_names()) - {"alembic_version"}
+    return {
+        "tables": tables,
+        "checks": {
+            t: sorted(c["name"] for c in inspector.get_check_constraints(t)) for t in tables
+        },
+        "diff": compare_metadata(
+            MigrationContext.configure(connection, opts={"compare_type": True}), Base.metadata
+        ),
+        "revision": MigrationContext.configure(connection).get_current_revision(),
+    }
+
+
+def _model_checks() -> dict[str, list[str]]:
+    return {
+        table.name: sorted(str(c.name) for c in table.constraints if isinstance(c, CheckConstraint))
+        for table in Base.metadata.sorted_tables
+    }
+
+
+async def test_alembic_upgrade_head_from_the_cli_builds_the_schema_the_models_describe(
+    fresh_url: str,
+) -> None:
+    ok(alembic(fresh_url, "upgrade", "head"))
+    assert "No new upgrade operations detected" in ok(alembic(fresh_url, "check"))
+
+    schema = await on_connection(fresh_url, _schema)
+    assert schema["tables"] == TABLES
+    assert schema["diff"] == []
+    assert schema["revision"] == head_revision()
+    # Autogenerate does not compare CHECK constraints: compare their names.
+    assert schema["checks"] == _model_checks()
+
+
+async def test_downgrade_to_base_and_upgrade_to_head_again_work(fresh_url: str) -> None:
+    upgrade_head(fresh_url)
+    upgrade_head(fresh_url)  # again: nothing to do, no error
+    await asyncio.to_thread(command.downgrade, alembic_config(fresh_url), "base")
+    emptied = await on_connection(fresh_url, _schema)
+    assert emptied["tables"] == set() and emptied["revision"] is None
+    upgrade_head(fresh_url)
+    again = await on_connection(fresh_url, _schema)
+    assert (
+        again["tables"] == TABLES and again["diff"] == [] and again["revision"] == head_revision()
+    )
+    assert again["checks"] == _model_checks()
+
+
+@pytest.fixture
+async def ready_client(fresh_url: str) -> AsyncIterator[httpx.AsyncClient]:
+    application = create_app(Settings(database_url=fresh_url, log_level="WARNING"))
+    async with application.router.lifespan_context(application):
+        transport = httpx.ASGITransport(app=application)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+            yield http
+
+
+async def test_readyz_is_503_until_the_database_is_migrated(
+    fresh_url: str, ready_client: httpx.AsyncClient
+) -> None:
+    assert (await ready_client.get("/healthz")).status_code == 200
+    before = await ready_client.get("/readyz")
+    assert before.status_code == 503, before.text
+    assert before.json()["status"] == "unavailable"
+    assert "bso migrate" in before.json()["detail"]
+
+    upgrade_head(fresh_url)
+    after = await ready_client.get("/readyz")
+    assert after.status_code == 200, after.text
+    assert after.json() == {"status": "ok", "detail": f"schema at {head_revision()}"}
+
+    await asyncio.to_thread(command.downgrade, alembic_config(fresh_url), "base")
+    downgraded = await ready_client.get("/readyz")
+    assert downgraded.status_code == 503, downgraded.text
+
+
+async def test_readyz_is_503_when_the_database_is_unreachable() -> None:
+    unreachable = "postgresql+asyncpg://postgres@127.0.0.1:1/nowhere"
+    application = create_app(Settings(database_url=unreachable, log_level="CRITICAL"))
+    async with application.router.lifespan_context(application):
+        transport = httpx.ASGITransport(app=application)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+            response = await http.get("/readyz")
+            assert response.status_code == 503, response.text
+            assert response.json()["status"] == "unavailable"
+            assert "unreachable" in response.json()["detail"]
+            assert (await http.get("/healthz")).status_code == 200
