@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from pydantic import ValidationError
@@ -21,12 +21,28 @@ cli = typer.Typer(
 logger = logging.getLogger("app.cli")
 
 
+def _setting_names(loc: tuple[int | str, ...]) -> str:
+    """Both environment names of a setting, e.g. BSO_LOG_LEVEL / ZEUS_BSO_LOG_LEVEL."""
+    field = str(loc[0]).removeprefix("BSO_").removeprefix("ZEUS_BSO_").lower() if loc else ""
+    names = [f"BSO_{field.upper()}"]
+    if field in {"database_url", "log_level", "echo_sql"}:
+        names.append(f"ZEUS_BSO_{field.upper()}")
+    return " / ".join(names)
+
+
+def _shown(error: Any) -> str:
+    """The bad value, except a database URL (it may hold a password)."""
+    if error.get("loc") and "DATABASE_URL" in str(error["loc"][0]).upper():
+        return ""
+    return f" (got {error.get('input')!r})"
+
+
 def _settings() -> Settings:
     """Read the settings, or exit with a message naming the bad setting."""
     try:
         return get_settings()
     except ValidationError as exc:
-        lines = [f"  {'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
+        lines = [f"  {_setting_names(e['loc'])}: {e['msg']}{_shown(e)}" for e in exc.errors()]
         typer.echo("Invalid configuration:\n" + "\n".join(lines), err=True)
         raise typer.Exit(2) from exc
 
