@@ -1,9 +1,12 @@
-"""Engine, session factory and the declarative base with its naming convention."""
+"""Schema definitions for SQLAlchemy and Alembic: base, naming convention, engine.
+
+The request path does not go through SQLAlchemy (database.py says why);
+migrations and the schema tests do.
+"""
 
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -11,8 +14,6 @@ from sqlalchemy import DateTime, Dialect, MetaData, TypeDecorator, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
-    AsyncSession,
-    async_sessionmaker,
     create_async_engine,
 )
 from sqlalchemy.orm import DeclarativeBase
@@ -113,20 +114,3 @@ def create_engine(settings: Settings) -> AsyncEngine:
             "server_settings": {"lock_timeout": str(settings.lock_timeout_ms)},
         },
     )
-
-
-def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
-    """Sessions keep loaded values after commit: responses are built after it."""
-    return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
-
-
-async def session_scope(
-    sessionmaker: async_sessionmaker[AsyncSession],
-) -> AsyncIterator[AsyncSession]:
-    """Yield a session; roll back whatever the use case did not commit."""
-    async with sessionmaker() as session:
-        try:
-            yield session
-        finally:
-            if session.in_transaction():
-                await session.rollback()

@@ -8,12 +8,13 @@ traceback and answered with a generic 500 that leaks no SQL or stack.
 from __future__ import annotations
 
 import logging
+import sqlite3
 from typing import Any
 
+import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DBAPIError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 logger = logging.getLogger(__name__)
@@ -85,9 +86,23 @@ def validation_message(errors: list[Any]) -> str:
     return "; ".join(_describe(e) for e in errors)
 
 
-def _is_lock_timeout(exc: DBAPIError) -> bool:
-    text = str(exc.orig).lower()
-    return "lock timeout" in text or "database is locked" in text or "locknotavailable" in text
+def _is_busy(exc: BaseException) -> bool:
+    """Another request held the job's lock past the lock timeout."""
+    if isinstance(exc, asyncpg.LockNotAvailableError):
+        return True
+    return isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc)
+
+
+def _is_unavailable(exc: BaseException) -> bool:
+    """The database cannot be reached or is shutting down: worth a retry."""
+    return isinstance(
+        exc,
+        OSError
+        | asyncpg.PostgresConnectionError
+        | asyncpg.CannotConnectNowError
+        | asyncpg.InterfaceError
+        | asyncpg.AdminShutdownError,
+    )
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -115,23 +130,19 @@ def install_error_handlers(app: FastAPI) -> None:
             {"message": str(exc.detail)}, exc.status_code, headers=getattr(exc, "headers", None)
         )
 
-    @app.exception_handler(OperationalError)
-    async def _operational(request: Request, exc: OperationalError) -> JSONResponse:
-        if _is_lock_timeout(exc):
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        if _is_busy(exc):
             return JSONResponse(
                 {"message": "The job is busy with another request; retry shortly."},
                 503,
                 headers={"Retry-After": "1"},
             )
-        logger.error("database unavailable on %s %s", request.method, request.url.path,
-                     exc_info=exc)  # fmt: skip
-        return JSONResponse({"message": "The database is unavailable; retry shortly."}, 503)
-
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        if isinstance(exc, DBAPIError) and _is_lock_timeout(exc):
+        if _is_unavailable(exc):
+            logger.error("database unavailable on %s %s: %r", request.method, request.url.path,
+                         exc)  # fmt: skip
             return JSONResponse(
-                {"message": "The job is busy with another request; retry shortly."},
+                {"message": "The database is unavailable; retry shortly."},
                 503,
                 headers={"Retry-After": "1"},
             )

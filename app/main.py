@@ -13,7 +13,7 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.config import Settings, get_settings
-from app.db import create_engine, create_sessionmaker
+from app.database import open_database
 from app.errors import install_error_handlers
 from app.log import configure_logging
 from app.routes import health, read, zeus
@@ -94,13 +94,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         resolved = settings or get_settings()
         configure_logging(resolved.log_level)
-        engine = create_engine(resolved)
+        database = await open_database(resolved)
         app.state.settings = resolved
-        app.state.sessionmaker = create_sessionmaker(engine)
+        app.state.database = database
         try:
             yield
         finally:
-            await engine.dispose()
+            await database.close()
 
     app = FastAPI(
         title="Batch Size Optimizer",

@@ -9,16 +9,21 @@ from __future__ import annotations
 import threading
 from functools import lru_cache
 from pathlib import Path
-
-from alembic import command
-from alembic.config import Config
-from alembic.script import ScriptDirectory
+from typing import TYPE_CHECKING
 
 import migrations
+
+if TYPE_CHECKING:
+    from alembic.config import Config
+
+# Alembic is imported only when used: a serving worker needs just the head
+# revision, read once, and saves the memory of keeping Alembic loaded.
 
 
 def alembic_config(database_url: str | None = None) -> Config:
     """An Alembic config pointing at the packaged scripts and, if given, a URL."""
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(Path(migrations.__file__).parent))
     config.attributes["configure_logging"] = False
@@ -33,6 +38,8 @@ def upgrade_head(database_url: str | None = None) -> None:
     env.py runs its own event loop; called from inside a running loop (an
     async test, say), the upgrade runs on a helper thread instead.
     """
+    from alembic import command
+
     config = alembic_config(database_url)
     errors: list[BaseException] = []
 
@@ -52,6 +59,8 @@ def upgrade_head(database_url: str | None = None) -> None:
 @lru_cache
 def head_revision() -> str:
     """The newest revision this code knows."""
+    from alembic.script import ScriptDirectory
+
     head = ScriptDirectory.from_config(alembic_config()).get_current_head()
     assert head is not None, "migrations/versions holds at least the initial revision"
     return head

@@ -7,14 +7,11 @@ from __future__ import annotations
 
 import math
 
-from alembic.runtime.migration import MigrationContext
-from sqlalchemy.ext.asyncio import AsyncSession
-
 from app import bandit
+from app import repository as repo
+from app.database import Connection, Database
 from app.errors import JobNotFoundError
-from app.migrate import head_revision
-from app.models import Job
-from app.repository import Repository
+from app.repository import JobRow
 from app.schemas import (
     ArmRead,
     JobPage,
@@ -22,7 +19,6 @@ from app.schemas import (
     JobSummary,
     PruningProgress,
     TrialPage,
-    TrialRead,
 )
 from app.service import SPEC_FIELDS, job_params, trial_read
 
@@ -32,13 +28,17 @@ def _finite(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
-async def _progress(repo: Repository, job: Job, batch_sizes: list[int]) -> PruningProgress | None:
+async def _progress(
+    conn: Connection, job: JobRow, batch_sizes: list[int]
+) -> PruningProgress | None:
     if job.stage != "Pruning":
         return None
     params = job_params(job, tuple(batch_sizes))
     try:
         step = bandit.pruning_walk(
-            params, await repo.explorations(job.job_id), min_cost_batch_size=job.min_cost_batch_size
+            params,
+            await repo.explorations(conn, job.job_id),
+            min_cost_batch_size=job.min_cost_batch_size,
         )
     except bandit.NoConvergedBatchSizeError as exc:
         return PruningProgress(round=exc.round_index, default_batch_size=None, candidates=[])
@@ -50,30 +50,30 @@ async def _progress(repo: Repository, job: Job, batch_sizes: list[int]) -> Pruni
     )
 
 
-async def get_job(session: AsyncSession, job_id: str) -> JobRead:
-    repo = Repository(session)
-    job = await repo.get_job(job_id)
-    if job is None:
-        raise JobNotFoundError(job_id)
-    batch_sizes = await repo.batch_sizes(job_id)
+async def get_job(db: Database, job_id: str) -> JobRead:
+    async with db.autocommit() as conn:
+        job = await repo.get_job(conn, job_id)
+        if job is None:
+            raise JobNotFoundError(job_id)
+        batch_sizes = await repo.batch_sizes(conn, job_id)
+        progress = await _progress(conn, job, batch_sizes)
     return JobRead(
         job_id=job.job_id,
         batch_sizes=batch_sizes,
         **{name: getattr(job, name) for name in SPEC_FIELDS},
-        stage=job.stage,
+        stage=job.stage,  # type: ignore[arg-type]
         min_cost=job.min_cost,
         min_cost_batch_size=job.min_cost_batch_size,
-        exploration=await _progress(repo, job, batch_sizes),
+        exploration=progress,
         num_trials=job.next_trial_number - 1,
         created_at=job.created_at,
         updated_at=job.updated_at,
     )
 
 
-async def list_jobs(
-    session: AsyncSession, *, prefix: str | None, after: str | None, limit: int
-) -> JobPage:
-    jobs = await Repository(session).list_jobs(prefix=prefix, after=after, limit=limit + 1)
+async def list_jobs(db: Database, *, prefix: str | None, after: str | None, limit: int) -> JobPage:
+    async with db.autocommit() as conn:
+        jobs = await repo.list_jobs(conn, prefix=prefix, after=after, limit=limit + 1)
     items = [
         JobSummary(
             job_id=j.job_id,
@@ -90,7 +90,7 @@ async def list_jobs(
 
 
 async def list_trials(
-    session: AsyncSession,
+    db: Database,
     job_id: str,
     *,
     status: str | None,
@@ -98,22 +98,23 @@ async def list_trials(
     after: int | None,
     limit: int,
 ) -> TrialPage:
-    repo = Repository(session)
-    if await repo.get_job(job_id) is None:
-        raise JobNotFoundError(job_id)
-    trials = await repo.list_trials(
-        job_id, status=status, trial_type=trial_type, after=after, limit=limit + 1
-    )
-    items: list[TrialRead] = [trial_read(t) for t in trials[:limit]]
+    async with db.autocommit() as conn:
+        if await repo.get_job(conn, job_id) is None:
+            raise JobNotFoundError(job_id)
+        trials = await repo.list_trials(
+            conn, job_id, status=status, trial_type=trial_type, after=after, limit=limit + 1
+        )
+    items = [trial_read(t) for t in trials[:limit]]
     return TrialPage(
         items=items, next_after=items[-1].trial_number if len(trials) > limit else None
     )
 
 
-async def list_arms(session: AsyncSession, job_id: str) -> list[ArmRead]:
-    repo = Repository(session)
-    if await repo.get_job(job_id) is None:
-        raise JobNotFoundError(job_id)
+async def list_arms(db: Database, job_id: str) -> list[ArmRead]:
+    async with db.autocommit() as conn:
+        if await repo.get_job(conn, job_id) is None:
+            raise JobNotFoundError(job_id)
+        arms = await repo.arms(conn, job_id)
     return [
         ArmRead(
             batch_size=a.batch_size,
@@ -122,14 +123,11 @@ async def list_arms(session: AsyncSession, job_id: str) -> list[ArmRead]:
             reward_precision=_finite(a.reward_precision),
             num_observations=a.num_observations,
         )
-        for a in await repo.arms(job_id)
+        for a in arms
     ]
 
 
-async def schema_revision(session: AsyncSession) -> tuple[str | None, str]:
-    """The database's migration revision and the code's head revision."""
-    connection = await session.connection()
-    current = await connection.run_sync(
-        lambda sync: MigrationContext.configure(sync).get_current_revision()
-    )
-    return current, head_revision()
+async def schema_revision(db: Database) -> str | None:
+    """The database's migration revision (None before the first migration)."""
+    async with db.autocommit() as conn:
+        return await repo.schema_revision(conn)

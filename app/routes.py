@@ -7,15 +7,14 @@ read side that Zeus lacks.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
 from fastapi.responses import JSONResponse
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from app import reads, service
-from app.db import session_scope
+from app.database import Database
+from app.migrate import head_revision
 from app.schemas import (
     PRINTABLE,
     ArmRead,
@@ -36,13 +35,13 @@ from app.schemas import (
 from app.service import utcnow
 
 
-async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
-    """One session per request; the use case commits, this only cleans up."""
-    async for session in session_scope(request.app.state.sessionmaker):
-        yield session
+def get_database(request: Request) -> Database:
+    """The app's connection pool; each use case opens its own transaction."""
+    database: Database = request.app.state.database
+    return database
 
 
-SessionDep = Annotated[AsyncSession, Depends(get_session)]
+DatabaseDep = Annotated[Database, Depends(get_database)]
 JobIdQuery = Annotated[
     str,
     Query(min_length=1, max_length=256, pattern=PRINTABLE, description="The job."),
@@ -93,13 +92,13 @@ health = APIRouter(tags=["Health"])
         **INVALID,
     },
 )
-async def register_job(spec: JobSpec, response: Response, session: SessionDep) -> CreatedJob:
+async def register_job(spec: JobSpec, response: Response, db: DatabaseDep) -> CreatedJob:
     """Register a recurring job, or confirm that an identical one exists.
 
     With `job_id` null the server makes one: `{job_id_prefix}-{8 hex digits}`.
     Registering the same job_id again with an identical spec is a no-op (200).
     """
-    registration = await service.register_job(session, spec, now=utcnow())
+    registration = await service.register_job(db, spec, now=utcnow())
     if not registration.created:
         response.status_code = status.HTTP_200_OK
     return registration.job
@@ -122,14 +121,14 @@ async def register_job(spec: JobSpec, response: Response, session: SessionDep) -
         **BUSY,
     },
 )
-async def get_batch_size(job_id: JobIdQuery, session: SessionDep) -> TrialId:
+async def get_batch_size(job_id: JobIdQuery, db: DatabaseDep) -> TrialId:
     """Dispatch a new trial: the batch size to train this recurrence with.
 
     Pruning stage: the next batch size to explore, or, while an exploration is
     still running, a Concurrent trial of the cheapest batch size so far.
     Bandit stage: Gaussian Thompson Sampling over the surviving batch sizes.
     """
-    return await service.dispatch_trial(session, job_id, now=utcnow())
+    return await service.dispatch_trial(db, job_id, now=utcnow())
 
 
 @zeus.post(
@@ -153,14 +152,14 @@ async def get_batch_size(job_id: JobIdQuery, session: SessionDep) -> TrialId:
         **BUSY,
     },
 )
-async def report(result: TrainingResult, session: SessionDep) -> ReportResponse:
+async def report(result: TrainingResult, db: DatabaseDep) -> ReportResponse:
     """Report cumulative time, energy and metric after an epoch; obey `stop_train`.
 
     The trial ends (Succeeded) when it reaches the target, exceeds
     `beta_knob * min_cost`, or spends `max_epochs`. A report on an ended trial
     changes nothing and gets the same answer again, so retries are safe.
     """
-    return await service.report_result(session, result, now=utcnow())
+    return await service.report_result(db, result, now=utcnow())
 
 
 @zeus.patch(
@@ -184,13 +183,13 @@ async def report(result: TrainingResult, session: SessionDep) -> ReportResponse:
         **BUSY,
     },
 )
-async def end_trial(trial: TrialId, session: SessionDep) -> TrialRead:
+async def end_trial(trial: TrialId, db: DatabaseDep) -> TrialRead:
     """End a trial (Zeus's client calls this when the training script exits).
 
     A trial still running without a final report becomes Failed, and its batch
     size will be explored again; an already ended trial is left as it is.
     """
-    return await service.end_trial(session, trial, now=utcnow())
+    return await service.end_trial(db, trial, now=utcnow())
 
 
 @zeus.delete(
@@ -199,9 +198,9 @@ async def end_trial(trial: TrialId, session: SessionDep) -> TrialRead:
     summary="Delete a job",
     responses={404: {**UNKNOWN_JOB, "description": "No such job."}, **INVALID, **BUSY},
 )
-async def delete_job(job_id: JobIdQuery, session: SessionDep) -> Message:
+async def delete_job(job_id: JobIdQuery, db: DatabaseDep) -> Message:
     """Delete a job with its trials and arms."""
-    await service.delete_job(session, job_id)
+    await service.delete_job(db, job_id)
     return Message(message=f"Job {job_id!r} was deleted.")
 
 
@@ -210,7 +209,7 @@ async def delete_job(job_id: JobIdQuery, session: SessionDep) -> Message:
 
 @read.get("/jobs", response_model=JobPage, summary="List jobs", responses={**INVALID})
 async def list_jobs(
-    session: SessionDep,
+    db: DatabaseDep,
     job_id_prefix: Annotated[
         str | None,
         Query(max_length=256, pattern=PRINTABLE, description="Only jobs with this prefix."),
@@ -222,7 +221,7 @@ async def list_jobs(
     limit: Annotated[int, Query(ge=1, le=500, description="Page size.")] = 50,
 ) -> JobPage:
     """Jobs ordered by job_id, a page at a time."""
-    return await reads.list_jobs(session, prefix=job_id_prefix, after=after, limit=limit)
+    return await reads.list_jobs(db, prefix=job_id_prefix, after=after, limit=limit)
 
 
 @read.get(
@@ -231,9 +230,9 @@ async def list_jobs(
     summary="Read a job",
     responses={404: {**UNKNOWN_JOB, "description": "No such job."}, **INVALID},
 )
-async def get_job(job_id: JobIdPath, session: SessionDep) -> JobRead:
+async def get_job(job_id: JobIdPath, db: DatabaseDep) -> JobRead:
     """A job's configuration, stage, min cost and, while pruning, the current round."""
-    return await reads.get_job(session, job_id)
+    return await reads.get_job(db, job_id)
 
 
 @read.get(
@@ -244,7 +243,7 @@ async def get_job(job_id: JobIdPath, session: SessionDep) -> JobRead:
 )
 async def list_trials(
     job_id: JobIdPath,
-    session: SessionDep,
+    db: DatabaseDep,
     status: Annotated[
         Literal["Dispatched", "Succeeded", "Failed"] | None, Query(description="Filter.")
     ] = None,
@@ -258,7 +257,7 @@ async def list_trials(
 ) -> TrialPage:
     """Trials in trial-number order, a page at a time."""
     return await reads.list_trials(
-        session, job_id, status=status, trial_type=type, after=after, limit=limit
+        db, job_id, status=status, trial_type=type, after=after, limit=limit
     )
 
 
@@ -268,9 +267,9 @@ async def list_trials(
     summary="Read a job's bandit arms",
     responses={404: {**UNKNOWN_JOB, "description": "No such job."}, **INVALID},
 )
-async def list_arms(job_id: JobIdPath, session: SessionDep) -> list[ArmRead]:
+async def list_arms(job_id: JobIdPath, db: DatabaseDep) -> list[ArmRead]:
     """The bandit's belief per batch size (empty while pruning)."""
-    return await reads.list_arms(session, job_id)
+    return await reads.list_arms(db, job_id)
 
 
 # ------------------------------------------------------------------ health
@@ -290,9 +289,9 @@ async def healthz() -> Health:
 )
 async def readyz(request: Request) -> Any:
     """The database is reachable and its schema is at the latest migration."""
+    head = head_revision()
     try:
-        async with request.app.state.sessionmaker() as session:
-            current, head = await reads.schema_revision(session)
+        current = await reads.schema_revision(request.app.state.database)
     except Exception as exc:  # any failure to reach the database means not ready
         detail = f"database unreachable: {type(exc).__name__}"
         return JSONResponse(Health(status="unavailable", detail=detail).model_dump(), 503)

@@ -50,16 +50,16 @@ async def timed(name: str, n: int, fn: Callable[[], Awaitable[object]]) -> None:
 async def run(url: str, n: int) -> None:
     import asyncpg
     from sqlalchemy import select, text, update
-    from sqlalchemy.ext.asyncio import create_async_engine
+    from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
     from app import service
     from app.config import Settings
-    from app.db import create_engine, create_sessionmaker
+    from app.db import create_engine
     from app.models import BatchSize, Job, Trial
     from app.schemas import JobSpec
 
     engine = create_engine(Settings(database_url=url, log_level="WARNING"))
-    sessions = create_sessionmaker(engine)
+    sessions = async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
     async with sessions() as session:
         spec = JobSpec(**job_spec("cost-1", "cost", None))
         await service.register_job(session, spec, now=service.utcnow())
@@ -125,7 +125,7 @@ async def run(url: str, n: int) -> None:
         checkout_tx,
     )
     no_ping = create_async_engine(url, pool_pre_ping=False)
-    no_ping_sessions = create_sessionmaker(no_ping)
+    no_ping_sessions = async_sessionmaker(no_ping, expire_on_commit=False, autoflush=False)
     async with no_ping_sessions() as session:
 
         async def orm_select() -> None:

@@ -18,7 +18,6 @@ import asyncpg
 import httpx
 import pytest
 from fastapi import FastAPI
-from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from app.config import Settings
@@ -108,12 +107,12 @@ async def _clean_tables(request: pytest.FixtureRequest) -> AsyncIterator[None]:
         yield
         return
     application: FastAPI = request.getfixturevalue("app")
-    async with application.state.sessionmaker() as session:
-        if session.bind.dialect.name == "postgresql":
-            await session.execute(text("TRUNCATE job, batch_size, trial, arm"))
+    database = application.state.database
+    async with database.transaction() as conn:
+        if database.dialect == "postgresql":
+            await conn.execute("TRUNCATE job, batch_size, trial, arm")
         else:
-            await session.execute(text("DELETE FROM job"))  # cascades
-        await session.commit()
+            await conn.execute("DELETE FROM job")  # cascades
     yield
 
 
