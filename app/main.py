@@ -48,8 +48,12 @@ class BodySizeLimit:
         settings = getattr(scope["app"].state, "settings", None) if "app" in scope else None
         max_bytes = settings.max_body_bytes if settings else self.default_max_bytes
         declared = dict(scope.get("headers", [])).get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > max_bytes):
-            await _refuse(send, max_bytes)
+        if declared is not None:
+            # The server delivers exactly Content-Length bytes: check the header.
+            if not declared.isdigit() or int(declared) > max_bytes:
+                await _refuse(send, max_bytes)
+                return
+            await self.app(scope, receive, send)
             return
         messages: list[Message] = []
         size = 0

@@ -35,8 +35,11 @@ from app.schemas import (
 from app.service import utcnow
 
 
-def get_database(request: Request) -> Database:
-    """The app's connection pool; each use case opens its own transaction."""
+async def get_database(request: Request) -> Database:
+    """The app's connection pool; each use case opens its own transaction.
+
+    ``async`` on purpose: FastAPI runs plain ``def`` dependencies on a thread.
+    """
     database: Database = request.app.state.database
     return database
 
