@@ -72,6 +72,18 @@ BUSY: dict[int | str, dict[str, Any]] = {
     }
 }
 
+TRIAL_ERRORS: dict[int | str, dict[str, Any]] = {
+    404: {**UNKNOWN_TRIAL, "description": "No such job or trial."},
+    409: {
+        **error_example(
+            "Trial 3 of job 'mnist-nightly' was dispatched with batch size 128, not 64."
+        ),
+        "description": "The batch size is not the one the trial was dispatched with.",
+    },
+    **INVALID,
+    **BUSY,
+}
+
 zeus = APIRouter(tags=["Zeus-compatible API"])
 read = APIRouter(tags=["Read side"])
 health = APIRouter(tags=["Health"])
@@ -138,22 +150,7 @@ async def get_batch_size(job_id: JobIdQuery, db: DatabaseDep) -> TrialId:
     "/report",
     response_model=ReportResponse,
     summary="Report an epoch's cumulative result",
-    responses={
-        404: {
-            **error_example(
-                "Job 'mnist-nightly' has no trial 7. Get one from GET /jobs/batch_size."
-            ),
-            "description": "No such job or trial.",
-        },
-        409: {
-            **error_example(
-                "Trial 3 of job 'mnist-nightly' was dispatched with batch size 128, not 64."
-            ),
-            "description": "The batch size is not the one the trial was dispatched with.",
-        },
-        **INVALID,
-        **BUSY,
-    },
+    responses=TRIAL_ERRORS,
 )
 async def report(result: TrainingResult, db: DatabaseDep) -> ReportResponse:
     """Report cumulative time, energy and metric after an epoch; obey `stop_train`.
@@ -169,22 +166,7 @@ async def report(result: TrainingResult, db: DatabaseDep) -> ReportResponse:
     "/trials",
     response_model=TrialRead,
     summary="End a trial",
-    responses={
-        404: {
-            **error_example(
-                "Job 'mnist-nightly' has no trial 7. Get one from GET /jobs/batch_size."
-            ),
-            "description": "No such job or trial.",
-        },
-        409: {
-            **error_example(
-                "Trial 3 of job 'mnist-nightly' was dispatched with batch size 128, not 64."
-            ),
-            "description": "The batch size is not the one the trial was dispatched with.",
-        },
-        **INVALID,
-        **BUSY,
-    },
+    responses=TRIAL_ERRORS,
 )
 async def end_trial(trial: TrialId, db: DatabaseDep) -> TrialRead:
     """End a trial (Zeus's client calls this when the training script exits).

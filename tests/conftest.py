@@ -34,28 +34,15 @@ def _worker() -> str:
     return os.environ.get("PYTEST_XDIST_WORKER", "main")
 
 
-async def _recreate_database(admin_url: str, name: str) -> str:
-    url = make_url(admin_url)
+async def _admin(*statements: str) -> None:
+    url = make_url(ADMIN_URL)
     connection = await asyncpg.connect(
         host=url.host, port=url.port or 5432, user=url.username, password=url.password,
         database=url.database,
     )  # fmt: skip
     try:
-        await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await connection.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await connection.close()
-    return url.set(database=name).render_as_string(hide_password=False)
-
-
-async def _drop_database(admin_url: str, name: str) -> None:
-    url = make_url(admin_url)
-    connection = await asyncpg.connect(
-        host=url.host, port=url.port or 5432, user=url.username, password=url.password,
-        database=url.database,
-    )  # fmt: skip
-    try:
-        await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        for statement in statements:
+            await connection.execute(statement)
     finally:
         await connection.close()
 
@@ -71,10 +58,11 @@ def postgresql_url(testrun_uid: str) -> Iterator[str]:
     """A fresh, migrated PostgreSQL database for this worker of this run."""
     # Named per run, so that concurrent runs on one machine never collide.
     name = f"bso_test_{testrun_uid[:12]}_{_worker()}"
-    url = _off_loop(_recreate_database(ADMIN_URL, name))
+    _off_loop(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)', f'CREATE DATABASE "{name}"'))
+    url = make_url(ADMIN_URL).set(database=name).render_as_string(hide_password=False)
     upgrade_head(url)
     yield url
-    _off_loop(_drop_database(ADMIN_URL, name))
+    _off_loop(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 @pytest.fixture(scope="session")
