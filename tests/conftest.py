@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import uuid
 from collections.abc import AsyncIterator, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -28,6 +29,8 @@ ADMIN_URL = os.environ.get(
     "BSO_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
 )
 T = TypeVar("T")
+# xdist shares one id among the workers of a run; without xdist, make one.
+RUN_ID = os.environ.get("PYTEST_XDIST_TESTRUNUID", uuid.uuid4().hex)[:12]
 
 
 def _worker() -> str:
@@ -54,10 +57,10 @@ def _off_loop(coroutine: Coroutine[Any, Any, T]) -> T:
 
 
 @pytest.fixture(scope="session")
-def postgresql_url(testrun_uid: str) -> Iterator[str]:
+def postgresql_url() -> Iterator[str]:
     """A fresh, migrated PostgreSQL database for this worker of this run."""
     # Named per run, so that concurrent runs on one machine never collide.
-    name = f"bso_test_{testrun_uid[:12]}_{_worker()}"
+    name = f"bso_test_{RUN_ID}_{_worker()}"
     _off_loop(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)', f'CREATE DATABASE "{name}"'))
     url = make_url(ADMIN_URL).set(database=name).render_as_string(hide_password=False)
     upgrade_head(url)
