@@ -186,16 +186,25 @@ async def delete_job(conn: Connection, job_id: str) -> bool:
 async def list_jobs(
     conn: Connection, *, prefix: str | None, after: str | None, limit: int
 ) -> list[JobRow]:
+    # Only the filters given, so that each shape has its own plan and index
+    # (ix_job_job_id_prefix, or the primary key) instead of an OR-IS-NULL scan.
+    where, args = _filters(("job_id_prefix", "=", prefix), ("job_id", ">", after))
     rows = await conn.fetch(
-        f"SELECT {_JOB_SELECT} FROM job"
-        " WHERE (CAST($1 AS TEXT) IS NULL OR job_id_prefix = $1)"
-        " AND (CAST($2 AS TEXT) IS NULL OR job_id > $2)"
-        " ORDER BY job_id LIMIT $3",
-        prefix,
-        after,
+        f"SELECT {_JOB_SELECT} FROM job{where} ORDER BY job_id LIMIT ${len(args) + 1}",
+        *args,
         limit,
     )
     return [JobRow.from_row(r) for r in rows]
+
+
+def _filters(*conditions: tuple[str, str, Any], first: int = 1) -> tuple[str, list[Any]]:
+    """A WHERE clause of the conditions whose value is not None, and its arguments."""
+    clauses, args = [], []
+    for column, operator, value in conditions:
+        if value is not None:
+            args.append(value)
+            clauses.append(f"{column} {operator} ${first + len(args) - 1}")
+    return (" WHERE " + " AND ".join(clauses) if clauses else ""), args
 
 
 # ------------------------------------------------------------------ trials
@@ -257,14 +266,17 @@ async def list_trials(
     after: int | None,
     limit: int,
 ) -> list[TrialRow]:
+    # A filter on status uses ix_trial_job_id_status, one on type
+    # ix_trial_job_id_type_status, none the primary key; all in trial order.
+    where, args = _filters(
+        ("job_id", "=", job_id),
+        ("status", "=", status),
+        ("type", "=", trial_type),
+        ("trial_number", ">", after),
+    )
     rows = await conn.fetch(
-        f"SELECT {_TRIAL_SELECT} FROM trial WHERE job_id = $1"
-        " AND (CAST($2 AS TEXT) IS NULL OR status = $2) AND (CAST($3 AS TEXT) IS NULL OR type = $3)"
-        " AND trial_number > $4 ORDER BY trial_number LIMIT $5",
-        job_id,
-        status,
-        trial_type,
-        after if after is not None else 0,
+        f"SELECT {_TRIAL_SELECT} FROM trial{where} ORDER BY trial_number LIMIT ${len(args) + 1}",
+        *args,
         limit,
     )
     return [TrialRow.from_row(r) for r in rows]
