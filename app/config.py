@@ -72,6 +72,13 @@ class Settings(BaseSettings):
         "(PostgreSQL lock_timeout, SQLite busy timeout) before answering 503.",
     )
     max_body_bytes: int = Field(default=65_536, ge=1024)
+    trial_timeout_s: int = Field(
+        default=0,
+        ge=0,
+        description="Seconds after which a pruning exploration still running without a "
+        "final report counts as Failed and is explored again (its client died without "
+        "ending it). 0 never expires one.",
+    )
 
     @field_validator("database_url")
     @classmethod

@@ -11,6 +11,7 @@ since BEGIN IMMEDIATE already serialises writers there.
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import sqlite3
 from abc import ABC, abstractmethod
@@ -27,6 +28,11 @@ from app.config import Settings
 from app.db import ensure_sqlite_directory
 
 Row = Mapping[str, Any]
+sql_logger = logging.getLogger("app.sql")
+
+
+def _echo(sql: str, args: Any) -> None:
+    sql_logger.info("%s %r", sql, args)
 
 
 class Connection(ABC):
@@ -72,24 +78,35 @@ class Database(ABC):
 
 
 class _PgConnection(Connection):
-    def __init__(self, raw: asyncpg.Connection) -> None:
+    def __init__(self, raw: asyncpg.Connection, echo: bool) -> None:
         self.raw = raw
+        self.echo = echo
 
     async def fetch(self, sql: str, *args: Any) -> list[Row]:
+        if self.echo:
+            _echo(sql, args)
         return await self.raw.fetch(sql, *args)  # type: ignore[no-any-return]
 
     async def fetchrow(self, sql: str, *args: Any) -> Row | None:
+        if self.echo:
+            _echo(sql, args)
         return await self.raw.fetchrow(sql, *args)  # type: ignore[no-any-return]
 
     async def fetchval(self, sql: str, *args: Any) -> Any:
+        if self.echo:
+            _echo(sql, args)
         return await self.raw.fetchval(sql, *args)
 
     async def execute(self, sql: str, *args: Any) -> int:
+        if self.echo:
+            _echo(sql, args)
         status: str = await self.raw.execute(sql, *args)
         tail = status.rsplit(" ", 1)[-1]
         return int(tail) if tail.isdigit() else 0
 
     async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        if self.echo:
+            _echo(sql, rows)
         await self.raw.executemany(sql, rows)
 
 
@@ -108,8 +125,9 @@ class _PooledPgConnection(asyncpg.Connection):  # type: ignore[misc]
 class PostgresDatabase(Database):
     dialect = "postgresql"
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, echo: bool = False) -> None:
         self.pool = pool
+        self.echo = echo
 
     @classmethod
     async def connect(cls, settings: Settings) -> PostgresDatabase:
@@ -129,17 +147,17 @@ class PostgresDatabase(Database):
             # fast (answered 503) instead of hanging.
             server_settings={"lock_timeout": str(settings.lock_timeout_ms)},
         )
-        return cls(pool)
+        return cls(pool, settings.echo_sql)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Connection]:
         async with self.pool.acquire() as raw, raw.transaction():
-            yield _PgConnection(raw)
+            yield _PgConnection(raw, self.echo)
 
     @asynccontextmanager
     async def autocommit(self) -> AsyncIterator[Connection]:
         async with self.pool.acquire() as raw:
-            yield _PgConnection(raw)
+            yield _PgConnection(raw, self.echo)
 
     async def close(self) -> None:
         await self.pool.close()
@@ -165,13 +183,16 @@ def _bind(value: Any) -> Any:
 class _SqliteConnection(Connection):
     _translated: dict[str, str] = {}
 
-    def __init__(self, raw: aiosqlite.Connection) -> None:
+    def __init__(self, raw: aiosqlite.Connection, echo: bool) -> None:
         self.raw = raw
+        self.echo = echo
 
     def _sql(self, sql: str) -> str:
         translated = self._translated.get(sql)
         if translated is None:
             translated = self._translated[sql] = _to_sqlite(sql)
+        if self.echo:
+            sql_logger.info("%s", translated)
         return translated
 
     async def fetch(self, sql: str, *args: Any) -> list[Row]:
@@ -195,8 +216,9 @@ class SqliteDatabase(Database):
 
     dialect = "sqlite"
 
-    def __init__(self, path: str, busy_timeout_ms: int, size: int = 4) -> None:
+    def __init__(self, path: str, busy_timeout_ms: int, size: int = 4, echo: bool = False) -> None:
         self.path = path
+        self.echo = echo
         self.busy_timeout_ms = busy_timeout_ms
         self.size = size
         self._idle: asyncio.LifoQueue[aiosqlite.Connection] = asyncio.LifoQueue()
@@ -207,7 +229,7 @@ class SqliteDatabase(Database):
     async def connect(cls, settings: Settings) -> SqliteDatabase:
         ensure_sqlite_directory(settings.database_url)
         database = make_url(settings.database_url).database or ":memory:"
-        return cls(database, settings.lock_timeout_ms)
+        return cls(database, settings.lock_timeout_ms, echo=settings.echo_sql)
 
     async def _open(self) -> aiosqlite.Connection:
         raw = await aiosqlite.connect(
@@ -244,7 +266,7 @@ class SqliteDatabase(Database):
             # waits on the busy timeout instead of failing half-way.
             await raw.execute("BEGIN IMMEDIATE")
             try:
-                yield _SqliteConnection(raw)
+                yield _SqliteConnection(raw, self.echo)
                 await raw.execute("COMMIT")
             except BaseException:
                 if raw.in_transaction:
@@ -254,7 +276,7 @@ class SqliteDatabase(Database):
     @asynccontextmanager
     async def autocommit(self) -> AsyncIterator[Connection]:
         async with self._connection() as raw:
-            yield _SqliteConnection(raw)
+            yield _SqliteConnection(raw, self.echo)
 
     async def close(self) -> None:
         for raw in self._all:

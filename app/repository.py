@@ -257,6 +257,23 @@ async def fail_trial(conn: Connection, trial: TrialRow, now: datetime) -> None:
     )
 
 
+async def expire_explorations(
+    conn: Connection, job_id: str, *, started_before: datetime, now: datetime
+) -> int:
+    """Fail running explorations started before a time; their clients are gone.
+
+    An exploration that never ends blocks its pruning round forever (every
+    request gets a Concurrent trial instead), so a stale one is given up.
+    """
+    return await conn.execute(
+        "UPDATE trial SET status = 'Failed', end_timestamp = $3 WHERE job_id = $1"
+        " AND type = 'Exploration' AND status = 'Dispatched' AND start_timestamp < $2",
+        job_id,
+        started_before,
+        now,
+    )
+
+
 async def list_trials(
     conn: Connection,
     job_id: str,

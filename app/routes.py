@@ -136,14 +136,15 @@ async def register_job(spec: JobSpec, response: Response, db: DatabaseDep) -> Cr
         **BUSY,
     },
 )
-async def get_batch_size(job_id: JobIdQuery, db: DatabaseDep) -> TrialId:
+async def get_batch_size(job_id: JobIdQuery, db: DatabaseDep, request: Request) -> TrialId:
     """Dispatch a new trial: the batch size to train this recurrence with.
 
     Pruning stage: the next batch size to explore, or, while an exploration is
     still running, a Concurrent trial of the cheapest batch size so far.
     Bandit stage: Gaussian Thompson Sampling over the surviving batch sizes.
     """
-    return await service.dispatch_trial(db, job_id, now=utcnow())
+    timeout = request.app.state.settings.trial_timeout_s
+    return await service.dispatch_trial(db, job_id, now=utcnow(), trial_timeout_s=timeout)
 
 
 @zeus.post(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import secrets
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -156,8 +156,14 @@ def _generator(job: JobRow) -> np.random.Generator:
     return rng
 
 
-async def dispatch_trial(db: Database, job_id: str, *, now: datetime) -> TrialId:
-    """Choose the next batch size and record it as a new trial."""
+async def dispatch_trial(
+    db: Database, job_id: str, *, now: datetime, trial_timeout_s: int = 0
+) -> TrialId:
+    """Choose the next batch size and record it as a new trial.
+
+    With ``trial_timeout_s``, pruning explorations running longer than that
+    are marked Failed first (under the job's lock), so they are explored again.
+    """
     async with db.transaction() as conn:
         job = await repo.get_job(conn, job_id, for_update=True)
         if job is None:
@@ -166,6 +172,13 @@ async def dispatch_trial(db: Database, job_id: str, *, now: datetime) -> TrialId
         if in_bandit:
             params, explorations, arms = job_params(job), {}, await repo.arms(conn, job_id)
         else:
+            if trial_timeout_s > 0:
+                stale_before = now - timedelta(seconds=trial_timeout_s)
+                if await repo.expire_explorations(
+                    conn, job_id, started_before=stale_before, now=now
+                ):
+                    logger.warning("job %s: explorations started before %s expired", job_id,
+                                   stale_before.isoformat())  # fmt: skip
             params = job_params(job, tuple(await repo.batch_sizes(conn, job_id)))
             explorations, arms = await repo.explorations(conn, job_id), []
         rng = _generator(job)

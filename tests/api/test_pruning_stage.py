@@ -1,7 +1,11 @@
 from __future__ import annotations
 
-import httpx
+from datetime import timedelta
 
+import httpx
+from fastapi import FastAPI
+
+from app import service
 from tests.helpers import dispatch, end, finish, register, report
 
 
@@ -111,3 +115,25 @@ async def test_early_stopping_ends_a_trial_costing_beta_times_min_cost(
     over = await report(client, t2, time=25.0, energy=2500.0, metric=0.1, epoch=2)  # 5000
     assert over.json()["stop_train"] is True and over.json()["converged"] is False
     assert "cost upper bound" in over.json()["message"]
+
+
+async def test_a_stale_exploration_expires_and_is_explored_again(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    job_id = await register(client)
+    lost = await dispatch(client, job_id)  # its client dies without PATCH /trials
+    database = app.state.database
+    later = service.utcnow() + timedelta(hours=2)
+    # Within the timeout the exploration still blocks: a Concurrent trial.
+    blocked = await service.dispatch_trial(database, job_id, now=later, trial_timeout_s=3 * 3600)
+    assert blocked.batch_size == 64
+    again = await service.dispatch_trial(database, job_id, now=later, trial_timeout_s=3600)
+    assert (again.batch_size, again.trial_number) == (64, 3)
+    trials = (await client.get(f"/jobs/{job_id}/trials")).json()["items"]
+    assert [(t["type"], t["status"]) for t in trials] == [
+        ("Exploration", "Failed"),
+        ("Concurrent", "Dispatched"),
+        ("Exploration", "Dispatched"),
+    ]
+    late = await finish(client, lost, cost_time=1.0)
+    assert late["converged"] is False and "without a result" in late["message"]
