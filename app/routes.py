@@ -64,6 +64,18 @@ INVALID: dict[int | str, dict[str, Any]] = {
         "description": "Invalid input: `message` names every invalid field.",
     }
 }
+TOO_LARGE: dict[int | str, dict[str, Any]] = {
+    413: {
+        **error_example("Request body too large (limit 65536 bytes)."),
+        "description": "The body exceeds BSO_MAX_BODY_BYTES.",
+    }
+}
+UNAVAILABLE: dict[int | str, dict[str, Any]] = {
+    503: {
+        **error_example("The database is unavailable; retry shortly."),
+        "description": "The database cannot be reached. Safe to retry.",
+    }
+}
 BUSY: dict[int | str, dict[str, Any]] = {
     503: {
         **error_example("The job is busy with another request; retry shortly."),
@@ -81,6 +93,7 @@ TRIAL_ERRORS: dict[int | str, dict[str, Any]] = {
         "description": "The batch size is not the one the trial was dispatched with.",
     },
     **INVALID,
+    **TOO_LARGE,
     **BUSY,
 }
 
@@ -105,6 +118,8 @@ health = APIRouter(tags=["Health"])
             "description": "The job_id exists with a different specification.",
         },
         **INVALID,
+        **TOO_LARGE,
+        **UNAVAILABLE,
     },
 )
 async def register_job(spec: JobSpec, response: Response, db: DatabaseDep) -> CreatedJob:
@@ -193,7 +208,9 @@ async def delete_job(job_id: JobIdQuery, db: DatabaseDep) -> Message:
 # --------------------------------------------------------------- read side
 
 
-@read.get("/jobs", response_model=JobPage, summary="List jobs", responses={**INVALID})
+@read.get(
+    "/jobs", response_model=JobPage, summary="List jobs", responses={**INVALID, **UNAVAILABLE}
+)
 async def list_jobs(
     db: DatabaseDep,
     job_id_prefix: Annotated[
@@ -214,7 +231,7 @@ async def list_jobs(
     "/jobs/{job_id}",
     response_model=JobRead,
     summary="Read a job",
-    responses={404: {**UNKNOWN_JOB, "description": "No such job."}, **INVALID},
+    responses={404: {**UNKNOWN_JOB, "description": "No such job."}, **INVALID, **UNAVAILABLE},
 )
 async def get_job(job_id: JobIdPath, db: DatabaseDep) -> JobRead:
     """A job's configuration, stage, min cost and, while pruning, the current round."""
@@ -225,7 +242,7 @@ async def get_job(job_id: JobIdPath, db: DatabaseDep) -> JobRead:
     "/jobs/{job_id}/trials",
     response_model=TrialPage,
     summary="List a job's trials",
-    responses={404: {**UNKNOWN_JOB, "description": "No such job."}, **INVALID},
+    responses={404: {**UNKNOWN_JOB, "description": "No such job."}, **INVALID, **UNAVAILABLE},
 )
 async def list_trials(
     job_id: JobIdPath,
@@ -251,7 +268,7 @@ async def list_trials(
     "/jobs/{job_id}/arms",
     response_model=list[ArmRead],
     summary="Read a job's bandit arms",
-    responses={404: {**UNKNOWN_JOB, "description": "No such job."}, **INVALID},
+    responses={404: {**UNKNOWN_JOB, "description": "No such job."}, **INVALID, **UNAVAILABLE},
 )
 async def list_arms(job_id: JobIdPath, db: DatabaseDep) -> list[ArmRead]:
     """The bandit's belief per batch size (empty while pruning)."""
