@@ -90,6 +90,18 @@ class Settings(BaseSettings):
         return self.database_url.startswith("sqlite")
 
     @property
+    def sqlite_path(self) -> str:
+        """The file of a SQLite URL: sqlite+aiosqlite:///./data/bso.db -> ./data/bso.db."""
+        path = self.database_url.split("://", 1)[1]
+        path = path[1:] if path.startswith("/") else path  # the empty host
+        return path.split("?", 1)[0] or ":memory:"
+
+    @property
+    def postgres_dsn(self) -> str:
+        """The URL as libpq/asyncpg spell it: postgresql://user:password@host:port/db."""
+        return "postgresql://" + self.database_url.split("://", 1)[1]
+
+    @property
     def is_embedded_default(self) -> bool:
         """The laptop default: a local SQLite file the service may migrate itself."""
         return self.is_sqlite

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 import sqlite3
 from abc import ABC, abstractmethod
@@ -22,10 +23,8 @@ from typing import Any
 
 import aiosqlite
 import asyncpg
-from sqlalchemy.engine import make_url
 
 from app.config import Settings
-from app.db import ensure_sqlite_directory
 
 Row = Mapping[str, Any]
 sql_logger = logging.getLogger("app.sql")
@@ -131,13 +130,8 @@ class PostgresDatabase(Database):
 
     @classmethod
     async def connect(cls, settings: Settings) -> PostgresDatabase:
-        url = make_url(settings.database_url)
         pool = await asyncpg.create_pool(
-            host=url.host,
-            port=url.port or 5432,
-            user=url.username,
-            password=url.password,
-            database=url.database,
+            settings.postgres_dsn,
             # Connect lazily: the service starts while the database is down
             # (/healthz answers, /readyz says why it is not ready).
             min_size=0,
@@ -171,6 +165,14 @@ _ROW_LOCK = re.compile(r"\s+FOR UPDATE(\s+OF\s+\w+)?", re.IGNORECASE)
 
 def _to_sqlite(sql: str) -> str:
     return _PARAM.sub(r"?\1", _ROW_LOCK.sub("", sql))
+
+
+def ensure_sqlite_directory(settings: Settings) -> str:
+    """Create the folder of a SQLite file (./data by default); return the file's path."""
+    path = settings.sqlite_path
+    if path != ":memory:":
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    return path
 
 
 def _bind(value: Any) -> Any:
@@ -227,9 +229,8 @@ class SqliteDatabase(Database):
 
     @classmethod
     async def connect(cls, settings: Settings) -> SqliteDatabase:
-        ensure_sqlite_directory(settings.database_url)
-        database = make_url(settings.database_url).database or ":memory:"
-        return cls(database, settings.lock_timeout_ms, echo=settings.echo_sql)
+        path = ensure_sqlite_directory(settings)
+        return cls(path, settings.lock_timeout_ms, echo=settings.echo_sql)
 
     async def _open(self) -> aiosqlite.Connection:
         raw = await aiosqlite.connect(

@@ -6,12 +6,10 @@ migrations and the schema tests do.
 
 from __future__ import annotations
 
-import os
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import DateTime, Dialect, MetaData, TypeDecorator, event
-from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     create_async_engine,
@@ -19,6 +17,7 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.orm import DeclarativeBase
 
 from app.config import Settings
+from app.database import ensure_sqlite_directory
 
 # Deterministic constraint names, so that migrations can drop and rename them.
 NAMING_CONVENTION = {
@@ -59,14 +58,6 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
-def ensure_sqlite_directory(database_url: str) -> None:
-    """Create the folder of a file-backed SQLite database (./data by default)."""
-    url = make_url(database_url)
-    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
-        folder = os.path.dirname(os.path.abspath(url.database))
-        os.makedirs(folder, exist_ok=True)
-
-
 def _configure_sqlite(engine: AsyncEngine, busy_timeout_ms: int) -> None:
     """Make SQLite serialise writers the way PostgreSQL's row lock does.
 
@@ -94,7 +85,7 @@ def _configure_sqlite(engine: AsyncEngine, busy_timeout_ms: int) -> None:
 def create_engine(settings: Settings) -> AsyncEngine:
     """Build the engine for the configured database."""
     if settings.is_sqlite:
-        ensure_sqlite_directory(settings.database_url)
+        ensure_sqlite_directory(settings)
         engine = create_async_engine(
             settings.database_url,
             echo=settings.echo_sql,
