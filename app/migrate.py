@@ -6,6 +6,7 @@ so an installed service can migrate without the source tree.
 
 from __future__ import annotations
 
+import re
 import threading
 from functools import lru_cache
 from pathlib import Path
@@ -56,11 +57,24 @@ def upgrade_head(database_url: str | None = None) -> None:
         raise errors[0]
 
 
+_REVISION = re.compile(r"^(revision|down_revision)\s*(?::[^=]*)?=\s*(.+)$", re.MULTILINE)
+
+
 @lru_cache
 def head_revision() -> str:
-    """The newest revision this code knows."""
-    from alembic.script import ScriptDirectory
+    """The newest revision this code knows, read from the scripts' own headers.
 
-    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
-    assert head is not None, "migrations/versions holds at least the initial revision"
-    return head
+    Not through Alembic: /readyz asks this in every worker, and loading
+    Alembic (with SQLAlchemy) there would cost each worker about 20 MiB.
+    tests/test_migrations.py checks that this agrees with Alembic.
+    """
+    revisions: set[str] = set()
+    parents: set[str] = set()
+    for script in (Path(migrations.__file__).parent / "versions").glob("*.py"):
+        for name, value in _REVISION.findall(script.read_text(encoding="utf-8")):
+            found = set(re.findall(r"[\"']([0-9A-Za-z_]+)[\"']", value))
+            (revisions if name == "revision" else parents).update(found)
+    heads = revisions - parents
+    if len(heads) != 1:
+        raise RuntimeError(f"expected one migration head, found {sorted(heads)}")
+    return heads.pop()

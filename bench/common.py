@@ -551,29 +551,27 @@ async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes, bool
 # -------------------------------------------------------------- profiling
 
 # Where a sample's time goes: the first rule whose marker occurs anywhere in
-# the sample's stack wins (py-spy shows each SQLAlchemy greenlet as its own
-# root, so these are whole-stack tests, not call-tree nesting).
+# the sample's stack wins (py-spy may root a stack at a resumed coroutine
+# rather than at the thread's entry point, so these are whole-stack tests,
+# not call-tree nesting). Samples whose innermost frame is the event loop's
+# own entry (uvloop runs in C: socket reads and writes, and the Cython
+# protocol callbacks of asyncpg and httptools, are invisible to py-spy) are
+# counted apart, before any rule: their stacks hold uvicorn's frames too.
+EVENT_LOOP = "event loop (uvloop C code: socket I/O, asyncpg/httptools protocol callbacks)"
+EVENT_LOOP_LEAVES = ("Runner.run ", "run_until_complete ", "run (uvloop/", "run_forever ")
 PROFILE_RULES: list[tuple[str, tuple[str, ...]]] = [
-    ("pool pre-ping (BEGIN; ';'; ROLLBACK on checkout)", ("_async_ping", "do_ping")),
-    ("BEGIN round trip", ("Transaction.start",)),
+    ("asyncpg pool acquire / release", ("asyncpg/pool.py",)),
+    ("BEGIN (asyncpg transaction start)", ("Transaction.start", "Transaction.__aenter__")),
     (
         "COMMIT / ROLLBACK",
-        (
-            "Session.commit ",
-            "Session.rollback ",
-            "Transaction.__commit",
-            "Transaction.__rollback",
-            "_commit_impl",
-            "_rollback_impl",
-        ),
+        ("Transaction.__commit", "Transaction.__rollback", "Transaction.__aexit__"),
     ),
-    ("ORM flush (UPDATE / INSERT via unit of work)", ("Session.flush ", "Session._flush ")),
     ("asyncpg statement execution (bind, send, decode)", ("asyncpg/",)),
-    ("SQLAlchemy statement build / cache key / ORM load", ("sqlalchemy/",)),
     ("aiosqlite / sqlite3", ("aiosqlite/", "sqlite3")),
+    ("SQLAlchemy (none expected on the request path)", ("sqlalchemy/",)),
     (
-        "app code (service, repository, bandit)",
-        ("app/service", "app/repository", "app/bandit", "app/reads"),
+        "app code (service, repository, database adapter, bandit)",
+        ("app/service", "app/repository", "app/database", "app/bandit", "app/reads"),
     ),
     ("pydantic", ("pydantic",)),
     (
@@ -581,10 +579,55 @@ PROFILE_RULES: list[tuple[str, tuple[str, ...]]] = [
         ("fastapi/", "starlette/", "uvicorn/", "app/main", "app/routes", "app/errors", "anyio/"),
     ),
 ]
+IDLE = "idle (sampled by py-spy, not CPU time)"
 
 
-def summarize_stacks(path: str | Path) -> list[tuple[str, float]]:
-    """Share of samples per PROFILE_RULES category, from py-spy's ``--format raw`` output."""
+def _idle_leaves() -> tuple[str, ...]:
+    """Innermost frames that are waits py-spy still samples as active.
+
+    aiosqlite's connection threads block in ``tx.get()`` (a C-level
+    SimpleQueue wait) between statements; py-spy counts those samples.
+    """
+    leaves = []
+    with contextlib.suppress(ImportError, OSError, TypeError):
+        import inspect
+
+        from aiosqlite import core
+
+        lines, first = inspect.getsourcelines(core._connection_worker_thread)
+        for offset, text in enumerate(lines):
+            if "tx.get(" in text:
+                leaves.append(f"_connection_worker_thread (aiosqlite/core.py:{first + offset})")
+    return tuple(leaves)
+
+
+IDLE_LEAVES = _idle_leaves()
+
+
+def profile_samples(path: str | Path) -> int:
+    """How many samples a py-spy ``--format raw`` file holds."""
+    total = 0
+    with open(path) as handle:
+        for line in handle:
+            count = line.rstrip().rpartition(" ")[2]
+            if count.isdigit():
+                total += int(count)
+    return total
+
+
+def summarize_stacks(
+    path: str | Path, busy_samples: float | None = None
+) -> list[tuple[str, float]]:
+    """Share of the busy samples per category, from py-spy's ``--format raw`` output.
+
+    py-spy leaves out threads it sees idle, but not perfectly. Samples whose
+    innermost frame is a known wait (IDLE_LEAVES) are idle. With
+    ``busy_samples`` (the process's CPU seconds over the sampling window
+    times the rate), samples still beyond that are idle too; they are taken
+    off the event-loop category, where a wait for I/O shows up. Idle comes
+    last, as a fraction of the busy samples; the other shares are shares of
+    the busy samples and add up to 1.
+    """
     shares: Counter[str] = Counter()
     total = 0
     with open(path) as handle:
@@ -594,13 +637,29 @@ def summarize_stacks(path: str | Path) -> list[tuple[str, float]]:
                 continue
             n = int(count)
             total += n
+            leaf = stack.rsplit(";", 1)[-1]
+            if leaf in IDLE_LEAVES:
+                shares[IDLE] += n
+                continue
+            if leaf.startswith(EVENT_LOOP_LEAVES):
+                shares[EVENT_LOOP] += n
+                continue
             for name, markers in PROFILE_RULES:
                 if any(marker in stack for marker in markers):
                     shares[name] += n
                     break
             else:
-                shares["other (event loop, stdlib)"] += n
-    return [(name, n / total) for name, n in shares.most_common()] if total else []
+                shares["other (stdlib, unattributed frames)"] += n
+    if not total:
+        return []
+    idle = float(shares.pop(IDLE, 0))  # known waits (IDLE_LEAVES)
+    if busy_samples is not None and total - idle > busy_samples:
+        extra = min(total - idle - busy_samples, shares[EVENT_LOOP])
+        shares[EVENT_LOOP] -= extra  # type: ignore[assignment]
+        idle += extra
+    busy = total - idle
+    found = [(name, n / busy) for name, n in shares.most_common()]
+    return found + ([(IDLE, idle / busy)] if idle else [])
 
 
 def top_frames(path: str | Path, limit: int = 25) -> list[tuple[str, float]]:

@@ -2,10 +2,12 @@
 
 Not an HTTP benchmark: it explains the hot loop's numbers. The same primary-key
 lookup of a job row goes through raw asyncpg, SQLAlchemy's driver-level and
-Core paths, and the ORM paths the service uses today; plus the per-request
-session/transaction lifecycle. Reports the best of 3 runs of ``--n`` calls,
-in microseconds of this process's CPU per call (the round trip's PostgreSQL
-side is not counted).
+Core paths, and the ORM paths the service used before it moved to the driver
+(the evidence for that rewrite); plus the per-request session/transaction
+lifecycle; and last, the service's current path (app/database.py,
+app/repository.py) and two whole use cases that the hot loop calls most.
+Reports the best of 3 runs of ``--n`` calls, in microseconds of this
+process's CPU per call (the round trip's PostgreSQL side is not counted).
 
 Example::
 
@@ -52,19 +54,22 @@ async def run(url: str, n: int) -> None:
     from sqlalchemy import select, text, update
     from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
-    from app import service
+    from app import repository, service
     from app.config import Settings
+    from app.database import open_database
     from app.db import create_engine
     from app.models import BatchSize, Job, Trial
-    from app.schemas import JobSpec
+    from app.schemas import JobSpec, TrainingResult
 
-    engine = create_engine(Settings(database_url=url, log_level="WARNING"))
+    settings = Settings(database_url=url, log_level="WARNING")
+    database = await open_database(settings)  # the service's own driver layer
+    spec = JobSpec(**job_spec("cost-1", "cost", None))
+    await service.register_job(database, spec, now=service.utcnow())
+    trial = await service.dispatch_trial(database, "cost-1", now=service.utcnow())
+    # The ORM rows below use SQLAlchemy's engine as the service configured it
+    # before the rewrite (app.db.create_engine: pool_pre_ping on).
+    engine = create_engine(settings)
     sessions = async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
-    async with sessions() as session:
-        spec = JobSpec(**job_spec("cost-1", "cost", None))
-        await service.register_job(session, spec, now=service.utcnow())
-    async with sessions() as session:
-        await service.dispatch_trial(session, "cost-1", now=service.utcnow())
     sql = "SELECT * FROM job WHERE job_id = $1"
 
     raw = await asyncpg.connect(url.replace("postgresql+asyncpg", "postgresql"))
@@ -175,6 +180,50 @@ async def run(url: str, n: int) -> None:
     await timed("  the same with pool_pre_ping=False", n, lambda: lifecycle(no_ping_sessions))
     await no_ping.dispose()
     await engine.dispose()
+
+    # What the request path does since the rewrite (app/database.py, app/repository.py).
+    async def locked_frame() -> None:
+        async with database.transaction() as conn:
+            await repository.get_job(conn, "cost-1", for_update=True)
+
+    await timed(
+        "now: app.database transaction (pool acquire, BEGIN, COMMIT, release) "
+        "+ repository.get_job FOR UPDATE -> JobRow",
+        n,
+        locked_frame,
+    )
+
+    async def lock_free_read() -> None:
+        async with database.autocommit() as conn:
+            await repository.get_job_and_trial(conn, "cost-1", trial.trial_number)
+
+    await timed(
+        "now: lock-free job JOIN trial -> JobRow, TrialRow (pool acquire/release included)",
+        n,
+        lock_free_read,
+    )
+    report = TrainingResult(
+        job_id="cost-1",
+        batch_size=trial.batch_size,
+        trial_number=trial.trial_number,
+        time=10.0,
+        energy=2000.0,
+        metric=0.1,
+        current_epoch=1,
+    )
+
+    async def report_not_final() -> None:
+        answer = await service.report_result(database, report, now=service.utcnow())
+        assert not answer.stop_train
+
+    await timed("now: service.report_result, not final (whole use case)", n, report_not_final)
+
+    async def register_again() -> None:
+        registration = await service.register_job(database, spec, now=service.utcnow())
+        assert not registration.created
+
+    await timed("now: service.register_job, already registered (whole use case)", n, register_again)
+    await database.close()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -14,7 +14,9 @@ have stored):
    /jobs/batch_size (the job enters the bandit stage, its arm rows are
    written by the service) and a final POST /report: trial 1 is real.
 2. Trials 2..n are bulk-inserted into ``trial`` as finished MAB trials
-   (about 5 % Failed, the rest Succeeded with cost = zeus_cost(energy, time)).
+   (about 5 % Failed, the rest Succeeded with cost = zeus_cost(energy, time)),
+   through SQLAlchemy Core on app.models' table; on SQLite the timestamps
+   are written as ISO 8601 text in UTC, exactly as app/database.py stores them.
 3. Every ``batch_size`` row's running statistics (count, mean, M2 of the
    rewards of all its Succeeded trials), every ``arm`` row (fitted by
    app.bandit.fit_arm on the last window_size rewards, or all of them) and the
@@ -106,6 +108,7 @@ async def build_job(client: RawClient, engine: Any, job_id: str, window: int, n:
     from sqlalchemy import text, update
 
     from app.bandit import RewardStats, fit_arm, reward, zeus_cost
+    from app.database import _bind as sqlite_value
     from app.models import Arm, BatchSize, Job, Trial
 
     rng = random.Random(f"{job_id}")
@@ -141,9 +144,19 @@ async def build_job(client: RawClient, engine: Any, job_id: str, window: int, n:
                 converged=rng.random() < 0.9,
             )
         rows.append(row)
+    insert = Trial.__table__.insert()
+    if engine.dialect.name == "sqlite":
+        # Store timestamps as the service does (app/database.py: ISO 8601 text
+        # in UTC), not in SQLAlchemy's own SQLite format: plain-text INSERT.
+        columns = list(rows[0]) if rows else []
+        insert = text(
+            f"INSERT INTO trial ({', '.join(columns)}) "
+            f"VALUES ({', '.join(':' + c for c in columns)})"
+        )
+        rows = [{k: sqlite_value(v) for k, v in row.items()} for row in rows]
     async with engine.begin() as conn:
         for chunk in range(0, len(rows), 1000):
-            await conn.execute(Trial.__table__.insert(), rows[chunk : chunk + 1000])
+            await conn.execute(insert, rows[chunk : chunk + 1000])
         # Recompute what the service keeps per job from the whole history.
         result = await conn.execute(
             text(

@@ -5,7 +5,8 @@ register (POST /jobs, 201 the first time, 200 after), dispatch (GET
 /jobs/batch_size), one report per epoch (POST /report with cumulative time and
 energy; the last epoch reaches the target) and end (PATCH /trials). At most
 ``--concurrency`` requests are in flight at once, over keep-alive connections
-(an httpx pool sized to the concurrency).
+(bench.common.RawClient by default; ``--client httpx`` for httpx.AsyncClient
+with a pool sized to the concurrency).
 
 In the same run a FastAPI hello-world (bench/hello_app.py), served by uvicorn
 with the very options ``bso serve`` uses (worker count, log level, access log
@@ -51,6 +52,7 @@ from bench.common import (
     machine_cpu_seconds,
     markdown_table,
     postgres_cpu_seconds,
+    profile_samples,
     py_spy,
     summarize_stacks,
     top_frames,
@@ -59,6 +61,7 @@ from bench.common import (
 
 ENDPOINTS = ("POST /jobs", "GET /jobs/batch_size", "POST /report", "PATCH /trials")
 BATCH_SIZES = [32, 64, 128, 256]
+PROFILE_RATE = 200  # py-spy samples per second
 
 
 @dataclass(frozen=True)
@@ -279,12 +282,17 @@ def measure(
     if quiet_wait:
         wait_until_quiet(quiet_wait)
     server_cpu0 = server.cpu_seconds() if server else 0.0
+    worker_cpu0 = {pid: cpu_seconds(pid) for pid in server.worker_pids()} if server else {}
     pg_cpu0 = postgres_cpu_seconds()
     machine0 = machine_cpu_seconds()
     stacks: list[str] = []
+    profiled_cpu = 0.0
     if profile and server:
-        with py_spy(server.worker_pids(), profile) as stacks:
+        first = server.worker_pids()[0]
+        profiled_cpu = -cpu_seconds(first)
+        with py_spy(server.worker_pids(), profile, rate=PROFILE_RATE) as stacks:
             result = run_load(url, w, client_procs)
+        profiled_cpu += cpu_seconds(first)  # the sampled worker's CPU over the whole window
     else:
         result = run_load(url, w, client_procs)
     rec: Recorder = result["recorder"]
@@ -308,6 +316,10 @@ def measure(
         out["cpu_cores"]["server"] = server_cpu / wall
         out["server_cpu_ms_per_request"] = 1000 * server_cpu / max(rec.count, 1)
         out["peak_rss_mib"] = server.peak_rss_mib()
+        # With several workers the kernel hands each new connection to whichever
+        # worker accepts first; the split shows a run where one worker got most.
+        used = {pid: cpu_seconds(pid) - cpu0 for pid, cpu0 in worker_cpu0.items()}
+        out["worker_cpu_split"] = [v / (sum(used.values()) or 1) for v in used.values()]
     pg_cpu = max(0.0, postgres_cpu_seconds() - pg_cpu0) * (1 - warm)
     if db == "postgres":
         out["cpu_cores"]["postgres"] = pg_cpu / wall
@@ -316,7 +328,9 @@ def measure(
     out["cpu_cores"]["other processes"] = max(0.0, machine * (1 - warm) - accounted) / wall
     if stacks:
         out["profile_files"] = stacks
-        out["profile"] = summarize_stacks(stacks[0])
+        out["profile_samples"] = profile_samples(stacks[0])
+        out["profile_busy_samples"] = profiled_cpu * PROFILE_RATE
+        out["profile"] = summarize_stacks(stacks[0], out["profile_busy_samples"])
         out["profile_top"] = top_frames(stacks[0])
     return out
 
@@ -332,16 +346,26 @@ def print_result(r: dict) -> None:
     print(f"CPU cores busy (CPU s / wall s): {cores}")
     if "server_cpu_ms_per_request" in r:
         print(f"server CPU per request: {r['server_cpu_ms_per_request']:.2f} ms")
+    if len(r.get("worker_cpu_split", [])) > 1:
+        split = " / ".join(f"{v:.0%}" for v in r["worker_cpu_split"])
+        print(f"CPU split between the workers: {split}")
     if "peak_rss_mib" in r:
         rss = ", ".join(f"{k}: {v:.1f} MiB" for k, v in r["peak_rss_mib"].items())
         print(f"peak RSS (VmHWM): {rss}")
     if "profile" in r:
+        samples, busy = r["profile_samples"], r["profile_busy_samples"]
         print(
-            f"\nprofile of {r['profile_files'][0]} (py-spy samples; throughput above is "
-            "lowered by the sampling):"
+            f"\nprofile of {r['profile_files'][0]} (py-spy, {PROFILE_RATE} Hz; throughput "
+            f"above is lowered by the sampling): {samples} samples = {samples / PROFILE_RATE:.1f} s"
+            f", the worker's CPU time over the window {busy / PROFILE_RATE:.1f} s"
         )
-        print(markdown_table(["where", "share"], [[k, f"{v:.1%}"] for k, v in r["profile"]]))
-        print("\ntop functions by self time:")
+        print(
+            markdown_table(
+                ["where", "share of the worker's busy time"],
+                [[k, f"{v:.1%}"] for k, v in r["profile"]],
+            )
+        )
+        print("\ntop functions by self time (share of all samples):")
         print(markdown_table(["function", "self"], [[k, f"{v:.1%}"] for k, v in r["profile_top"]]))
 
 

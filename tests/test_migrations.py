@@ -162,3 +162,9 @@ async def test_readyz_is_503_when_the_database_is_unreachable() -> None:
             assert response.json()["status"] == "unavailable"
             assert "unreachable" in response.json()["detail"]
             assert (await http.get("/healthz")).status_code == 200
+
+
+def test_the_head_revision_read_from_the_scripts_is_alembics() -> None:
+    from alembic.script import ScriptDirectory
+
+    assert head_revision() == ScriptDirectory.from_config(alembic_config()).get_current_head()
