@@ -113,6 +113,28 @@ class GpuConfig(WireModel):
     gpu_model: Identifier
 
 
+JOB_SPEC_EXAMPLE: dict[str, Any] = {
+    "job_id": "mnist-nightly",
+    "job_id_prefix": "mnist",
+    "batch_sizes": [32, 64, 128, 256],
+    "default_batch_size": 128,
+    "eta_knob": 0.5,
+    "beta_knob": 2.0,
+    "target_metric": 0.97,
+    "higher_is_better_metric": True,
+    "max_epochs": 20,
+    "num_pruning_rounds": 2,
+    "window_size": 0,
+    "mab_prior_mean": 0.0,
+    "mab_prior_precision": 0.0,
+    "mab_num_explorations": 2,
+    "mab_seed": 42,
+    "max_power": 300.0,
+    "number_of_gpus": 1,
+    "gpu_model": "NVIDIA A40",
+}
+
+
 class JobSpec(JobParams, GpuConfig):
     """A job registration (Zeus's ``JobSpecFromClient``)."""
 
@@ -129,32 +151,7 @@ class JobSpec(JobParams, GpuConfig):
             )
         return self
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {
-                    "job_id": "mnist-nightly",
-                    "job_id_prefix": "mnist",
-                    "batch_sizes": [32, 64, 128, 256],
-                    "default_batch_size": 128,
-                    "eta_knob": 0.5,
-                    "beta_knob": 2.0,
-                    "target_metric": 0.97,
-                    "higher_is_better_metric": True,
-                    "max_epochs": 20,
-                    "num_pruning_rounds": 2,
-                    "window_size": 0,
-                    "mab_prior_mean": 0.0,
-                    "mab_prior_precision": 0.0,
-                    "mab_num_explorations": 2,
-                    "mab_seed": 42,
-                    "max_power": 300.0,
-                    "number_of_gpus": 1,
-                    "gpu_model": "NVIDIA A40",
-                }
-            ]
-        }
-    )
+    model_config = ConfigDict(json_schema_extra={"examples": [JOB_SPEC_EXAMPLE]})
 
 
 class CreatedJob(JobSpec):
@@ -209,18 +206,50 @@ class ReportResponse(BaseModel):
     converged: bool
     message: str
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"stop_train": False, "converged": False,
+                 "message": "Stop condition not met, keep training."},
+                {"stop_train": True, "converged": True,
+                 "message": "Train succeeded: reached the target metric."},
+            ]
+        }
+    )  # fmt: skip
+
 
 class Message(BaseModel):
     """An error, or an acknowledgement: a human-readable message."""
 
     message: str
 
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"message": "Job 'mnist-nightly' was deleted."}]}
+    )
+
 
 class ValidationErrorBody(BaseModel):
     """Invalid input: a message naming the fields, and FastAPI's usual detail list."""
 
-    message: str = Field(examples=["time: Input should be greater than or equal to 0"])
+    message: str
     detail: list[dict[str, Any]]
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "message": "time: Input should be greater than or equal to 0",
+                    "detail": [
+                        {
+                            "loc": ["body", "time"],
+                            "msg": "Input should be greater than or equal to 0",
+                            "type": "greater_than_equal",
+                        }
+                    ],
+                }
+            ]
+        }
+    )
 
 
 # ---------------------------------------------------------------- read side
@@ -232,6 +261,21 @@ Precision = Annotated[
         "so far was the same, so a draw returns the mean exactly."
     ),
 ]
+
+
+TRIAL_EXAMPLE: dict[str, Any] = {
+    "job_id": "mnist-nightly",
+    "trial_number": 1,
+    "batch_size": 128,
+    "type": "Exploration",
+    "status": "Succeeded",
+    "start_timestamp": "2026-11-28T01:00:00Z",
+    "end_timestamp": "2026-11-28T01:04:00Z",
+    "time": 241.0,
+    "energy": 60500.0,
+    "cost": 66400.0,
+    "converged": True,
+}
 
 
 class PruningProgress(BaseModel):
@@ -258,6 +302,35 @@ class JobRead(CreatedJob):
     created_at: datetime
     updated_at: datetime
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    **JOB_SPEC_EXAMPLE,
+                    "stage": "Pruning",
+                    "min_cost": 66400.0,
+                    "min_cost_batch_size": 128,
+                    "exploration": {"round": 0, "default_batch_size": 128,
+                                    "candidates": [32, 64, 128, 256]},
+                    "num_trials": 2,
+                    "created_at": "2026-11-28T01:00:00Z",
+                    "updated_at": "2026-11-28T01:04:00Z",
+                }
+            ]
+        }
+    )  # fmt: skip
+
+
+JOB_SUMMARY_EXAMPLE: dict[str, Any] = {
+    "job_id": "mnist-nightly",
+    "job_id_prefix": "mnist",
+    "stage": "MAB",
+    "min_cost": 61250.0,
+    "min_cost_batch_size": 128,
+    "num_trials": 14,
+    "created_at": "2026-11-20T01:00:00Z",
+}
+
 
 class JobSummary(BaseModel):
     """A job in a listing."""
@@ -270,6 +343,8 @@ class JobSummary(BaseModel):
     num_trials: int
     created_at: datetime
 
+    model_config = ConfigDict(json_schema_extra={"examples": [JOB_SUMMARY_EXAMPLE]})
+
 
 class JobPage(BaseModel):
     """A page of jobs, ordered by job_id."""
@@ -278,6 +353,14 @@ class JobPage(BaseModel):
     next_after: str | None = Field(
         description="Pass as `after` for the next page; null at the end."
     )
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"items": [JOB_SUMMARY_EXAMPLE], "next_after": "mnist-nightly"}
+            ]
+        }
+    )  # fmt: skip
 
 
 class TrialRead(BaseModel):
@@ -295,6 +378,8 @@ class TrialRead(BaseModel):
     cost: float | None
     converged: bool | None
 
+    model_config = ConfigDict(json_schema_extra={"examples": [TRIAL_EXAMPLE]})
+
 
 class TrialPage(BaseModel):
     """A page of trials, ordered by trial_number."""
@@ -302,6 +387,10 @@ class TrialPage(BaseModel):
     items: list[TrialRead]
     next_after: int | None = Field(
         description="Pass as `after` for the next page; null at the end."
+    )
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"items": [TRIAL_EXAMPLE], "next_after": None}]}
     )
 
 
@@ -314,12 +403,27 @@ class ArmRead(BaseModel):
     reward_precision: Precision
     num_observations: int
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"batch_size": 64, "param_mean": -66400.0, "param_precision": None,
+                 "reward_precision": None, "num_observations": 1},
+                {"batch_size": 128, "param_mean": -61250.0, "param_precision": 2.7e-07,
+                 "reward_precision": 9.0e-08, "num_observations": 3},
+            ]
+        }
+    )  # fmt: skip
+
 
 class Health(BaseModel):
     """Liveness or readiness."""
 
     status: Literal["ok", "unavailable"]
     detail: str | None = None
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"status": "ok", "detail": "schema at a1f5336b4df4"}]}
+    )
 
 
 def error_example(message: str) -> dict[str, Any]:

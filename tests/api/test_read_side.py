@@ -84,3 +84,12 @@ async def test_the_openapi_document_describes_every_endpoint_with_errors(
             assert any(code.startswith(("4", "5")) for code in op["responses"]), (method, path)
     report = ops[("post", "/report")]["responses"]
     assert report["404"]["content"]["application/json"]["example"]["message"]
+    schemas = doc["components"]["schemas"]
+    for (method, path), op in ops.items():
+        for code, response in op["responses"].items():
+            content = response.get("content", {}).get("application/json", {})
+            schema = content.get("schema", {})
+            schema = schema.get("items", schema)  # a list of models: its items
+            ref = schema.get("$ref", "").rsplit("/", 1)[-1]
+            has_example = "example" in content or bool(ref and schemas[ref].get("examples"))
+            assert has_example, (method, path, code)
