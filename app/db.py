@@ -58,50 +58,26 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
-def _configure_sqlite(engine: AsyncEngine, busy_timeout_ms: int) -> None:
-    """Make SQLite serialise writers the way PostgreSQL's row lock does.
+def create_engine(settings: Settings) -> AsyncEngine:
+    """An engine for migrations and schema checks (requests use database.py).
 
-    pysqlite's own transaction handling begins transactions lazily (a read
-    lock that fails to upgrade under contention). We take over: every
-    transaction starts with BEGIN IMMEDIATE, so the second writer waits on the
-    busy timeout instead of failing half-way through a request.
+    SQLite gets foreign keys on and the busy timeout, so that two processes
+    migrating at start-up wait for each other instead of failing.
     """
+    if not settings.is_sqlite:
+        return create_async_engine(settings.database_url, echo=settings.echo_sql)
+    ensure_sqlite_directory(settings)
+    engine = create_async_engine(
+        settings.database_url,
+        echo=settings.echo_sql,
+        connect_args={"timeout": settings.lock_timeout_ms / 1000},
+    )
 
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-        dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute(f"PRAGMA busy_timeout={int(settings.lock_timeout_ms)}")
         cursor.close()
 
-    @event.listens_for(engine.sync_engine, "begin")
-    def _on_begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
-
-
-def create_engine(settings: Settings) -> AsyncEngine:
-    """Build the engine for the configured database."""
-    if settings.is_sqlite:
-        ensure_sqlite_directory(settings)
-        engine = create_async_engine(
-            settings.database_url,
-            echo=settings.echo_sql,
-            connect_args={"timeout": settings.lock_timeout_ms / 1000},
-        )
-        _configure_sqlite(engine, settings.lock_timeout_ms)
-        return engine
-    return create_async_engine(
-        settings.database_url,
-        echo=settings.echo_sql,
-        pool_size=settings.pool_size,
-        max_overflow=settings.pool_size,
-        pool_pre_ping=True,
-        connect_args={
-            # A request stuck behind another's lock on the same job fails fast
-            # (answered 503) instead of hanging.
-            "server_settings": {"lock_timeout": str(settings.lock_timeout_ms)},
-        },
-    )
+    return engine

@@ -57,7 +57,6 @@ async def run(url: str, n: int) -> None:
     from app import repository, service
     from app.config import Settings
     from app.database import open_database
-    from app.db import create_engine
     from app.models import BatchSize, Job, Trial
     from app.schemas import JobSpec, TrainingResult
 
@@ -67,8 +66,12 @@ async def run(url: str, n: int) -> None:
     await service.register_job(database, spec, now=service.utcnow())
     trial = await service.dispatch_trial(database, "cost-1", now=service.utcnow())
     # The ORM rows below use SQLAlchemy's engine as the service configured it
-    # before the rewrite (app.db.create_engine: pool_pre_ping on).
-    engine = create_engine(settings)
+    # before the rewrite (pool_pre_ping on, the lock timeout as a server setting).
+    engine = create_async_engine(
+        url,
+        pool_pre_ping=True,
+        connect_args={"server_settings": {"lock_timeout": str(settings.lock_timeout_ms)}},
+    )
     sessions = async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
     sql = "SELECT * FROM job WHERE job_id = $1"
 

@@ -7,71 +7,39 @@ the parametrised ``database_url`` fixture.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import uuid
-from collections.abc import AsyncIterator, Coroutine, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
 
-import asyncpg
 import httpx
 import pytest
 from fastapi import FastAPI
-from sqlalchemy.engine import make_url
 
 from app.config import Settings
 from app.main import create_app
 from app.migrate import upgrade_head
+from tests.support.server import drop_postgres_database, fresh_postgres_database, worker_name
 
-ADMIN_URL = os.environ.get(
-    "BSO_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
-)
-T = TypeVar("T")
 # xdist shares one id among the workers of a run; without xdist, make one.
 RUN_ID = os.environ.get("PYTEST_XDIST_TESTRUNUID", uuid.uuid4().hex)[:12]
-
-
-def _worker() -> str:
-    return os.environ.get("PYTEST_XDIST_WORKER", "main")
-
-
-async def _admin(*statements: str) -> None:
-    url = make_url(ADMIN_URL)
-    connection = await asyncpg.connect(
-        host=url.host, port=url.port or 5432, user=url.username, password=url.password,
-        database=url.database,
-    )  # fmt: skip
-    try:
-        for statement in statements:
-            await connection.execute(statement)
-    finally:
-        await connection.close()
-
-
-def _off_loop(coroutine: Coroutine[Any, Any, T]) -> T:
-    """Run a coroutine on a thread: asyncio.run here would unset pytest-asyncio's loop."""
-    with ThreadPoolExecutor(1) as pool:
-        return pool.submit(asyncio.run, coroutine).result()
 
 
 @pytest.fixture(scope="session")
 def postgresql_url() -> Iterator[str]:
     """A fresh, migrated PostgreSQL database for this worker of this run."""
     # Named per run, so that concurrent runs on one machine never collide.
-    name = f"bso_test_{RUN_ID}_{_worker()}"
-    _off_loop(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)', f'CREATE DATABASE "{name}"'))
-    url = make_url(ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    name = f"bso_test_{RUN_ID}_{worker_name()}"
+    url = fresh_postgres_database(name)
     upgrade_head(url)
     yield url
-    _off_loop(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    drop_postgres_database(name)
 
 
 @pytest.fixture(scope="session")
 def sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A fresh, migrated SQLite file for this worker."""
-    path = tmp_path_factory.mktemp("sqlite") / f"bso_{_worker()}.db"
+    path = tmp_path_factory.mktemp("sqlite") / f"bso_{worker_name()}.db"
     url = f"sqlite+aiosqlite:///{path}"
     upgrade_head(url)
     return url
