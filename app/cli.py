@@ -53,8 +53,10 @@ def migrate() -> None:
     from app.migrate import upgrade_head
 
     settings = _settings()
-    upgrade_head(settings.database_url)
-    typer.echo("Database schema is up to date.")
+    if settings.is_in_memory:
+        typer.echo("An in-memory database is migrated by the server that holds it.", err=True)
+        raise typer.Exit(2)
+    typer.echo(upgrade_head(settings.database_url).describe())
 
 
 @cli.command()
@@ -71,8 +73,12 @@ def serve(
     from app.migrate import upgrade_head
 
     settings = _settings()
-    if settings.is_embedded_default:
-        upgrade_head(settings.database_url)
+    if settings.is_in_memory and (workers or settings.workers) > 1:
+        typer.echo("An in-memory database lives in one process: serve it with one worker.",
+                   err=True)  # fmt: skip
+        raise typer.Exit(2)
+    if settings.is_embedded_default and not settings.is_in_memory:
+        logger.info("%s", upgrade_head(settings.database_url).describe())
     uvicorn.run(
         "app.main:app",
         host=host or settings.host,

@@ -9,7 +9,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Annotated, Literal
 
-from pydantic import AliasChoices, BeforeValidator, Field, field_validator
+from pydantic import AliasChoices, BeforeValidator, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
@@ -85,6 +85,15 @@ class Settings(BaseSettings):
     def _check_database_url(cls, value: str) -> str:
         return normalise_database_url(value)
 
+    @model_validator(mode="after")
+    def _one_worker_for_memory(self) -> Settings:
+        if self.is_in_memory and self.workers > 1:
+            raise ValueError(
+                "an in-memory SQLite database lives in one process: use BSO_WORKERS=1, "
+                "or a database file (sqlite+aiosqlite:///./data/bso.db)"
+            )
+        return self
+
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
@@ -97,9 +106,9 @@ class Settings(BaseSettings):
         return path.split("?", 1)[0] or ":memory:"
 
     @property
-    def postgres_dsn(self) -> str:
-        """The URL as libpq/asyncpg spell it: postgresql://user:password@host:port/db."""
-        return "postgresql://" + self.database_url.split("://", 1)[1]
+    def is_in_memory(self) -> bool:
+        """An in-memory SQLite database: it lives and dies with the process."""
+        return self.is_sqlite and self.sqlite_path == ":memory:"
 
     @property
     def is_embedded_default(self) -> bool:

@@ -1,83 +1,169 @@
-"""Schema definitions for SQLAlchemy and Alembic: base, naming convention, engine.
+"""The engine, and everything that differs between PostgreSQL and SQLite.
 
-The request path does not go through SQLAlchemy (database.py says why);
-migrations and the schema tests do.
+One ``AsyncEngine`` per process, built here for the app's lifespan and for
+Alembic alike. Writers run in ``engine.begin()``: PostgreSQL serialises them
+per job with ``SELECT ... FOR UPDATE`` (the repository asks for it), SQLite
+with ``BEGIN IMMEDIATE`` (emitted here; SQLite has no row locks). Lock-free
+reads run on a connection whose statements each commit alone
+(:func:`autocommit`), saving the BEGIN/COMMIT round trips.
+
+Database errors are classified here too (:func:`classify`), so that the HTTP
+layer answers a busy or unreachable database with 503 without knowing drivers.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import DateTime, Dialect, MetaData, TypeDecorator, event
-from sqlalchemy.ext.asyncio import (
-    AsyncEngine,
-    create_async_engine,
-)
-from sqlalchemy.orm import DeclarativeBase
+import asyncpg
+from sqlalchemy import event
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.pool import AsyncAdaptedQueuePool
 
 from app.config import Settings
-from app.database import ensure_sqlite_directory
 
-# Deterministic constraint names, so that migrations can drop and rename them.
-NAMING_CONVENTION = {
-    "ix": "ix_%(column_0_label)s",
-    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
-    "ck": "ck_%(table_name)s_%(constraint_name)s",
-    "fk": "fk_%(table_name)s_%(column_0_N_name)s_%(referred_table_name)s",
-    "pk": "pk_%(table_name)s",
+# SQLite: a connection tagged with this option runs its statements without
+# BEGIN IMMEDIATE (see _sqlite_engine).
+_LOCK_FREE = "bso_lock_free"
+_AUTOCOMMIT: dict[str, dict[str, Any]] = {
+    "postgresql": {"isolation_level": "AUTOCOMMIT"},
+    "sqlite": {_LOCK_FREE: True},
 }
 
 
-class UTCDateTime(TypeDecorator[datetime]):
-    """Timezone-aware timestamps on both databases, always UTC.
-
-    PostgreSQL keeps the zone (timestamptz); SQLite has no zone, so values are
-    stored as UTC and read back as aware UTC datetimes.
-    """
-
-    impl = DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            raise ValueError("naive datetime: pass an aware one (UTC)")
-        return value.astimezone(UTC)
-
-    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is not None and value.tzinfo is None:
-            return value.replace(tzinfo=UTC)
-        return value
-
-
-class Base(DeclarativeBase):
-    """Base of the ORM models."""
-
-    metadata = MetaData(naming_convention=NAMING_CONVENTION)
-
-
 def create_engine(settings: Settings) -> AsyncEngine:
-    """An engine for migrations and schema checks (requests use database.py).
+    """The engine for the configured database (connections open lazily)."""
+    if settings.is_sqlite:
+        return _sqlite_engine(settings)
+    return create_async_engine(
+        settings.database_url,
+        echo=settings.echo_sql,
+        pool_size=settings.pool_size,
+        max_overflow=0,
+        # Waiting for a free pooled connection counts as "busy" (503) too.
+        pool_timeout=settings.lock_timeout_ms / 1000,
+        # A request stuck behind another's lock on the same job fails fast
+        # (answered 503) instead of hanging.
+        connect_args={"server_settings": {"lock_timeout": str(settings.lock_timeout_ms)}},
+    )
 
-    SQLite gets foreign keys on and the busy timeout, so that two processes
-    migrating at start-up wait for each other instead of failing.
-    """
-    if not settings.is_sqlite:
-        return create_async_engine(settings.database_url, echo=settings.echo_sql)
-    ensure_sqlite_directory(settings)
+
+def _sqlite_engine(settings: Settings) -> AsyncEngine:
+    path = settings.sqlite_path
+    memory = path == ":memory:"
+    if not memory:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     engine = create_async_engine(
         settings.database_url,
         echo=settings.echo_sql,
+        # Every connection to ":memory:" is a database of its own: keep one
+        # connection for the life of the engine, and let requests take turns.
+        poolclass=AsyncAdaptedQueuePool,
+        pool_size=1 if memory else 4,
+        max_overflow=0,
+        pool_timeout=settings.lock_timeout_ms / 1000,
         connect_args={"timeout": settings.lock_timeout_ms / 1000},
     )
+    pragmas = [
+        "PRAGMA foreign_keys=ON",
+        f"PRAGMA busy_timeout={int(settings.lock_timeout_ms)}",
+    ]
+    if not memory:
+        pragmas += ["PRAGMA journal_mode=WAL", "PRAGMA synchronous=NORMAL"]
 
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # The driver's own transaction handling off: we emit BEGIN ourselves.
+        dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute(f"PRAGMA busy_timeout={int(settings.lock_timeout_ms)}")
+        for pragma in pragmas:
+            cursor.execute(pragma)
         cursor.close()
 
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(connection: Connection) -> None:
+        if connection.get_execution_options().get(_LOCK_FREE):
+            return
+        # IMMEDIATE: take the write lock up front, so that a second writer
+        # waits on the busy timeout instead of failing half-way.
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
     return engine
+
+
+@asynccontextmanager
+async def autocommit(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """A connection for lock-free reads: each statement commits alone."""
+    async with engine.connect() as connection:
+        await connection.execution_options(**_AUTOCOMMIT[engine.dialect.name])
+        yield connection
+
+
+# ------------------------------------------------------------------ faults
+
+
+class DatabaseFault(StrEnum):
+    """Why a request could not be served by the database; both are worth a retry."""
+
+    BUSY = "busy"  # a lock or a pooled connection was not free in time
+    UNAVAILABLE = "unavailable"  # unreachable, restarting, out of connections
+
+
+# Exceptions that may carry a database fault: SQLAlchemy wraps what the
+# drivers raise during statements, but not every error of a new connection.
+DATABASE_ERRORS: tuple[type[BaseException], ...] = (
+    sa_exc.DBAPIError,
+    sa_exc.TimeoutError,
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+)
+
+_BUSY_SQLSTATES = {
+    "55P03",  # lock_not_available: lock_timeout expired
+    "40001",  # serialization_failure
+    "40P01",  # deadlock_detected
+}
+_UNAVAILABLE_SQLSTATES = {
+    "57P01",  # admin_shutdown (pg_terminate_backend, a restart)
+    "57P02",  # crash_shutdown
+    "57P03",  # cannot_connect_now (starting up)
+    "53300",  # too_many_connections
+    "53400",  # configuration_limit_exceeded
+}
+_SQLITE_BUSY, _SQLITE_LOCKED = 5, 6
+
+
+def classify(exc: BaseException) -> DatabaseFault | None:
+    """The fault behind a database error, or None for a bug (answered 500)."""
+    if isinstance(exc, sa_exc.TimeoutError):
+        return DatabaseFault.BUSY  # no pooled connection came free in time
+    if isinstance(exc, sa_exc.DBAPIError):
+        if exc.connection_invalidated or isinstance(exc, sa_exc.InterfaceError):
+            return DatabaseFault.UNAVAILABLE
+        return _classify_driver_error(exc.orig) or (
+            DatabaseFault.UNAVAILABLE if isinstance(exc.orig, OSError) else None
+        )
+    if isinstance(exc, OSError | asyncio.TimeoutError | asyncpg.InterfaceError):
+        return DatabaseFault.UNAVAILABLE  # refused, reset, or timed out connecting
+    return _classify_driver_error(exc)
+
+
+def _classify_driver_error(error: BaseException | None) -> DatabaseFault | None:
+    sqlstate = str(getattr(error, "sqlstate", None) or "")
+    if sqlstate in _BUSY_SQLSTATES:
+        return DatabaseFault.BUSY
+    if sqlstate in _UNAVAILABLE_SQLSTATES or sqlstate.startswith("08"):  # 08: connection
+        return DatabaseFault.UNAVAILABLE
+    code = getattr(error, "sqlite_errorcode", None)
+    if code is not None and code & 0xFF in (_SQLITE_BUSY, _SQLITE_LOCKED):
+        return DatabaseFault.BUSY
+    return None

@@ -8,14 +8,14 @@ traceback and answered with a generic 500 that leaks no SQL or stack.
 from __future__ import annotations
 
 import logging
-import sqlite3
 from typing import Any
 
-import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from app.db import DATABASE_ERRORS, DatabaseFault, classify
 
 logger = logging.getLogger(__name__)
 
@@ -64,12 +64,6 @@ class NoConvergedBatchSizeError(DomainError):
     status_code = 409
 
 
-class JobBusyError(DomainError):
-    """Another request held the job's lock for longer than the lock timeout."""
-
-    status_code = 503
-
-
 def _field(loc: tuple[Any, ...] | list[Any]) -> str:
     parts = [str(p) for p in loc if p not in ("body", "query", "path")]
     return ".".join(parts) or "body"
@@ -86,23 +80,10 @@ def validation_message(errors: list[Any]) -> str:
     return "; ".join(_describe(e) for e in errors)
 
 
-def _is_busy(exc: BaseException) -> bool:
-    """Another request held the job's lock past the lock timeout."""
-    if isinstance(exc, asyncpg.LockNotAvailableError):
-        return True
-    return isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc)
-
-
-def _is_unavailable(exc: BaseException) -> bool:
-    """The database cannot be reached or is shutting down: worth a retry."""
-    return isinstance(
-        exc,
-        OSError
-        | asyncpg.PostgresConnectionError
-        | asyncpg.CannotConnectNowError
-        | asyncpg.InterfaceError
-        | asyncpg.AdminShutdownError,
-    )
+_FAULT_MESSAGES = {
+    DatabaseFault.BUSY: "The job is busy with another request; retry shortly.",
+    DatabaseFault.UNAVAILABLE: "The database is unavailable; retry shortly.",
+}
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -130,21 +111,24 @@ def install_error_handlers(app: FastAPI) -> None:
             {"message": str(exc.detail)}, exc.status_code, headers=getattr(exc, "headers", None)
         )
 
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        if _is_busy(exc):
-            return JSONResponse(
-                {"message": "The job is busy with another request; retry shortly."},
-                503,
-                headers={"Retry-After": "1"},
-            )
-        if _is_unavailable(exc):
+    async def _database(request: Request, exc: Exception) -> JSONResponse:
+        fault = classify(exc)
+        if fault is None:
+            return _internal_error(request, exc)
+        if fault is DatabaseFault.UNAVAILABLE:
             logger.error("database unavailable on %s %s: %r", request.method, request.url.path,
                          exc)  # fmt: skip
-            return JSONResponse(
-                {"message": "The database is unavailable; retry shortly."},
-                503,
-                headers={"Retry-After": "1"},
-            )
-        logger.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-        return JSONResponse({"message": "Internal server error."}, 500)
+        return JSONResponse({"message": _FAULT_MESSAGES[fault]}, 503, headers={"Retry-After": "1"})
+
+    # Not the catch-all below: Starlette re-raises what that one handles.
+    for error in DATABASE_ERRORS:
+        app.add_exception_handler(error, _database)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        return _internal_error(request, exc)
+
+
+def _internal_error(request: Request, exc: Exception) -> JSONResponse:
+    logger.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return JSONResponse({"message": "Internal server error."}, 500)

@@ -1,7 +1,8 @@
 """The ASGI application: ``app.main:app``, or ``create_app(settings)`` in tests.
 
 Request path: routes.py (validate) -> service.py / reads.py (one transaction)
--> repository.py (SQL) -> models.py; the algorithm in bandit/ is pure.
+-> repository.py (SQL) -> models.py (tables), on the engine of db.py; the
+algorithm in bandit/ is pure.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.config import Settings, get_settings
-from app.database import open_database
+from app.db import create_engine
 from app.errors import install_error_handlers
 from app.log import configure_logging
 from app.routes import health, read, zeus
@@ -98,13 +99,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         resolved = settings or get_settings()
         configure_logging(resolved.log_level)
-        database = await open_database(resolved)
+        engine = create_engine(resolved)
+        if resolved.is_in_memory:
+            # Nobody else can reach this database to migrate it.
+            from app.migrate import upgrade_in_place
+
+            await upgrade_in_place(engine)
         app.state.settings = resolved
-        app.state.database = database
+        app.state.engine = engine
         try:
             yield
         finally:
-            await database.close()
+            await engine.dispose()
 
     app = FastAPI(
         title="Batch Size Optimizer",

@@ -1,28 +1,36 @@
-"""Schema migrations from code: `bso migrate`, `bso serve` and the tests use these.
+"""Schema migrations from code: `bso migrate`, `bso serve`, /readyz and the tests use these.
 
 The migration scripts ship inside the package (the ``migrations`` package),
-so an installed service can migrate without the source tree.
+so an installed service can migrate without the source tree. Alembic is
+imported only when one of these runs: a serving worker that is never asked
+for readiness does not carry it.
 """
 
 from __future__ import annotations
 
-import re
+import asyncio
 import threading
+from collections.abc import Callable
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
+
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 import migrations
+from app.config import Settings
+from app.db import autocommit, create_engine
 
 if TYPE_CHECKING:
     from alembic.config import Config
 
-# Alembic is imported only when used: a serving worker needs just the head
-# revision, read once, and saves the memory of keeping Alembic loaded.
+T = TypeVar("T")
 
 
-def alembic_config(database_url: str | None = None) -> Config:
-    """An Alembic config pointing at the packaged scripts and, if given, a URL."""
+def alembic_config(database_url: str | None = None, connection: Connection | None = None) -> Config:
+    """An Alembic config for the packaged scripts and, if given, a URL or an open connection."""
     from alembic.config import Config
 
     config = Config()
@@ -30,23 +38,59 @@ def alembic_config(database_url: str | None = None) -> Config:
     config.attributes["configure_logging"] = False
     if database_url is not None:
         config.attributes["database_url"] = database_url
+    if connection is not None:
+        config.attributes["connection"] = connection
     return config
 
 
-def upgrade_head(database_url: str | None = None) -> None:
-    """Upgrade the database to the latest revision (the configured one by default).
+@lru_cache
+def head_revision() -> str:
+    """The newest revision this code knows."""
+    from alembic.script import ScriptDirectory
 
-    env.py runs its own event loop; called from inside a running loop (an
-    async test, say), the upgrade runs on a helper thread instead.
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    if head is None:
+        raise RuntimeError("no migration scripts found")
+    return head
+
+
+def _current(connection: Connection) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
+    return MigrationContext.configure(connection).get_current_revision()
+
+
+async def current_revision(engine: AsyncEngine) -> str | None:
+    """The revision the database is at (None before the first migration)."""
+    async with autocommit(engine) as connection:
+        return await connection.run_sync(_current)
+
+
+@dataclass(frozen=True)
+class Upgrade:
+    """What an upgrade did: ``before`` is None for an empty database."""
+
+    before: str | None
+    after: str | None
+
+    def describe(self) -> str:
+        if self.before == self.after:
+            return f"Database schema already at {self.after}."
+        return f"Database schema upgraded from {self.before or 'empty'} to {self.after}."
+
+
+def _on_own_thread(work: Callable[[], T]) -> T:
+    """Run ``work`` on a helper thread.
+
+    env.py runs its own event loop, which cannot start inside a running one
+    (an async test, say).
     """
-    from alembic import command
-
-    config = alembic_config(database_url)
+    results: list[T] = []
     errors: list[BaseException] = []
 
     def run() -> None:
         try:
-            command.upgrade(config, "head")
+            results.append(work())
         except BaseException as exc:  # re-raised in the caller's thread
             errors.append(exc)
 
@@ -55,26 +99,40 @@ def upgrade_head(database_url: str | None = None) -> None:
     thread.join()
     if errors:
         raise errors[0]
+    return results[0]
 
 
-_REVISION = re.compile(r"^(revision|down_revision)\s*(?::[^=]*)?=\s*(.+)$", re.MULTILINE)
+async def _revision_at(database_url: str) -> str | None:
+    engine = create_engine(Settings(database_url=database_url))
+    try:
+        return await current_revision(engine)
+    finally:
+        await engine.dispose()
 
 
-@lru_cache
-def head_revision() -> str:
-    """The newest revision this code knows, read from the scripts' own headers.
+def upgrade_head(database_url: str | None = None) -> Upgrade:
+    """Upgrade the database to the latest revision (the configured one by default)."""
+    from alembic import command
 
-    Not through Alembic: /readyz asks this in every worker, and loading
-    Alembic (with SQLAlchemy) there would cost each worker about 20 MiB.
-    tests/test_migrations.py checks that this agrees with Alembic.
+    url = database_url or Settings().database_url
+
+    def upgrade() -> Upgrade:
+        before = asyncio.run(_revision_at(url))
+        command.upgrade(alembic_config(url), "head")
+        return Upgrade(before, asyncio.run(_revision_at(url)))
+
+    return _on_own_thread(upgrade)
+
+
+async def upgrade_in_place(engine: AsyncEngine) -> None:
+    """Migrate through the engine's own connection.
+
+    An in-memory SQLite database exists only there.
     """
-    revisions: set[str] = set()
-    parents: set[str] = set()
-    for script in (Path(migrations.__file__).parent / "versions").glob("*.py"):
-        for name, value in _REVISION.findall(script.read_text(encoding="utf-8")):
-            found = set(re.findall(r"[\"']([0-9A-Za-z_]+)[\"']", value))
-            (revisions if name == "revision" else parents).update(found)
-    heads = revisions - parents
-    if len(heads) != 1:
-        raise RuntimeError(f"expected one migration head, found {sorted(heads)}")
-    return heads.pop()
+    from alembic import command
+
+    def upgrade(connection: Connection) -> None:
+        command.upgrade(alembic_config(connection=connection), "head")
+
+    async with engine.begin() as connection:
+        await connection.run_sync(upgrade)

@@ -1,195 +1,229 @@
-"""ORM tables: jobs, their batch sizes, trials and bandit arms.
+"""The schema: tables, their column types and constraints (SQLAlchemy Core).
 
 Constraints make the invalid states of SPEC section 3 impossible to store;
-every query a request makes has an index (see repository.py).
+every query a request makes has an index (see repository.py). Alembic's
+migrations are checked against this metadata (tests/test_migrations.py).
 """
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any
+from datetime import UTC, datetime
+from enum import StrEnum
 
 from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
     CheckConstraint,
+    Column,
+    DateTime,
+    Dialect,
     Float,
     ForeignKey,
     ForeignKeyConstraint,
     Index,
     Integer,
+    MetaData,
     String,
+    Table,
+    TypeDecorator,
 )
-from sqlalchemy.orm import Mapped, mapped_column
 
-from app.db import Base, UTCDateTime
+from app.bandit import Stage, TrialStatus, TrialType
 
-STAGES = ("Pruning", "MAB")
-TRIAL_TYPES = ("Exploration", "Concurrent", "MAB")
-TRIAL_STATUSES = ("Dispatched", "Succeeded", "Failed")
+# Deterministic constraint names, so that migrations can drop and rename them.
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_N_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
 
-
-def _one_of(column: str, values: tuple[str, ...]) -> str:
-    return f"{column} IN ({', '.join(repr(v) for v in values)})"
-
-
-class Job(Base):
-    """A recurring training job: its specification and learning state."""
-
-    __tablename__ = "job"
-
-    job_id: Mapped[str] = mapped_column(String(256), primary_key=True)
-    job_id_prefix: Mapped[str] = mapped_column(String(256))
-    default_batch_size: Mapped[int] = mapped_column(Integer)
-    eta_knob: Mapped[float] = mapped_column(Float)
-    beta_knob: Mapped[float | None] = mapped_column(Float)
-    target_metric: Mapped[float] = mapped_column(Float)
-    higher_is_better_metric: Mapped[bool] = mapped_column(Boolean)
-    max_epochs: Mapped[int] = mapped_column(Integer)
-    num_pruning_rounds: Mapped[int] = mapped_column(Integer)
-    window_size: Mapped[int] = mapped_column(Integer)
-    mab_prior_mean: Mapped[float] = mapped_column(Float)
-    mab_prior_precision: Mapped[float] = mapped_column(Float)
-    mab_num_explorations: Mapped[int] = mapped_column(Integer)
-    mab_seed: Mapped[int | None] = mapped_column(BigInteger)
-    max_power: Mapped[float] = mapped_column(Float)
-    number_of_gpus: Mapped[int] = mapped_column(Integer)
-    gpu_model: Mapped[str] = mapped_column(String(256))
-
-    stage: Mapped[str] = mapped_column(String(16))
-    min_cost: Mapped[float | None] = mapped_column(Float)
-    min_cost_batch_size: Mapped[int] = mapped_column(Integer)
-    # Trial numbers are allocated from this counter under the job's row lock
-    # (never max()+1, which two requests can compute at once).
-    next_trial_number: Mapped[int] = mapped_column(Integer)
-    # numpy bit generator state of a seeded job, saved after every draw.
-    rng_state: Mapped[dict[str, Any] | None] = mapped_column(JSON)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
-    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
-
-    __table_args__ = (
-        CheckConstraint(_one_of("stage", STAGES), name="stage"),
-        CheckConstraint("eta_knob >= 0 AND eta_knob <= 1", name="eta_knob"),
-        CheckConstraint("beta_knob IS NULL OR beta_knob > 0", name="beta_knob"),
-        CheckConstraint("max_epochs > 0", name="max_epochs"),
-        CheckConstraint("num_pruning_rounds >= 0", name="num_pruning_rounds"),
-        CheckConstraint("window_size >= 0", name="window_size"),
-        CheckConstraint("mab_prior_precision >= 0", name="mab_prior_precision"),
-        CheckConstraint("mab_num_explorations >= 0", name="mab_num_explorations"),
-        CheckConstraint("mab_seed IS NULL OR mab_seed >= 0", name="mab_seed"),
-        CheckConstraint("max_power > 0", name="max_power"),
-        CheckConstraint("number_of_gpus > 0", name="number_of_gpus"),
-        CheckConstraint("default_batch_size > 0", name="default_batch_size"),
-        CheckConstraint("min_cost_batch_size > 0", name="min_cost_batch_size"),
-        CheckConstraint("min_cost IS NULL OR min_cost >= 0", name="min_cost"),
-        CheckConstraint("next_trial_number >= 1", name="next_trial_number"),
-        CheckConstraint("length(job_id) > 0", name="job_id_not_empty"),
-        CheckConstraint("length(gpu_model) > 0", name="gpu_model_not_empty"),
-        # GET /jobs?job_id_prefix=...: keyset pages of one prefix's jobs.
-        Index("ix_job_job_id_prefix", "job_id_prefix", "job_id"),
-    )
+metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
-class BatchSize(Base):
-    """One of a job's batch sizes, with running statistics of its rewards.
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware timestamps on both databases, always UTC.
 
-    The statistics cover every Succeeded trial of this batch size, so that an
-    arm refit with window_size = 0 never re-reads the job's history.
+    PostgreSQL keeps the zone (timestamptz). SQLite has none: values are
+    stored as UTC text in SQLAlchemy's one format and read back as aware UTC.
     """
 
-    __tablename__ = "batch_size"
+    impl = DateTime(timezone=True)
+    cache_ok = True
 
-    job_id: Mapped[str] = mapped_column(
-        String(256), ForeignKey("job.job_id", ondelete="CASCADE"), primary_key=True
-    )
-    batch_size: Mapped[int] = mapped_column(Integer, primary_key=True)
-    reward_count: Mapped[int] = mapped_column(Integer, default=0)
-    reward_mean: Mapped[float] = mapped_column(Float, default=0.0)
-    reward_m2: Mapped[float] = mapped_column(Float, default=0.0)
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime: pass an aware one (UTC)")
+        value = value.astimezone(UTC)
+        # SQLite stores text: drop the zone so that every row has the same format.
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
 
-    __table_args__ = (
-        CheckConstraint("batch_size > 0", name="batch_size"),
-        CheckConstraint("reward_count >= 0", name="reward_count"),
-        CheckConstraint("reward_m2 >= 0", name="reward_m2"),
-    )
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value
 
 
-class Trial(Base):
-    """One recurrence of a job trained with one batch size."""
+class EnumText(TypeDecorator[StrEnum]):
+    """A StrEnum stored as its text: rows read back as the enum's members."""
 
-    __tablename__ = "trial"
+    impl = String(16)
+    cache_ok = True
 
-    job_id: Mapped[str] = mapped_column(
-        String(256), ForeignKey("job.job_id", ondelete="CASCADE"), primary_key=True
-    )
-    trial_number: Mapped[int] = mapped_column(Integer, primary_key=True)
-    batch_size: Mapped[int] = mapped_column(Integer)
-    type: Mapped[str] = mapped_column(String(16))
-    status: Mapped[str] = mapped_column(String(16))
-    start_timestamp: Mapped[datetime] = mapped_column(UTCDateTime())
-    end_timestamp: Mapped[datetime | None] = mapped_column(UTCDateTime())
-    time: Mapped[float | None] = mapped_column(Float)
-    energy: Mapped[float | None] = mapped_column(Float)
-    cost: Mapped[float | None] = mapped_column(Float)
-    converged: Mapped[bool | None] = mapped_column(Boolean)
+    def __init__(self, enum: type[StrEnum]) -> None:
+        super().__init__()
+        self.enum = enum
 
-    __table_args__ = (
-        # A trial's batch size is one of its job's.
-        ForeignKeyConstraint(
-            ["job_id", "batch_size"],
-            ["batch_size.job_id", "batch_size.batch_size"],
-            ondelete="CASCADE",
-        ),
-        CheckConstraint("trial_number >= 1", name="trial_number"),
-        CheckConstraint(_one_of("type", TRIAL_TYPES), name="type"),
-        CheckConstraint(_one_of("status", TRIAL_STATUSES), name="status"),
-        CheckConstraint(
-            "end_timestamp IS NULL OR end_timestamp >= start_timestamp", name="end_after_start"
-        ),
-        # Dispatched: running, no result. Failed: ended without a result.
-        # Succeeded: ended with a complete result.
-        CheckConstraint(
-            "(status = 'Dispatched' AND end_timestamp IS NULL AND time IS NULL AND energy IS NULL"
-            " AND cost IS NULL AND converged IS NULL)"
-            " OR (status = 'Failed' AND end_timestamp IS NOT NULL AND time IS NULL"
-            " AND energy IS NULL AND cost IS NULL AND converged IS NULL)"
-            " OR (status = 'Succeeded' AND end_timestamp IS NOT NULL AND time IS NOT NULL"
-            " AND energy IS NOT NULL AND cost IS NOT NULL AND converged IS NOT NULL)",
-            name="result_matches_status",
-        ),
-        CheckConstraint("time IS NULL OR time >= 0", name="time"),
-        CheckConstraint("energy IS NULL OR energy >= 0", name="energy"),
-        # The pruning walk: non-Failed explorations of a job, in trial order.
-        Index("ix_trial_job_id_type_status", "job_id", "type", "status", "trial_number"),
-        # Arm refits with a window, and listing trials by status.
-        Index(
-            "ix_trial_job_id_batch_size_status", "job_id", "batch_size", "status", "trial_number"
-        ),
-        Index("ix_trial_job_id_status", "job_id", "status", "trial_number"),
+    def process_bind_param(self, value: StrEnum | str | None, dialect: Dialect) -> str | None:
+        return None if value is None else str(value)
+
+    def process_result_value(self, value: str | None, dialect: Dialect) -> StrEnum | None:
+        return None if value is None else self.enum(value)
+
+
+def _one_of(column: str, enum: type[StrEnum]) -> str:
+    return f"{column} IN ({', '.join(repr(str(v)) for v in enum)})"
+
+
+def _result_matches_status() -> str:
+    """Dispatched: running, no result. Failed: ended, no result. Succeeded: a whole result."""
+    result = ("time", "energy", "cost", "converged")
+    none = " AND ".join(f"{c} IS NULL" for c in result)
+    whole = " AND ".join(f"{c} IS NOT NULL" for c in result)
+    return (
+        f"(status = '{TrialStatus.DISPATCHED}' AND end_timestamp IS NULL AND {none})"
+        f" OR (status = '{TrialStatus.FAILED}' AND end_timestamp IS NOT NULL AND {none})"
+        f" OR (status = '{TrialStatus.SUCCEEDED}' AND end_timestamp IS NOT NULL AND {whole})"
     )
 
 
-class Arm(Base):
-    """The bandit's belief about one surviving batch size of a job."""
+job = Table(
+    "job",
+    metadata,
+    # The registered specification (app.schemas.JobSpec), never changed after.
+    Column("job_id", String(256), primary_key=True),
+    Column("job_id_prefix", String(256), nullable=False),
+    Column("default_batch_size", Integer, nullable=False),
+    Column("eta_knob", Float, nullable=False),
+    Column("beta_knob", Float),
+    Column("target_metric", Float, nullable=False),
+    Column("higher_is_better_metric", Boolean, nullable=False),
+    Column("max_epochs", Integer, nullable=False),
+    Column("num_pruning_rounds", Integer, nullable=False),
+    Column("window_size", Integer, nullable=False),
+    Column("mab_prior_mean", Float, nullable=False),
+    Column("mab_prior_precision", Float, nullable=False),
+    Column("mab_num_explorations", Integer, nullable=False),
+    Column("mab_seed", BigInteger),
+    Column("max_power", Float, nullable=False),
+    Column("number_of_gpus", Integer, nullable=False),
+    Column("gpu_model", String(256), nullable=False),
+    # What the job has learnt so far.
+    Column("stage", EnumText(Stage), nullable=False),
+    Column("min_cost", Float),
+    Column("min_cost_batch_size", Integer, nullable=False),
+    # Trial numbers are allocated from this counter under the job's row lock
+    # (never max()+1, which two requests can compute at once).
+    Column("next_trial_number", Integer, nullable=False),
+    # numpy bit generator state of a seeded job, saved after every draw.
+    Column("rng_state", JSON),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    CheckConstraint(_one_of("stage", Stage), name="stage"),
+    CheckConstraint("eta_knob >= 0 AND eta_knob <= 1", name="eta_knob"),
+    CheckConstraint("beta_knob IS NULL OR beta_knob > 0", name="beta_knob"),
+    CheckConstraint("max_epochs > 0", name="max_epochs"),
+    CheckConstraint("num_pruning_rounds >= 0", name="num_pruning_rounds"),
+    CheckConstraint("window_size >= 0", name="window_size"),
+    CheckConstraint("mab_prior_precision >= 0", name="mab_prior_precision"),
+    CheckConstraint("mab_num_explorations >= 0", name="mab_num_explorations"),
+    CheckConstraint("mab_seed IS NULL OR mab_seed >= 0", name="mab_seed"),
+    CheckConstraint("max_power > 0", name="max_power"),
+    CheckConstraint("number_of_gpus > 0", name="number_of_gpus"),
+    CheckConstraint("default_batch_size > 0", name="default_batch_size"),
+    CheckConstraint("min_cost_batch_size > 0", name="min_cost_batch_size"),
+    CheckConstraint("min_cost IS NULL OR min_cost >= 0", name="min_cost"),
+    CheckConstraint("next_trial_number >= 1", name="next_trial_number"),
+    CheckConstraint("length(job_id) > 0", name="job_id_not_empty"),
+    CheckConstraint("length(gpu_model) > 0", name="gpu_model_not_empty"),
+    # GET /jobs?job_id_prefix=...: keyset pages of one prefix's jobs.
+    Index("ix_job_job_id_prefix", "job_id_prefix", "job_id"),
+)
 
-    __tablename__ = "arm"
+# One of a job's batch sizes, with running statistics of its rewards: they
+# cover every Succeeded trial of it, so that an arm refit with window_size = 0
+# never re-reads the job's history.
+batch_size = Table(
+    "batch_size",
+    metadata,
+    Column("job_id", String(256), ForeignKey("job.job_id", ondelete="CASCADE"), primary_key=True),
+    Column("batch_size", Integer, primary_key=True),
+    Column("reward_count", Integer, nullable=False),
+    Column("reward_mean", Float, nullable=False),
+    Column("reward_m2", Float, nullable=False),
+    CheckConstraint("batch_size > 0", name="batch_size"),
+    CheckConstraint("reward_count >= 0", name="reward_count"),
+    CheckConstraint("reward_m2 >= 0", name="reward_m2"),
+)
 
-    job_id: Mapped[str] = mapped_column(String(256), primary_key=True)
-    batch_size: Mapped[int] = mapped_column(Integer, primary_key=True)
-    param_mean: Mapped[float] = mapped_column(Float)
+# One recurrence of a job, trained with one batch size.
+trial = Table(
+    "trial",
+    metadata,
+    Column("job_id", String(256), ForeignKey("job.job_id", ondelete="CASCADE"), primary_key=True),
+    Column("trial_number", Integer, primary_key=True),
+    Column("batch_size", Integer, nullable=False),
+    Column("type", EnumText(TrialType), nullable=False),
+    Column("status", EnumText(TrialStatus), nullable=False),
+    Column("start_timestamp", UTCDateTime(), nullable=False),
+    Column("end_timestamp", UTCDateTime()),
+    Column("time", Float),
+    Column("energy", Float),
+    Column("cost", Float),
+    Column("converged", Boolean),
+    # A trial's batch size is one of its job's.
+    ForeignKeyConstraint(
+        ["job_id", "batch_size"],
+        ["batch_size.job_id", "batch_size.batch_size"],
+        ondelete="CASCADE",
+    ),
+    CheckConstraint("trial_number >= 1", name="trial_number"),
+    CheckConstraint(_one_of("type", TrialType), name="type"),
+    CheckConstraint(_one_of("status", TrialStatus), name="status"),
+    CheckConstraint(
+        "end_timestamp IS NULL OR end_timestamp >= start_timestamp", name="end_after_start"
+    ),
+    CheckConstraint(_result_matches_status(), name="result_matches_status"),
+    CheckConstraint("time IS NULL OR time >= 0", name="time"),
+    CheckConstraint("energy IS NULL OR energy >= 0", name="energy"),
+    # The pruning walk: non-Failed explorations of a job, in trial order.
+    Index("ix_trial_job_id_type_status", "job_id", "type", "status", "trial_number"),
+    # Arm refits with a window, and listing trials by status.
+    Index("ix_trial_job_id_batch_size_status", "job_id", "batch_size", "status", "trial_number"),
+    Index("ix_trial_job_id_status", "job_id", "status", "trial_number"),
+)
+
+# The bandit's belief about one surviving batch size of a job.
+arm = Table(
+    "arm",
+    metadata,
+    Column("job_id", String(256), primary_key=True),
+    Column("batch_size", Integer, primary_key=True),
+    Column("param_mean", Float, nullable=False),
     # May be +Infinity (all observed rewards equal); both databases store it.
-    param_precision: Mapped[float] = mapped_column(Float)
-    reward_precision: Mapped[float] = mapped_column(Float)
-    num_observations: Mapped[int] = mapped_column(Integer)
-
-    __table_args__ = (
-        ForeignKeyConstraint(
-            ["job_id", "batch_size"],
-            ["batch_size.job_id", "batch_size.batch_size"],
-            ondelete="CASCADE",
-        ),
-        CheckConstraint("param_precision >= 0", name="param_precision"),
-        CheckConstraint("reward_precision >= 0", name="reward_precision"),
-        CheckConstraint("num_observations >= 0", name="num_observations"),
-    )
+    Column("param_precision", Float, nullable=False),
+    Column("reward_precision", Float, nullable=False),
+    Column("num_observations", Integer, nullable=False),
+    ForeignKeyConstraint(
+        ["job_id", "batch_size"],
+        ["batch_size.job_id", "batch_size.batch_size"],
+        ondelete="CASCADE",
+    ),
+    CheckConstraint("param_precision >= 0", name="param_precision"),
+    CheckConstraint("reward_precision >= 0", name="reward_precision"),
+    CheckConstraint("num_observations >= 0", name="num_observations"),
+)

@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import math
 
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
 from app import bandit
 from app import repository as repo
-from app.database import Connection, Database
+from app.bandit import Stage, TrialStatus, TrialType
+from app.db import autocommit
 from app.errors import JobNotFoundError
-from app.repository import JobRow
 from app.schemas import (
+    JOB_SPEC_FIELDS,
     ArmRead,
     JobPage,
     JobRead,
@@ -20,7 +23,6 @@ from app.schemas import (
     PruningProgress,
     TrialPage,
 )
-from app.service import SPEC_FIELDS, job_params, trial_read
 
 
 def _finite(value: float) -> float | None:
@@ -28,40 +30,36 @@ def _finite(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
-async def _progress(
-    conn: Connection, job: JobRow, batch_sizes: list[int]
-) -> PruningProgress | None:
-    if job.stage != "Pruning":
+async def _progress(conn: AsyncConnection, state: repo.JobState) -> PruningProgress | None:
+    if state.job.stage != Stage.PRUNING:
         return None
-    params = job_params(job, tuple(batch_sizes))
     try:
         step = bandit.pruning_walk(
-            params,
-            await repo.explorations(conn, job.job_id),
-            min_cost_batch_size=job.min_cost_batch_size,
+            state.params,
+            await repo.explorations(conn, state.job.job_id),
+            min_cost_batch_size=state.job.min_cost_batch_size,
         )
     except bandit.NoConvergedBatchSizeError as exc:
         return PruningProgress(round=exc.round_index, default_batch_size=None, candidates=[])
-    state = step.state
     return PruningProgress(
-        round=state.round,
-        default_batch_size=state.default_batch_size,
-        candidates=list(state.candidates),
+        round=step.state.round,
+        default_batch_size=step.state.default_batch_size,
+        candidates=list(step.state.candidates),
     )
 
 
-async def get_job(db: Database, job_id: str) -> JobRead:
-    async with db.autocommit() as conn:
-        job = await repo.get_job(conn, job_id)
-        if job is None:
+async def get_job(engine: AsyncEngine, job_id: str) -> JobRead:
+    async with autocommit(engine) as conn:
+        state = await repo.load_job(conn, job_id)
+        if state is None:
             raise JobNotFoundError(job_id)
-        batch_sizes = await repo.batch_sizes(conn, job_id)
-        progress = await _progress(conn, job, batch_sizes)
+        progress = await _progress(conn, state)
+    job = state.job
     return JobRead(
         job_id=job.job_id,
-        batch_sizes=batch_sizes,
-        **{name: getattr(job, name) for name in SPEC_FIELDS},
-        stage=job.stage,  # type: ignore[arg-type]
+        batch_sizes=list(state.batch_sizes),
+        **{name: getattr(job, name) for name in JOB_SPEC_FIELDS},
+        stage=job.stage,
         min_cost=job.min_cost,
         min_cost_batch_size=job.min_cost_batch_size,
         exploration=progress,
@@ -71,8 +69,10 @@ async def get_job(db: Database, job_id: str) -> JobRead:
     )
 
 
-async def list_jobs(db: Database, *, prefix: str | None, after: str | None, limit: int) -> JobPage:
-    async with db.autocommit() as conn:
+async def list_jobs(
+    engine: AsyncEngine, *, prefix: str | None, after: str | None, limit: int
+) -> JobPage:
+    async with autocommit(engine) as conn:
         jobs = await repo.list_jobs(conn, prefix=prefix, after=after, limit=limit + 1)
     items = [
         JobSummary(
@@ -90,31 +90,31 @@ async def list_jobs(db: Database, *, prefix: str | None, after: str | None, limi
 
 
 async def list_trials(
-    db: Database,
+    engine: AsyncEngine,
     job_id: str,
     *,
-    status: str | None,
-    trial_type: str | None,
+    status: TrialStatus | None,
+    trial_type: TrialType | None,
     after: int | None,
     limit: int,
 ) -> TrialPage:
-    async with db.autocommit() as conn:
-        if await repo.get_job(conn, job_id) is None:
+    async with autocommit(engine) as conn:
+        if not await repo.job_exists(conn, job_id):
             raise JobNotFoundError(job_id)
         trials = await repo.list_trials(
             conn, job_id, status=status, trial_type=trial_type, after=after, limit=limit + 1
         )
-    items = [trial_read(t) for t in trials[:limit]]
+    items = trials[:limit]
     return TrialPage(
         items=items, next_after=items[-1].trial_number if len(trials) > limit else None
     )
 
 
-async def list_arms(db: Database, job_id: str) -> list[ArmRead]:
-    async with db.autocommit() as conn:
-        if await repo.get_job(conn, job_id) is None:
-            raise JobNotFoundError(job_id)
-        arms = await repo.arms(conn, job_id)
+async def list_arms(engine: AsyncEngine, job_id: str) -> list[ArmRead]:
+    async with autocommit(engine) as conn:
+        state = await repo.load_job(conn, job_id)
+    if state is None:
+        raise JobNotFoundError(job_id)
     return [
         ArmRead(
             batch_size=a.batch_size,
@@ -123,11 +123,5 @@ async def list_arms(db: Database, job_id: str) -> list[ArmRead]:
             reward_precision=_finite(a.reward_precision),
             num_observations=a.num_observations,
         )
-        for a in arms
+        for a in state.arms
     ]
-
-
-async def schema_revision(db: Database) -> str | None:
-    """The database's migration revision (None before the first migration)."""
-    async with db.autocommit() as conn:
-        return await repo.schema_revision(conn)

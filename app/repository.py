@@ -1,232 +1,365 @@
-"""The only module that speaks SQL.
+"""The only module that knows SQL: statements built once from the tables (models.py).
 
-Every query is bounded by the job's configuration, never by its history:
-lookups by primary key, the pruning walk's non-Failed explorations (at most
-rounds x batch sizes rows), one job's arms, the last ``window_size`` results
-of one batch size, and keyset pages. Each one has an index (models.py).
-The SQL is plain and portable: numbered ``$n`` parameters, and ``FOR UPDATE``
-where PostgreSQL must lock (database.py adapts both for SQLite).
+Every statement is bounded by the job's configuration, never by its history:
+lookups by primary key (a job comes with its at most 256 batch sizes and
+arms), the pruning walk's non-Failed explorations (at most rounds x batch
+sizes rows), the last ``window_size`` results of one batch size, and keyset
+pages. Each one has an index (models.py).
+
+:func:`lock_job` locks the job row until the transaction ends, which
+serialises every request that changes a job across workers and replicas
+(SPEC 7). SQLite has no row locks and ignores the clause: there ``BEGIN
+IMMEDIATE`` (app/db.py) serialises writers.
 """
 
 from __future__ import annotations
 
-import json
+import operator
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
-from app.bandit import ArmPosterior, Exploration, RewardStats
-from app.database import Connection, Row
+from sqlalchemy import (
+    Integer,
+    Row,
+    Select,
+    String,
+    and_,
+    bindparam,
+    delete,
+    insert,
+    literal,
+    select,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from app.bandit import (
+    ArmPosterior,
+    Exploration,
+    JobParams,
+    RewardStats,
+    Stage,
+    TrialStatus,
+    TrialType,
+)
+from app.models import UTCDateTime, arm, batch_size, job, trial
+from app.schemas import TrialRead
+
+JobRow = Row[Any]  # a row of the job table (attributes named as its columns)
+
+_PARAM_FIELDS = tuple(f.name for f in fields(JobParams) if f.name != "batch_sizes")
 
 
-def _timestamp(value: datetime | str) -> datetime:
-    """PostgreSQL returns aware datetimes; SQLite ISO 8601 text in UTC."""
-    moment = datetime.fromisoformat(value) if isinstance(value, str) else value
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+def job_params(row: JobRow, batch_sizes: Sequence[int] = ()) -> JobParams:
+    """The algorithm's view of a job."""
+    return JobParams(batch_sizes=tuple(batch_sizes), **{f: getattr(row, f) for f in _PARAM_FIELDS})
 
 
-def _optional_bool(value: Any) -> bool | None:
-    return None if value is None else bool(value)
+def _trial_read(mapping: Mapping[str, Any], prefix: str = "") -> TrialRead:
+    return TrialRead.model_construct(**{c.name: mapping[prefix + c.name] for c in trial.c})
 
 
-@dataclass(frozen=True, slots=True)
-class JobRow:
-    job_id: str
-    job_id_prefix: str
-    default_batch_size: int
-    eta_knob: float
-    beta_knob: float | None
-    target_metric: float
-    higher_is_better_metric: bool
-    max_epochs: int
-    num_pruning_rounds: int
-    window_size: int
-    mab_prior_mean: float
-    mab_prior_precision: float
-    mab_num_explorations: int
-    mab_seed: int | None
-    max_power: float
-    number_of_gpus: int
-    gpu_model: str
-    stage: str
-    min_cost: float | None
-    min_cost_batch_size: int
-    next_trial_number: int
-    rng_state: dict[str, Any] | None
-    created_at: datetime
-    updated_at: datetime
-
-    @classmethod
-    def from_row(cls, row: Row, prefix: str = "") -> JobRow:
-        values = {f: row[prefix + f] for f in JOB_COLUMNS}
-        values["higher_is_better_metric"] = bool(values["higher_is_better_metric"])
-        state = values["rng_state"]
-        values["rng_state"] = json.loads(state) if isinstance(state, str) else state
-        values["created_at"] = _timestamp(values["created_at"])
-        values["updated_at"] = _timestamp(values["updated_at"])
-        return cls(**values)
-
-
-@dataclass(frozen=True, slots=True)
-class TrialRow:
-    job_id: str
-    trial_number: int
-    batch_size: int
-    type: str
-    status: str
-    start_timestamp: datetime
-    end_timestamp: datetime | None
-    time: float | None
-    energy: float | None
-    cost: float | None
-    converged: bool | None
-
-    @classmethod
-    def from_row(cls, row: Row, prefix: str = "") -> TrialRow:
-        values = {f: row[prefix + f] for f in TRIAL_COLUMNS}
-        values["start_timestamp"] = _timestamp(values["start_timestamp"])
-        end = values["end_timestamp"]
-        values["end_timestamp"] = None if end is None else _timestamp(end)
-        values["converged"] = _optional_bool(values["converged"])
-        return cls(**values)
-
-
-JOB_COLUMNS = tuple(f.name for f in fields(JobRow))
-TRIAL_COLUMNS = tuple(f.name for f in fields(TrialRow))
-_JOB_SELECT = ", ".join(JOB_COLUMNS)
-_TRIAL_SELECT = ", ".join(TRIAL_COLUMNS)
+def _arm(mapping: Mapping[str, Any]) -> ArmPosterior:
+    return ArmPosterior(
+        mapping["batch_size"],
+        mapping["param_mean"],
+        mapping["param_precision"],
+        mapping["reward_precision"],
+        mapping["num_observations"],
+    )
 
 
 # -------------------------------------------------------------------- jobs
 
 
-async def get_job(conn: Connection, job_id: str, *, for_update: bool = False) -> JobRow | None:
-    """Load a job; ``for_update`` holds its row lock until the transaction ends."""
-    # The lock serialises every request that changes this job, across
-    # workers and replicas (SPEC 7); SQLite's BEGIN IMMEDIATE does it there.
-    lock = " FOR UPDATE" if for_update else ""
-    row = await conn.fetchrow(f"SELECT {_JOB_SELECT} FROM job WHERE job_id = $1{lock}", job_id)
-    return None if row is None else JobRow.from_row(row)
+@dataclass(frozen=True, slots=True)
+class JobState:
+    """A job with its batch sizes and arms, as one read returns them."""
+
+    job: JobRow
+    batch_sizes: tuple[int, ...]
+    arms: tuple[ArmPosterior, ...]  # ascending; empty while pruning
+
+    @property
+    def params(self) -> JobParams:
+        return job_params(self.job, self.batch_sizes)
 
 
-_JOB_AND_TRIAL = (
-    "SELECT "
-    + ", ".join(f"j.{c} AS j_{c}" for c in JOB_COLUMNS)
-    + ", "
-    + ", ".join(f"t.{c} AS t_{c}" for c in TRIAL_COLUMNS)
-    + " FROM job j LEFT JOIN trial t ON t.job_id = j.job_id AND t.trial_number = $2"
-    " WHERE j.job_id = $1"
+_ARM_VALUES = (
+    arm.c.param_mean,
+    arm.c.param_precision,
+    arm.c.reward_precision,
+    arm.c.num_observations,
+)
+_JOB_AND_BATCH_SIZES = (
+    select(job, batch_size.c.batch_size)
+    .join_from(job, batch_size, batch_size.c.job_id == job.c.job_id)
+    .where(job.c.job_id == bindparam("job_id"))
+    .order_by(batch_size.c.batch_size)
+)
+_JOB_STATE = _JOB_AND_BATCH_SIZES.add_columns(*_ARM_VALUES).outerjoin(
+    arm, and_(arm.c.job_id == batch_size.c.job_id, arm.c.batch_size == batch_size.c.batch_size)
+)
+# Locked, a statement sees the job row as the lock holder left it, but the
+# rows it joins as they were when it started (PostgreSQL, READ COMMITTED): a
+# locked read joins only what never changes (the batch sizes), and what may
+# have changed meanwhile is read by the next statement.
+_JOB_LOCKED = _JOB_AND_BATCH_SIZES.with_for_update(of=job)
+_ARMS = (
+    select(arm.c.batch_size, *_ARM_VALUES)
+    .where(arm.c.job_id == bindparam("job_id"))
+    .order_by(arm.c.batch_size)
 )
 
 
-async def get_job_and_trial(
-    conn: Connection, job_id: str, trial_number: int, *, for_update: bool = False
-) -> tuple[JobRow | None, TrialRow | None]:
-    """A job and one of its trials in one round trip (locking the job row if asked)."""
-    lock = " FOR UPDATE OF j" if for_update else ""
-    row = await conn.fetchrow(_JOB_AND_TRIAL + lock, job_id, trial_number)
-    if row is None:
-        return None, None
-    trial = None if row["t_trial_number"] is None else TrialRow.from_row(row, "t_")
-    return JobRow.from_row(row, "j_"), trial
+async def load_job(conn: AsyncConnection, job_id: str) -> JobState | None:
+    """A job, its batch sizes and its arms, in one round trip."""
+    rows = (await conn.execute(_JOB_STATE, {"job_id": job_id})).all()
+    if not rows:
+        return None
+    arms = tuple(_arm(r._mapping) for r in rows if r.param_mean is not None)
+    return JobState(rows[0], tuple(r.batch_size for r in rows), arms)
 
 
-_INSERT_JOB = (
-    f"INSERT INTO job ({', '.join(JOB_COLUMNS)}) "
-    f"VALUES ({', '.join(f'${i}' for i in range(1, len(JOB_COLUMNS) + 1))}) "
-    "ON CONFLICT (job_id) DO NOTHING RETURNING job_id"
-)
+async def lock_job(conn: AsyncConnection, job_id: str) -> JobState | None:
+    """Lock a job's row until the transaction ends; the job and its batch sizes.
+
+    Its ``arms`` are not read (see :func:`arms`).
+    """
+    rows = (await conn.execute(_JOB_LOCKED, {"job_id": job_id})).all()
+    if not rows:
+        return None
+    return JobState(rows[0], tuple(r.batch_size for r in rows), ())
 
 
-async def insert_job_if_absent(conn: Connection, job: JobRow, batch_sizes: Sequence[int]) -> bool:
+async def arms(conn: AsyncConnection, job_id: str) -> tuple[ArmPosterior, ...]:
+    """A job's arms, ascending."""
+    return tuple(_arm(r._mapping) for r in await conn.execute(_ARMS, {"job_id": job_id}))
+
+
+_JOB_EXISTS = select(job.c.job_id).where(job.c.job_id == bindparam("job_id"))
+
+
+async def job_exists(conn: AsyncConnection, job_id: str) -> bool:
+    return (await conn.execute(_JOB_EXISTS, {"job_id": job_id})).first() is not None
+
+
+_INSERT_JOB = {
+    "postgresql": postgresql.insert(job)
+    .on_conflict_do_nothing(index_elements=[job.c.job_id])
+    .returning(job.c.job_id),
+    "sqlite": sqlite.insert(job)
+    .on_conflict_do_nothing(index_elements=[job.c.job_id])
+    .returning(job.c.job_id),
+}
+
+
+async def insert_job_if_absent(
+    conn: AsyncConnection, values: Mapping[str, Any], batch_sizes: Sequence[int]
+) -> bool:
     """Insert a job and its batch sizes unless the job_id exists; True if inserted.
 
     ON CONFLICT DO NOTHING rather than select-then-insert: two concurrent
     registrations of one id cannot both insert (the second waits for the
     first to commit, then does nothing), and different ids never wait.
     """
-    values = [getattr(job, c) for c in JOB_COLUMNS]
-    values[JOB_COLUMNS.index("rng_state")] = None
-    inserted = await conn.fetchval(_INSERT_JOB, *values)
-    if inserted is None:
+    statement = _INSERT_JOB[conn.dialect.name]
+    if (await conn.execute(statement, dict(values))).first() is None:
         return False
-    await conn.executemany(
-        "INSERT INTO batch_size (job_id, batch_size, reward_count, reward_mean, reward_m2)"
-        " VALUES ($1, $2, 0, 0.0, 0.0)",
-        [(job.job_id, bs) for bs in batch_sizes],
-    )
+    await conn.execute(
+        insert(batch_size),
+        [
+            {"job_id": values["job_id"], "batch_size": bs, "reward_count": 0,
+             "reward_mean": 0.0, "reward_m2": 0.0}
+            for bs in batch_sizes
+        ],
+    )  # fmt: skip
     return True
 
 
-async def batch_sizes(conn: Connection, job_id: str) -> list[int]:
-    rows = await conn.fetch(
-        "SELECT batch_size FROM batch_size WHERE job_id = $1 ORDER BY batch_size", job_id
-    )
-    return [int(r["batch_size"]) for r in rows]
+_DELETE_JOB = delete(job).where(job.c.job_id == bindparam("job_id"))
 
 
-async def update_job(conn: Connection, job_id: str, **values: Any) -> None:
-    """Set some of a job's mutable columns (stage, min cost, counters, rng state)."""
-    if "rng_state" in values and values["rng_state"] is not None:
-        values["rng_state"] = json.dumps(values["rng_state"])
-    names = list(values)
-    assignments = ", ".join(f"{name} = ${i}" for i, name in enumerate(names, start=2))
-    await conn.execute(
-        f"UPDATE job SET {assignments} WHERE job_id = $1", job_id, *[values[n] for n in names]
-    )
-
-
-async def delete_job(conn: Connection, job_id: str) -> bool:
+async def delete_job(conn: AsyncConnection, job_id: str) -> bool:
     """Delete a job; its batch sizes, trials and arms go by cascade."""
-    return await conn.execute("DELETE FROM job WHERE job_id = $1", job_id) > 0
+    return (await conn.execute(_DELETE_JOB, {"job_id": job_id})).rowcount > 0
+
+
+def _page(statement: Select[Any], *filters: tuple[Any, Any, Any]) -> Select[Any]:
+    """Only the filters ``(column, operator, value)`` whose value is given.
+
+    Each shape then uses its own index instead of an OR-IS-NULL scan.
+    """
+    for column, compare, value in filters:
+        if value is not None:
+            statement = statement.where(compare(column, value))
+    return statement
 
 
 async def list_jobs(
-    conn: Connection, *, prefix: str | None, after: str | None, limit: int
+    conn: AsyncConnection, *, prefix: str | None, after: str | None, limit: int
 ) -> list[JobRow]:
-    # Only the filters given, so that each shape has its own plan and index
-    # (ix_job_job_id_prefix, or the primary key) instead of an OR-IS-NULL scan.
-    where, args = _filters(("job_id_prefix", "=", prefix), ("job_id", ">", after))
-    rows = await conn.fetch(
-        f"SELECT {_JOB_SELECT} FROM job{where} ORDER BY job_id LIMIT ${len(args) + 1}",
-        *args,
-        limit,
+    # ix_job_job_id_prefix with a prefix, the primary key without.
+    statement = _page(
+        select(job).order_by(job.c.job_id).limit(limit),
+        (job.c.job_id_prefix, operator.eq, prefix),
+        (job.c.job_id, operator.gt, after),
     )
-    return [JobRow.from_row(r) for r in rows]
-
-
-def _filters(*conditions: tuple[str, str, Any], first: int = 1) -> tuple[str, list[Any]]:
-    """A WHERE clause of the conditions whose value is not None, and its arguments."""
-    clauses, args = [], []
-    for column, operator, value in conditions:
-        if value is not None:
-            args.append(value)
-            clauses.append(f"{column} {operator} ${first + len(args) - 1}")
-    return (" WHERE " + " AND ".join(clauses) if clauses else ""), args
+    return list((await conn.execute(statement)).all())
 
 
 # ------------------------------------------------------------------ trials
 
+_K = "k_"  # prefix of key parameters: a column's own name is reserved in UPDATE ... SET
+_KEY = and_(trial.c.job_id == bindparam("k_job_id"), trial.c.trial_number == bindparam("k_number"))
+_NOW = bindparam("now", type_=UTCDateTime())
 
-async def insert_trial(
-    conn: Connection, job_id: str, number: int, batch_size: int, trial_type: str, now: datetime
-) -> None:
-    await conn.execute(
-        "INSERT INTO trial (job_id, trial_number, batch_size, type, status, start_timestamp)"
-        " VALUES ($1, $2, $3, $4, 'Dispatched', $5)",
-        job_id,
-        number,
-        batch_size,
-        trial_type,
-        now,
+# Dispatch: the job's counter and stage move, and the trial is inserted.
+_BUMP_JOB = (
+    update(job)
+    .where(job.c.job_id == bindparam("k_job_id"))
+    .values(
+        next_trial_number=bindparam("next_trial_number"),
+        stage=bindparam("stage"),
+        rng_state=bindparam("rng_state"),
+        updated_at=_NOW,
     )
+)
+_INSERT_TRIAL = insert(trial).values(
+    job_id=bindparam("k_job_id"),
+    trial_number=bindparam("k_number"),
+    batch_size=bindparam("batch_size"),
+    type=bindparam("type"),
+    status=TrialStatus.DISPATCHED.value,
+    start_timestamp=_NOW,
+)
+# PostgreSQL runs both in one statement (a data-modifying CTE); SQLite has none.
+_bumped = _BUMP_JOB.returning(job.c.job_id).cte("bumped")
+_BUMP_AND_INSERT = (
+    insert(trial)
+    .from_select(
+        ["job_id", "trial_number", "batch_size", "type", "status", "start_timestamp"],
+        select(
+            _bumped.c.job_id,
+            bindparam("k_number", type_=Integer),
+            bindparam("batch_size", type_=Integer),
+            bindparam("type", type_=String),
+            literal(TrialStatus.DISPATCHED.value),
+            _NOW,
+        ),
+    )
+    .add_cte(_bumped)
+)
+
+
+async def add_trial(
+    conn: AsyncConnection,
+    state: JobRow,
+    *,
+    number: int,
+    batch_size: int,
+    trial_type: TrialType,
+    stage: Stage,
+    rng_state: dict[str, Any] | None,
+    now: datetime,
+) -> None:
+    """Record a dispatched trial and advance the job's counter past it."""
+    values = {
+        "k_job_id": state.job_id,
+        "k_number": number,
+        "next_trial_number": number + 1,
+        "batch_size": batch_size,
+        "type": trial_type.value,
+        "stage": stage.value,
+        "rng_state": rng_state,
+        "now": now,
+    }
+    if conn.dialect.name == "postgresql":
+        await conn.execute(_BUMP_AND_INSERT, values)
+    else:
+        await conn.execute(_BUMP_JOB, values)
+        await conn.execute(_INSERT_TRIAL, values)
+
+
+@dataclass(frozen=True, slots=True)
+class TrialState:
+    """A job, one of its trials, and what a final report of it needs."""
+
+    job: JobRow
+    trial: TrialRead | None
+    stats: RewardStats  # the trial's batch size's running statistics
+    is_arm: bool  # the trial's batch size is an arm of the job
+
+
+_TRIAL_STATE = (
+    select(
+        job,
+        *[c.label(f"t_{c.name}") for c in trial.c],
+        batch_size.c.reward_count,
+        batch_size.c.reward_mean,
+        batch_size.c.reward_m2,
+        arm.c.batch_size.label("arm_batch_size"),
+    )
+    .select_from(
+        job.outerjoin(
+            trial,
+            and_(trial.c.job_id == job.c.job_id, trial.c.trial_number == bindparam("k_number")),
+        )
+        .outerjoin(
+            batch_size,
+            and_(
+                batch_size.c.job_id == trial.c.job_id, batch_size.c.batch_size == trial.c.batch_size
+            ),
+        )
+        .outerjoin(
+            arm, and_(arm.c.job_id == trial.c.job_id, arm.c.batch_size == trial.c.batch_size)
+        )
+    )
+    .where(job.c.job_id == bindparam("k_job_id"))
+)
+
+
+async def load_trial(conn: AsyncConnection, job_id: str, trial_number: int) -> TrialState | None:
+    """A job and one of its trials in one round trip; None if there is no such job.
+
+    Under the job's lock, call it after :func:`lock_job`: a locked read of
+    this join could see the trial as it was before the lock holder ended it.
+    """
+    statement = _TRIAL_STATE
+    row = (await conn.execute(statement, {"k_job_id": job_id, "k_number": trial_number})).first()
+    if row is None:
+        return None
+    found = None if row.t_trial_number is None else _trial_read(row._mapping, "t_")
+    stats = RewardStats(row.reward_count or 0, row.reward_mean or 0.0, row.reward_m2 or 0.0)
+    return TrialState(row, found, stats, row.arm_batch_size is not None)
+
+
+_FINISH_TRIAL = (
+    update(trial)
+    .where(_KEY)
+    .values(
+        status=TrialStatus.SUCCEEDED.value,
+        end_timestamp=bindparam("end_timestamp"),
+        time=bindparam("time"),
+        energy=bindparam("energy"),
+        cost=bindparam("cost"),
+        converged=bindparam("converged"),
+    )
+)
+_FAIL_TRIAL = (
+    update(trial)
+    .where(_KEY)
+    .values(status=TrialStatus.FAILED.value, end_timestamp=bindparam("end_timestamp"))
+)
 
 
 async def finish_trial(
-    conn: Connection,
-    trial: TrialRow,
+    conn: AsyncConnection,
+    ended: TrialRead,
     *,
     time: float,
     energy: float,
@@ -235,195 +368,211 @@ async def finish_trial(
     now: datetime,
 ) -> None:
     await conn.execute(
-        "UPDATE trial SET status = 'Succeeded', end_timestamp = $3, time = $4, energy = $5,"
-        " cost = $6, converged = $7 WHERE job_id = $1 AND trial_number = $2",
-        trial.job_id,
-        trial.trial_number,
-        max(now, trial.start_timestamp),
-        time,
-        energy,
-        cost,
-        converged,
-    )
+        _FINISH_TRIAL,
+        {"k_job_id": ended.job_id, "k_number": ended.trial_number,
+         "end_timestamp": max(now, ended.start_timestamp), "time": time, "energy": energy,
+         "cost": cost, "converged": converged},
+    )  # fmt: skip
 
 
-async def fail_trial(conn: Connection, trial: TrialRow, now: datetime) -> None:
+async def fail_trial(conn: AsyncConnection, ended: TrialRead, now: datetime) -> None:
     await conn.execute(
-        "UPDATE trial SET status = 'Failed', end_timestamp = $3"
-        " WHERE job_id = $1 AND trial_number = $2",
-        trial.job_id,
-        trial.trial_number,
-        max(now, trial.start_timestamp),
+        _FAIL_TRIAL,
+        {"k_job_id": ended.job_id, "k_number": ended.trial_number,
+         "end_timestamp": max(now, ended.start_timestamp)},
+    )  # fmt: skip
+
+
+_EXPIRE_EXPLORATIONS = (
+    update(trial)
+    .where(
+        trial.c.job_id == bindparam("k_job_id"),
+        trial.c.type == TrialType.EXPLORATION.value,
+        trial.c.status == TrialStatus.DISPATCHED.value,
+        trial.c.start_timestamp < bindparam("started_before", type_=UTCDateTime()),
     )
+    .values(status=TrialStatus.FAILED.value, end_timestamp=bindparam("end_timestamp"))
+)
 
 
 async def expire_explorations(
-    conn: Connection, job_id: str, *, started_before: datetime, now: datetime
+    conn: AsyncConnection, job_id: str, *, started_before: datetime, now: datetime
 ) -> int:
     """Fail running explorations started before a time; their clients are gone.
 
     An exploration that never ends blocks its pruning round forever (every
     request gets a Concurrent trial instead), so a stale one is given up.
     """
-    return await conn.execute(
-        "UPDATE trial SET status = 'Failed', end_timestamp = $3 WHERE job_id = $1"
-        " AND type = 'Exploration' AND status = 'Dispatched' AND start_timestamp < $2",
-        job_id,
-        started_before,
-        now,
+    result = await conn.execute(
+        _EXPIRE_EXPLORATIONS,
+        {"k_job_id": job_id, "started_before": started_before, "end_timestamp": now},
     )
+    return result.rowcount
 
 
 async def list_trials(
-    conn: Connection,
+    conn: AsyncConnection,
     job_id: str,
     *,
-    status: str | None,
-    trial_type: str | None,
+    status: TrialStatus | None,
+    trial_type: TrialType | None,
     after: int | None,
     limit: int,
-) -> list[TrialRow]:
+) -> list[TrialRead]:
     # A filter on status uses ix_trial_job_id_status, one on type
     # ix_trial_job_id_type_status, none the primary key; all in trial order.
-    where, args = _filters(
-        ("job_id", "=", job_id),
-        ("status", "=", status),
-        ("type", "=", trial_type),
-        ("trial_number", ">", after),
+    statement = _page(
+        select(trial).where(trial.c.job_id == job_id).order_by(trial.c.trial_number).limit(limit),
+        (trial.c.status, operator.eq, status),
+        (trial.c.type, operator.eq, trial_type),
+        (trial.c.trial_number, operator.gt, after),
     )
-    rows = await conn.fetch(
-        f"SELECT {_TRIAL_SELECT} FROM trial{where} ORDER BY trial_number LIMIT ${len(args) + 1}",
-        *args,
-        limit,
-    )
-    return [TrialRow.from_row(r) for r in rows]
+    return [_trial_read(r._mapping) for r in await conn.execute(statement)]
 
 
-async def explorations(conn: Connection, job_id: str) -> dict[int, list[Exploration]]:
+_EXPLORATIONS = (
+    select(
+        trial.c.trial_number, trial.c.batch_size, trial.c.status, trial.c.converged, trial.c.cost
+    )
+    .where(
+        trial.c.job_id == bindparam("job_id"),
+        trial.c.type == TrialType.EXPLORATION.value,
+        trial.c.status.in_([TrialStatus.DISPATCHED.value, TrialStatus.SUCCEEDED.value]),
+    )
+    .order_by(trial.c.trial_number)
+)
+
+
+async def explorations(conn: AsyncConnection, job_id: str) -> dict[int, list[Exploration]]:
     """Non-Failed Exploration trials per batch size, in trial order.
 
     At most num_pruning_rounds per batch size: a (batch size, round) pair
     is dispatched again only after its previous exploration Failed.
     """
-    rows = await conn.fetch(
-        "SELECT trial_number, batch_size, status, converged, cost FROM trial"
-        " WHERE job_id = $1 AND type = 'Exploration' AND status IN ('Dispatched', 'Succeeded')"
-        " ORDER BY trial_number",
-        job_id,
-    )
     by_batch_size: dict[int, list[Exploration]] = defaultdict(list)
-    for r in rows:
-        by_batch_size[r["batch_size"]].append(
+    for r in await conn.execute(_EXPLORATIONS, {"job_id": job_id}):
+        by_batch_size[r.batch_size].append(
             Exploration(
-                r["trial_number"],
-                r["batch_size"],
-                r["status"] == "Dispatched",
-                _optional_bool(r["converged"]),
-                r["cost"],
+                r.trial_number,
+                r.batch_size,
+                r.status == TrialStatus.DISPATCHED,
+                r.converged,
+                r.cost,
             )
         )
     return dict(by_batch_size)
 
 
-async def recent_costs(conn: Connection, job_id: str, batch_size: int, limit: int) -> list[float]:
+_RECENT_COSTS = (
+    select(trial.c.cost)
+    .where(
+        trial.c.job_id == bindparam("job_id"),
+        trial.c.batch_size == bindparam("batch_size"),
+        trial.c.status == TrialStatus.SUCCEEDED.value,
+    )
+    .order_by(trial.c.trial_number.desc())
+    .limit(bindparam("limit"))
+)
+
+
+async def recent_costs(
+    conn: AsyncConnection, job_id: str, batch_size: int, limit: int
+) -> list[float]:
     """Costs of the last ``limit`` Succeeded trials of a batch size, oldest first."""
-    rows = await conn.fetch(
-        "SELECT cost FROM trial WHERE job_id = $1 AND batch_size = $2 AND status = 'Succeeded'"
-        " ORDER BY trial_number DESC LIMIT $3",
-        job_id,
-        batch_size,
-        limit,
+    if limit <= 0:
+        return []
+    rows = await conn.execute(
+        _RECENT_COSTS, {"job_id": job_id, "batch_size": batch_size, "limit": limit}
     )
-    return [float(r["cost"]) for r in reversed(rows)]
+    return [float(r.cost) for r in reversed(rows.all())]
 
 
-# --------------------------------------------------- reward stats and arms
+# ------------------------------------------------ what a final report changes
 
-
-async def add_reward(conn: Connection, job_id: str, batch_size: int, value: float) -> RewardStats:
-    """Fold one reward into the batch size's running statistics."""
-    row = await conn.fetchrow(
-        "SELECT reward_count, reward_mean, reward_m2 FROM batch_size"
-        " WHERE job_id = $1 AND batch_size = $2",
-        job_id,
-        batch_size,
+_SAVE_STATS = (
+    update(batch_size)
+    .where(
+        batch_size.c.job_id == bindparam("k_job_id"),
+        batch_size.c.batch_size == bindparam("k_batch_size"),
     )
-    assert row is not None, "a trial's batch size has a batch_size row (foreign key)"
-    stats = RewardStats(row["reward_count"], row["reward_mean"], row["reward_m2"]).add(value)
+    .values(
+        reward_count=bindparam("reward_count"),
+        reward_mean=bindparam("reward_mean"),
+        reward_m2=bindparam("reward_m2"),
+    )
+)
+_SAVE_MIN_COST = (
+    update(job)
+    .where(job.c.job_id == bindparam("k_job_id"))
+    .values(
+        min_cost=bindparam("min_cost"),
+        min_cost_batch_size=bindparam("min_cost_batch_size"),
+        updated_at=_NOW,
+    )
+)
+_TOUCH_JOB = update(job).where(job.c.job_id == bindparam("k_job_id")).values(updated_at=_NOW)
+_ARM_KEY = and_(
+    arm.c.job_id == bindparam("k_job_id"), arm.c.batch_size == bindparam("k_batch_size")
+)
+_SAVE_ARM = (
+    update(arm)
+    .where(_ARM_KEY)
+    .values(
+        param_mean=bindparam("param_mean"),
+        param_precision=bindparam("param_precision"),
+        reward_precision=bindparam("reward_precision"),
+        num_observations=bindparam("num_observations"),
+    )
+)
+
+
+async def save_stats(
+    conn: AsyncConnection, job_id: str, batch_size_: int, stats: RewardStats
+) -> None:
     await conn.execute(
-        "UPDATE batch_size SET reward_count = $3, reward_mean = $4, reward_m2 = $5"
-        " WHERE job_id = $1 AND batch_size = $2",
-        job_id,
-        batch_size,
-        stats.count,
-        stats.mean,
-        stats.m2,
-    )
-    return stats
+        _SAVE_STATS,
+        {"k_job_id": job_id, "k_batch_size": batch_size_, "reward_count": stats.count,
+         "reward_mean": stats.mean, "reward_m2": stats.m2},
+    )  # fmt: skip
 
 
-def _arm(row: Row) -> ArmPosterior:
-    return ArmPosterior(
-        row["batch_size"],
-        row["param_mean"],
-        row["param_precision"],
-        row["reward_precision"],
-        row["num_observations"],
-    )
-
-
-async def arms(conn: Connection, job_id: str) -> list[ArmPosterior]:
-    rows = await conn.fetch(
-        "SELECT batch_size, param_mean, param_precision, reward_precision, num_observations"
-        " FROM arm WHERE job_id = $1 ORDER BY batch_size",
-        job_id,
-    )
-    return [_arm(r) for r in rows]
-
-
-async def is_arm(conn: Connection, job_id: str, batch_size: int) -> bool:
-    found = await conn.fetchval(
-        "SELECT 1 FROM arm WHERE job_id = $1 AND batch_size = $2", job_id, batch_size
-    )
-    return found is not None
-
-
-def _arm_values(job_id: str, arm: ArmPosterior) -> tuple[Any, ...]:
-    return (
-        job_id,
-        arm.batch_size,
-        arm.param_mean,
-        arm.param_precision,
-        arm.reward_precision,
-        arm.num_observations,
-    )
-
-
-async def insert_arms(conn: Connection, job_id: str, new_arms: Sequence[ArmPosterior]) -> None:
-    await conn.executemany(
-        "INSERT INTO arm (job_id, batch_size, param_mean, param_precision, reward_precision,"
-        " num_observations) VALUES ($1, $2, $3, $4, $5, $6)",
-        [_arm_values(job_id, a) for a in new_arms],
-    )
-
-
-async def save_arm(conn: Connection, job_id: str, arm: ArmPosterior) -> None:
+async def save_min_cost(
+    conn: AsyncConnection, job_id: str, min_cost: float | None, batch_size_: int, now: datetime
+) -> None:
     await conn.execute(
-        "UPDATE arm SET param_mean = $3, param_precision = $4, reward_precision = $5,"
-        " num_observations = $6 WHERE job_id = $1 AND batch_size = $2",
-        *_arm_values(job_id, arm),
+        _SAVE_MIN_COST,
+        {"k_job_id": job_id, "min_cost": min_cost, "min_cost_batch_size": batch_size_, "now": now},
     )
 
 
-# --------------------------------------------------------------- readiness
+async def touch_job(conn: AsyncConnection, job_id: str, now: datetime) -> None:
+    await conn.execute(_TOUCH_JOB, {"k_job_id": job_id, "now": now})
 
 
-async def schema_revision(conn: Connection) -> str | None:
-    """The Alembic revision the database is at (None before any migration)."""
-    try:
-        value = await conn.fetchval("SELECT version_num FROM alembic_version")
-    except Exception as exc:  # the table does not exist yet: not migrated
-        if "alembic_version" in str(exc):
-            return None
-        raise
-    return None if value is None else str(value)
+def _arm_values(job_id: str, posterior: ArmPosterior) -> dict[str, Any]:
+    return {
+        "k_job_id": job_id,
+        "k_batch_size": posterior.batch_size,
+        "param_mean": posterior.param_mean,
+        "param_precision": posterior.param_precision,
+        "reward_precision": posterior.reward_precision,
+        "num_observations": posterior.num_observations,
+    }
+
+
+async def save_arm(conn: AsyncConnection, job_id: str, posterior: ArmPosterior) -> None:
+    await conn.execute(_SAVE_ARM, _arm_values(job_id, posterior))
+
+
+_INSERT_ARM = insert(arm).values(
+    job_id=bindparam("k_job_id"),
+    batch_size=bindparam("k_batch_size"),
+    param_mean=bindparam("param_mean"),
+    param_precision=bindparam("param_precision"),
+    reward_precision=bindparam("reward_precision"),
+    num_observations=bindparam("num_observations"),
+)
+
+
+async def insert_arms(conn: AsyncConnection, job_id: str, arms: Sequence[ArmPosterior]) -> None:
+    await conn.execute(_INSERT_ARM, [_arm_values(job_id, a) for a in arms])

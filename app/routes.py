@@ -7,14 +7,14 @@ read side that Zeus lacks.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
 from fastapi.responses import JSONResponse
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app import reads, service
-from app.database import Database
-from app.migrate import head_revision
+from app import migrate, reads, service
+from app.bandit import TrialStatus, TrialType
 from app.schemas import (
     PRINTABLE,
     ArmRead,
@@ -35,16 +35,16 @@ from app.schemas import (
 from app.service import utcnow
 
 
-async def get_database(request: Request) -> Database:
-    """The app's connection pool; each use case opens its own transaction.
+async def get_database(request: Request) -> AsyncEngine:
+    """The app's engine; each use case opens its own transaction.
 
     ``async`` on purpose: FastAPI runs plain ``def`` dependencies on a thread.
     """
-    database: Database = request.app.state.database
-    return database
+    engine: AsyncEngine = request.app.state.engine
+    return engine
 
 
-DatabaseDep = Annotated[Database, Depends(get_database)]
+DatabaseDep = Annotated[AsyncEngine, Depends(get_database)]
 JobIdQuery = Annotated[
     str,
     Query(min_length=1, max_length=256, pattern=PRINTABLE, description="The job."),
@@ -247,12 +247,8 @@ async def get_job(job_id: JobIdPath, db: DatabaseDep) -> JobRead:
 async def list_trials(
     job_id: JobIdPath,
     db: DatabaseDep,
-    status: Annotated[
-        Literal["Dispatched", "Succeeded", "Failed"] | None, Query(description="Filter.")
-    ] = None,
-    type: Annotated[
-        Literal["Exploration", "Concurrent", "MAB"] | None, Query(description="Filter.")
-    ] = None,
+    status: Annotated[TrialStatus | None, Query(description="Filter.")] = None,
+    type: Annotated[TrialType | None, Query(description="Filter.")] = None,
     after: Annotated[
         int | None, Query(ge=0, le=2**31 - 1, description="The `next_after` of the previous page.")
     ] = None,
@@ -292,9 +288,9 @@ async def healthz() -> Health:
 )
 async def readyz(request: Request) -> Any:
     """The database is reachable and its schema is at the latest migration."""
-    head = head_revision()
+    head = migrate.head_revision()
     try:
-        current = await reads.schema_revision(request.app.state.database)
+        current = await migrate.current_revision(request.app.state.engine)
     except Exception as exc:  # any failure to reach the database means not ready
         detail = f"database unreachable: {type(exc).__name__}"
         return JSONResponse(Health(status="unavailable", detail=detail).model_dump(), 503)

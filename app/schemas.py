@@ -12,6 +12,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
+from app.bandit import Stage, TrialStatus, TrialType
+
 INT32_MAX = 2**31 - 1
 MAX_BATCH_SIZES = 256
 MAX_WINDOW_SIZE = 10_000
@@ -154,6 +156,12 @@ class JobSpec(JobParams, GpuConfig):
     model_config = ConfigDict(json_schema_extra={"examples": [JOB_SPEC_EXAMPLE]})
 
 
+# The fields of a registration stored with the job, and compared on re-registration.
+JOB_SPEC_FIELDS = tuple(
+    name for name in JobSpec.model_fields if name not in {"job_id", "batch_sizes"}
+)
+
+
 class CreatedJob(JobSpec):
     """The registered job (Zeus's ``CreatedJob``): the spec with its job_id."""
 
@@ -292,7 +300,7 @@ class PruningProgress(BaseModel):
 class JobRead(CreatedJob):
     """A job's configuration and learning state."""
 
-    stage: Literal["Pruning", "MAB"]
+    stage: Stage
     min_cost: float | None = Field(description="Cheapest converged cost so far.")
     min_cost_batch_size: int = Field(description="Its batch size (the default until then).")
     exploration: PruningProgress | None = Field(
@@ -337,7 +345,7 @@ class JobSummary(BaseModel):
 
     job_id: str
     job_id_prefix: str
-    stage: Literal["Pruning", "MAB"]
+    stage: Stage
     min_cost: float | None
     min_cost_batch_size: int
     num_trials: int
@@ -369,8 +377,8 @@ class TrialRead(BaseModel):
     job_id: str
     trial_number: int
     batch_size: int
-    type: Literal["Exploration", "Concurrent", "MAB"]
-    status: Literal["Dispatched", "Succeeded", "Failed"]
+    type: TrialType
+    status: TrialStatus
     start_timestamp: datetime
     end_timestamp: datetime | None
     time: float | None

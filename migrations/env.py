@@ -1,4 +1,9 @@
-"""Alembic environment: async engine, URL from the service's settings."""
+"""Alembic environment: the service's own engine factory, async, URL from its settings.
+
+``config.attributes`` may carry ``connection`` (migrate through a connection
+the caller opened: an in-memory SQLite database lives only there) or
+``database_url`` (else the settings' URL).
+"""
 
 from __future__ import annotations
 
@@ -8,15 +13,15 @@ from logging.config import fileConfig
 from alembic import context
 from sqlalchemy.engine import Connection
 
-from app import models  # noqa: F401  (registers the tables on the metadata)
 from app.config import Settings
-from app.db import Base, create_engine
+from app.db import create_engine
+from app.models import metadata
 
 config = context.config
 if config.config_file_name is not None and config.attributes.get("configure_logging", True):
     fileConfig(config.config_file_name, disable_existing_loggers=False)
 
-target_metadata = Base.metadata
+target_metadata = metadata
 
 
 def _settings() -> Settings:
@@ -59,5 +64,7 @@ def run_migrations_offline() -> None:
 
 if context.is_offline_mode():
     run_migrations_offline()
+elif (connection := config.attributes.get("connection")) is not None:
+    _run(connection)
 else:
     asyncio.run(_run_async())

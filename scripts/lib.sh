@@ -3,7 +3,6 @@
 # the repository root; it defines functions only and changes nothing by itself.
 
 VENV_DIR=".venv"
-VENV_STAMP="$VENV_DIR/.bso-install-stamp"
 
 step() {
     printf '\n==> %s\n' "$*"
@@ -14,13 +13,35 @@ die() {
     exit 1
 }
 
-# Print the first interpreter that is CPython 3.11: $PYTHON, python3.11, python3.
-find_python311() {
-    local candidate
-    for candidate in "${PYTHON:-}" python3.11 python3; do
-        [ -n "$candidate" ] || continue
+# The Python versions bso supports, oldest first (pyproject.toml says >=3.11).
+SUPPORTED_PYTHONS="3.11 3.12 3.13"
+
+# True when interpreter $1 is CPython of a supported version.
+is_supported_python() {
+    "$1" -c 'import sys; sys.exit(not ((3, 11) <= sys.version_info[:2] <= (3, 13)))' 2>/dev/null
+}
+
+# Print the newest supported interpreter, or with $1 = oldest the oldest:
+# $PYTHON if set, else python3.X on PATH or in pyenv's versions (a pyenv shim
+# only runs the versions pyenv has activated), else python3.
+find_python() {
+    local candidate version order="-rV" pyenv_root="${PYENV_ROOT:-$HOME/.pyenv}"
+    local -a candidates=()
+    [ "${1:-newest}" = oldest ] && order="-V"
+    if [ -n "${PYTHON:-}" ]; then
+        candidates=("$PYTHON")
+    else
+        for version in $(printf '%s\n' $SUPPORTED_PYTHONS | sort "$order"); do
+            candidates+=("python$version")
+            for candidate in "$pyenv_root"/versions/"$version".*/bin/python"$version"; do
+                [ -x "$candidate" ] && candidates+=("$candidate")
+            done
+        done
+        candidates+=(python3)
+    fi
+    for candidate in "${candidates[@]}"; do
         command -v "$candidate" >/dev/null 2>&1 || continue
-        if "$candidate" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null; then
+        if is_supported_python "$candidate"; then
             command -v "$candidate"
             return 0
         fi
@@ -28,9 +49,9 @@ find_python311() {
     return 1
 }
 
-# Hash of what decides the install: pyproject.toml plus the venv's Python version.
+# Hash of what decides the install of venv $1: pyproject.toml plus its Python version.
 install_fingerprint() {
-    "$VENV_DIR/bin/python" - <<'PY'
+    "$1/bin/python" - <<'PY'
 import hashlib, sys
 with open("pyproject.toml", "rb") as f:
     digest = hashlib.sha256(f.read())
@@ -39,30 +60,37 @@ print(digest.hexdigest())
 PY
 }
 
-# Create .venv (Python 3.11) if needed and `pip install -e '.[dev]'` into it,
-# unless pyproject.toml is unchanged since the last successful install.
+# The major.minor version of interpreter $1.
+python_version() {
+    "$1" -c 'import sys; print("%d.%d" % sys.version_info[:2])'
+}
+
+# Make venv $1 (default .venv) on the newest supported Python (or, with $2 =
+# oldest, the oldest) and `pip install -e '.[dev]'` into it, unless it already
+# has that Python and pyproject.toml is unchanged since its last install.
 ensure_venv() {
-    local python want
-    if [ -x "$VENV_DIR/bin/python" ] \
-        && ! "$VENV_DIR/bin/python" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null; then
-        echo "$VENV_DIR is not a Python 3.11 environment; recreating it."
-        rm -rf "$VENV_DIR"
+    local dir="${1:-$VENV_DIR}" which="${2:-newest}" python want stamp
+    stamp="$dir/.bso-install-stamp"
+    python="$(find_python "$which")" \
+        || die "No Python 3.11, 3.12 or 3.13 found. Install one, or point PYTHON at its binary."
+    if [ -x "$dir/bin/python" ] \
+        && [ "$(python_version "$dir/bin/python")" != "$(python_version "$python")" ]; then
+        echo "$dir has Python $(python_version "$dir/bin/python"), not $(python_version "$python"); recreating it."
+        rm -rf "$dir"
     fi
-    if [ ! -x "$VENV_DIR/bin/python" ]; then
-        python="$(find_python311)" \
-            || die "Python 3.11 not found. Install it, or point PYTHON at a python3.11 binary."
-        echo "Creating $VENV_DIR with $python"
-        "$python" -m venv "$VENV_DIR"
+    if [ ! -x "$dir/bin/python" ]; then
+        echo "Creating $dir with $python"
+        "$python" -m venv "$dir"
     fi
-    want="$(install_fingerprint)"
-    if [ -f "$VENV_STAMP" ] && [ "$(cat "$VENV_STAMP")" = "$want" ] && [ -x "$VENV_DIR/bin/bso" ]; then
-        echo "$VENV_DIR is up to date with pyproject.toml"
+    want="$(install_fingerprint "$dir")"
+    if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -x "$dir/bin/bso" ]; then
+        echo "$dir (Python $(python_version "$dir/bin/python")) is up to date with pyproject.toml"
         return 0
     fi
-    echo "Installing bso and its dev dependencies into $VENV_DIR (the first run takes a minute)"
-    rm -f "$VENV_STAMP"
-    "$VENV_DIR/bin/python" -m pip install --quiet --disable-pip-version-check -e '.[dev]'
-    printf '%s\n' "$want" >"$VENV_STAMP"
+    echo "Installing bso and its dev dependencies into $dir (Python $(python_version "$dir/bin/python"); the first run takes a minute)"
+    rm -f "$stamp"
+    "$dir/bin/python" -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+    printf '%s\n' "$want" >"$stamp"
 }
 
 # True when a PostgreSQL server accepts connections at host $1, port $2.

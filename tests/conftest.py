@@ -66,12 +66,12 @@ async def _clean_tables(request: pytest.FixtureRequest) -> AsyncIterator[None]:
         yield
         return
     application: FastAPI = request.getfixturevalue("app")
-    database = application.state.database
-    async with database.transaction() as conn:
-        if database.dialect == "postgresql":
-            await conn.execute("TRUNCATE job, batch_size, trial, arm")
+    engine = application.state.engine
+    async with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            await conn.exec_driver_sql("TRUNCATE job, batch_size, trial, arm")
         else:
-            await conn.execute("DELETE FROM job")  # cascades
+            await conn.exec_driver_sql("DELETE FROM job")  # cascades
     yield
 
 

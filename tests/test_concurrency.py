@@ -187,7 +187,7 @@ async def all_trials(http: httpx.AsyncClient, job_id: str) -> list[dict[str, Any
 
 
 async def test_many_clients_on_one_job_keep_trials_contiguous_and_results_exact(
-    http: httpx.AsyncClient,
+    http: httpx.AsyncClient, server: Server
 ) -> None:
     job_id = "conc-one"
     job = spec(
@@ -206,7 +206,7 @@ async def test_many_clients_on_one_job_keep_trials_contiguous_and_results_exact(
     )
 
     statuses = Counter(status for _, _, status in record.statuses)
-    assert statuses == {200: len(record.statuses)}, (statuses, record.problems[:5])
+    assert statuses == {200: len(record.statuses)}, (statuses, record.problems[:5], server.log())
     assert not record.problems, record.problems[:10]
 
     trials = await all_trials(http, job_id)

@@ -6,6 +6,7 @@ import os
 import sqlite3
 import subprocess
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 
 import httpx
@@ -195,8 +196,11 @@ def test_bso_migrate_creates_the_schema_of_a_fresh_sqlite_file(tmp_path: Path) -
     env = clean_env(BSO_DATABASE_URL=f"sqlite:///{path}")
     result = bso("migrate", env=env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert "up to date" in result.stdout
-    with sqlite3.connect(path) as connection:
+    assert result.stdout == f"Database schema upgraded from empty to {head_revision()}.\n"
+    again = bso("migrate", env=env, cwd=tmp_path)
+    assert again.stdout == f"Database schema already at {head_revision()}.\n"
+    # closing(): a sqlite3 connection's own context manager only commits.
+    with closing(sqlite3.connect(path)) as connection:
         tables = {
             r[0] for r in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
         }

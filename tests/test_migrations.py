@@ -18,11 +18,11 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import CheckConstraint, Connection, inspect
 
-from app import models  # noqa: F401  (registers the tables)
 from app.config import Settings
-from app.db import Base, create_engine
+from app.db import create_engine
 from app.main import create_app
 from app.migrate import alembic_config, head_revision, upgrade_head
+from app.models import metadata
 from tests.support.server import (
     REPO_ROOT,
     VENV_BIN,
@@ -82,7 +82,7 @@ def _schema(connection: Connection) -> dict[str, Any]:
             t: sorted(c["name"] for c in inspector.get_check_constraints(t)) for t in tables
         },
         "diff": compare_metadata(
-            MigrationContext.configure(connection, opts={"compare_type": True}), Base.metadata
+            MigrationContext.configure(connection, opts={"compare_type": True}), metadata
         ),
         "revision": MigrationContext.configure(connection).get_current_revision(),
     }
@@ -91,7 +91,7 @@ def _schema(connection: Connection) -> dict[str, Any]:
 def _model_checks() -> dict[str, list[str]]:
     return {
         table.name: sorted(str(c.name) for c in table.constraints if isinstance(c, CheckConstraint))
-        for table in Base.metadata.sorted_tables
+        for table in metadata.sorted_tables
     }
 
 
@@ -164,7 +164,48 @@ async def test_readyz_is_503_when_the_database_is_unreachable() -> None:
             assert (await http.get("/healthz")).status_code == 200
 
 
-def test_the_head_revision_read_from_the_scripts_is_alembics() -> None:
-    from alembic.script import ScriptDirectory
+async def test_sqlite_timestamps_of_the_driver_era_are_rewritten_in_one_format(
+    tmp_path: Path,
+) -> None:
+    # Rows as the hand-made driver layer wrote them: ISO 8601 with T and zone.
+    url = f"sqlite+aiosqlite:///{tmp_path / 'old.db'}"
+    await asyncio.to_thread(command.upgrade, alembic_config(url), "a1f5336b4df4")
 
-    assert head_revision() == ScriptDirectory.from_config(alembic_config()).get_current_head()
+    def old_rows(connection: Connection) -> None:
+        connection.exec_driver_sql(
+            "INSERT INTO job VALUES ('j-1', 'j', 64, 0.5, 2.0, 0.9, 1, 10, 2, 0, 0.0, 0.0, 2,"
+            " NULL, 300.0, 1, 'A40', 'Pruning', NULL, 64, 2, NULL,"
+            " '2026-11-28T01:52:40.561302+00:00', '2026-11-28T02:00:00.000000+00:00')"
+        )
+        connection.exec_driver_sql("INSERT INTO batch_size VALUES ('j-1', 64, 0, 0.0, 0.0)")
+        connection.exec_driver_sql(
+            "INSERT INTO trial VALUES ('j-1', 1, 64, 'Exploration', 'Failed',"
+            " '2026-11-28T01:53:00.000001+00:00', '2026-11-28T01:59:59.999999+00:00',"
+            " NULL, NULL, NULL, NULL)"
+        )
+        connection.commit()
+
+    await on_connection(url, old_rows)
+    upgrade_head(url)
+
+    def stored(connection: Connection) -> list[Any]:
+        return list(
+            connection.exec_driver_sql(
+                "SELECT created_at, updated_at, start_timestamp, end_timestamp FROM job, trial"
+            ).one()
+        )
+
+    assert await on_connection(url, stored) == [
+        "2026-11-28 01:52:40.561302",
+        "2026-11-28 02:00:00.000000",
+        "2026-11-28 01:53:00.000001",
+        "2026-11-28 01:59:59.999999",
+    ]
+    application = create_app(Settings(database_url=url, log_level="WARNING"))
+    async with application.router.lifespan_context(application):
+        transport = httpx.ASGITransport(app=application)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+            job = (await http.get("/jobs/j-1")).json()
+            trial = (await http.get("/jobs/j-1/trials")).json()["items"][0]
+    assert job["created_at"] == "2026-11-28T01:52:40.561302Z"
+    assert trial["end_timestamp"] == "2026-11-28T01:59:59.999999Z"

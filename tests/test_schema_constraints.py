@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
-import sqlite3
 from datetime import datetime
 
-import asyncpg
 import httpx
 import pytest
 from fastapi import FastAPI
+from sqlalchemy import insert
+from sqlalchemy.exc import IntegrityError
 
+from app.models import trial
 from tests.helpers import dispatch, register
 
-INSERT_TRIAL = (
-    "INSERT INTO trial (job_id, trial_number, batch_size, type, status, start_timestamp,"
-    " end_timestamp, time, energy, cost, converged)"
-    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
-)
-REFUSED = (asyncpg.IntegrityConstraintViolationError, sqlite3.IntegrityError)
+REFUSED = IntegrityError
 # (batch_size, type, status, ended, time, energy, cost, converged)
 INVALID = {
     "succeeded without a result": (64, "MAB", "Succeeded", True, None, None, None, None),
@@ -38,8 +34,9 @@ async def _job_with_one_trial(client: httpx.AsyncClient) -> tuple[str, datetime]
 
 
 async def _insert(app: FastAPI, *values: object) -> None:
-    async with app.state.database.transaction() as conn:
-        await conn.execute(INSERT_TRIAL, *values)
+    row = dict(zip((c.name for c in trial.c), values, strict=True))
+    async with app.state.engine.begin() as conn:
+        await conn.execute(insert(trial).values(row))
 
 
 @pytest.mark.parametrize("case", list(INVALID))

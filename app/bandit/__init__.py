@@ -11,6 +11,7 @@ very same functions without a service at all.
 
 from app.bandit.cost import reward, zeus_cost
 from app.bandit.gaussian_ts import choose_arm, fit_arm, fit_arm_from_stats
+from app.bandit.learning import Lesson, learn
 from app.bandit.policy import decide
 from app.bandit.pruning import NoConvergedBatchSizeError, pruning_walk
 from app.bandit.stopping import judge_report
@@ -21,6 +22,8 @@ from app.bandit.types import (
     JobParams,
     PruningState,
     RewardStats,
+    Stage,
+    TrialStatus,
     TrialType,
     Verdict,
 )
@@ -30,9 +33,12 @@ __all__ = [
     "Decision",
     "Exploration",
     "JobParams",
+    "Lesson",
     "NoConvergedBatchSizeError",
     "PruningState",
     "RewardStats",
+    "Stage",
+    "TrialStatus",
     "TrialType",
     "Verdict",
     "choose_arm",
@@ -40,6 +46,7 @@ __all__ = [
     "fit_arm",
     "fit_arm_from_stats",
     "judge_report",
+    "learn",
     "pruning_walk",
     "reward",
     "zeus_cost",

@@ -7,6 +7,13 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 
+class Stage(StrEnum):
+    """Which half of the algorithm a job is in."""
+
+    PRUNING = "Pruning"
+    MAB = "MAB"
+
+
 class TrialType(StrEnum):
     """In which stage, and why, a trial was dispatched (Zeus's names)."""
 

@@ -122,7 +122,7 @@ async def test_a_stale_exploration_expires_and_is_explored_again(
 ) -> None:
     job_id = await register(client)
     lost = await dispatch(client, job_id)  # its client dies without PATCH /trials
-    database = app.state.database
+    database = app.state.engine
     later = service.utcnow() + timedelta(hours=2)
     # Within the timeout the exploration still blocks: a Concurrent trial.
     blocked = await service.dispatch_trial(database, job_id, now=later, trial_timeout_s=3 * 3600)
