@@ -118,7 +118,7 @@ class DatabaseFault(StrEnum):
 
 # Exceptions that may carry a database fault: SQLAlchemy wraps what the
 # drivers raise during statements, but not every error of a new connection.
-DATABASE_ERRORS: tuple[type[BaseException], ...] = (
+DATABASE_ERRORS: tuple[type[Exception], ...] = (
     sa_exc.DBAPIError,
     sa_exc.TimeoutError,
     OSError,

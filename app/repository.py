@@ -24,6 +24,7 @@ from typing import Any
 from sqlalchemy import (
     Integer,
     Row,
+    RowMapping,
     Select,
     String,
     and_,
@@ -59,11 +60,11 @@ def job_params(row: JobRow, batch_sizes: Sequence[int] = ()) -> JobParams:
     return JobParams(batch_sizes=tuple(batch_sizes), **{f: getattr(row, f) for f in _PARAM_FIELDS})
 
 
-def _trial_read(mapping: Mapping[str, Any], prefix: str = "") -> TrialRead:
+def _trial_read(mapping: RowMapping, prefix: str = "") -> TrialRead:
     return TrialRead.model_construct(**{c.name: mapping[prefix + c.name] for c in trial.c})
 
 
-def _arm(mapping: Mapping[str, Any]) -> ArmPosterior:
+def _arm(mapping: RowMapping) -> ArmPosterior:
     return ArmPosterior(
         mapping["batch_size"],
         mapping["param_mean"],

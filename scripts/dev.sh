@@ -4,7 +4,7 @@
 #   scripts/dev.sh                    # http://127.0.0.1:8000 (docs at /docs)
 #   scripts/dev.sh --port 9000        # any `bso serve` option passes through
 #
-# Creates .venv (Python 3.11) on first use and reinstalls only when
+# Creates .venv (the newest Python 3.11-3.13 found) on first use and reinstalls only when
 # pyproject.toml changes. Set BSO_DATABASE_URL to use another database.
 set -euo pipefail
 

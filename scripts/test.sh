@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Set everything up and run every check: lint, format, Dockerfile lint, tests.
+# Set everything up and run every check: lint, format, types, Dockerfile lint,
+# and the test suite on the newest and the oldest supported Python, each in its
+# own venv (.venv and .venv-3.X), with warnings as errors.
 #
-#   scripts/test.sh                   # the whole suite
-#   scripts/test.sh -k report -x      # extra arguments go to pytest
+#   scripts/test.sh                   # everything
+#   scripts/test.sh -k report -x      # extra arguments go to both pytest runs
 #
 # The tests need PostgreSQL: BSO_TEST_POSTGRES_URL (an admin URL; default
 # postgresql+asyncpg://postgres@127.0.0.1:5432/postgres). A local server that
@@ -13,8 +15,17 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # shellcheck source=scripts/lib.sh
 . scripts/lib.sh
 
-step "Python environment"
-ensure_venv
+step "Python environments: the newest and the oldest supported Python"
+ensure_venv "$VENV_DIR" newest
+newest="$(python_version "$VENV_DIR/bin/python")"
+oldest="$(python_version "$(find_python oldest)")"
+oldest_venv=""
+if [ "$oldest" != "$newest" ]; then
+    oldest_venv=".venv-$oldest"
+    ensure_venv "$oldest_venv" oldest
+else
+    echo "Only Python $newest is available here: the suite runs once."
+fi
 
 step "PostgreSQL"
 pg_url="${BSO_TEST_POSTGRES_URL:-postgresql+asyncpg://postgres@127.0.0.1:5432/postgres}"
@@ -29,8 +40,16 @@ step "ruff check"
 step "ruff format --check"
 "$VENV_DIR/bin/ruff" format --check .
 
+step "mypy --strict"
+"$VENV_DIR/bin/mypy" app tests bench
+
 step "hadolint Dockerfile"
 "$VENV_DIR/bin/hadolint" Dockerfile
 
-step "pytest"
-exec "$VENV_DIR/bin/pytest" -n 2 "$@"
+step "pytest on Python $newest"
+"$VENV_DIR/bin/pytest" -n 2 "$@"
+
+if [ -n "$oldest_venv" ]; then
+    step "pytest on Python $oldest"
+    "$oldest_venv/bin/pytest" -n 2 "$@"
+fi

@@ -113,7 +113,7 @@ class Zeus:
 @pytest.fixture
 def zeus(monkeypatch: pytest.MonkeyPatch, server: Server) -> Iterator[Zeus]:
     logged = len(server.log(tail=10**9))
-    http, hooks = Http(), []
+    http, hooks = Http(), list[Any]()
     monkeypatch.setattr(zeus_client, "get_gpus", lambda ensure_homogeneous=True: FakeGpus())
     monkeypatch.setattr(zeus_client, "httpx", http.namespace())
     # No real atexit handlers: collect them and run them ourselves.
@@ -184,7 +184,7 @@ def train(
 ) -> Outcome:
     """One recurrence of a training script that uses Zeus's BatchSizeOptimizer."""
     monitor = FakeMonitor()
-    bso = zeus_client.BatchSizeOptimizer(monitor, server.base_url, job)  # type: ignore[arg-type]
+    bso = zeus_client.BatchSizeOptimizer(monitor, server.base_url, job)
     batch_size = bso.get_batch_size()
     assert bso.get_batch_size() == batch_size  # cached: no second trial
     profile = PROFILES[batch_size]
@@ -289,7 +289,7 @@ def test_zeus_client_parses_our_created_job_with_a_server_made_id(
     zeus: Zeus, server: Server
 ) -> None:
     job = job_spec(None, job_id_prefix="auto")
-    bso = zeus_client.BatchSizeOptimizer(FakeMonitor(), server.base_url, job)  # type: ignore[arg-type]
+    bso = zeus_client.BatchSizeOptimizer(FakeMonitor(), server.base_url, job)
     created: CreatedJob = bso.job
     assert isinstance(created, CreatedJob)
     assert re.fullmatch(r"auto-[0-9a-f]{8}", created.job_id), created.job_id
@@ -308,10 +308,10 @@ def test_zeus_client_parses_our_created_job_with_a_server_made_id(
 def test_zeus_client_is_refused_a_different_spec_under_the_same_id(
     zeus: Zeus, server: Server
 ) -> None:
-    zeus_client.BatchSizeOptimizer(FakeMonitor(), server.base_url, job_spec("zeus-conflict"))  # type: ignore[arg-type]
+    zeus_client.BatchSizeOptimizer(FakeMonitor(), server.base_url, job_spec("zeus-conflict"))
     changed = job_spec("zeus-conflict", max_epochs=MAX_EPOCHS + 1)
     with pytest.raises(ZeusBSORuntimError, match=r"409.*max_epochs"):
-        zeus_client.BatchSizeOptimizer(FakeMonitor(), server.base_url, changed)  # type: ignore[arg-type]
+        zeus_client.BatchSizeOptimizer(FakeMonitor(), server.base_url, changed)
     assert zeus.http.statuses("POST", "/jobs") == [201, 409]
 
 

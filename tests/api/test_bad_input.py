@@ -184,7 +184,8 @@ FLOAT_FIELDS = (
 )
 
 
-def _case_id(field: str, overrides: dict[str, Any]) -> str:
+def _case_id(field: str, overrides: object) -> str:
+    assert isinstance(overrides, dict)
     return f"{field}={overrides[field]!r}"[:40]
 
 

@@ -4,14 +4,14 @@ import math
 
 import pytest
 
-from app.bandit import JobParams, judge_report, zeus_cost
+from app.bandit import JobParams, Verdict, judge_report, zeus_cost
 from app.bandit.stopping import cost_upper_bound
 
 PARAMS = JobParams(batch_sizes=(32, 64), default_batch_size=64, max_epochs=5, max_power=300.0)
 
 
 def verdict(params: JobParams = PARAMS, *, min_cost: float | None = None, metric: float = 0.1,
-            epoch: int = 1, time: float = 10.0, energy: float = 1000.0):  # fmt: skip
+            epoch: int = 1, time: float = 10.0, energy: float = 1000.0) -> Verdict:  # fmt: skip
     return judge_report(
         params, min_cost=min_cost, batch_size=64, time=time, energy=energy, metric=metric,
         current_epoch=epoch,
