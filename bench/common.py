@@ -35,9 +35,6 @@ ADMIN_URL = os.environ.get(
 )
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
-if str(ROOT) not in sys.path:  # `python bench/x.py` puts bench/, not the root, on the path
-    sys.path.insert(0, str(ROOT))
-
 
 # ------------------------------------------------------------------ ports
 
@@ -69,16 +66,37 @@ async def _admin(statement: str, admin_url: str) -> None:
         await connection.close()
 
 
-def create_postgres_database(prefix: str = "bso_bench", admin_url: str = ADMIN_URL) -> str:
-    """Create an empty PostgreSQL database, migrate it to head, return its URL."""
-    from sqlalchemy.engine import make_url
+def admin(statement: str, admin_url: str = ADMIN_URL) -> None:
+    """Run one statement on the admin database (CREATE/DROP/ALTER DATABASE ...)."""
+    asyncio.run(_admin(statement, admin_url))
 
-    from app.migrate import upgrade_head
+
+def create_postgres_database(
+    prefix: str = "bso_bench", admin_url: str = ADMIN_URL, checkout: Path = ROOT
+) -> str:
+    """Create an empty PostgreSQL database, migrate it to head, return its URL.
+
+    ``checkout``: whose migrations to run. Another checkout (an older commit,
+    say) is migrated by its own ``bso migrate``, with its own venv, so that
+    its server's /readyz finds the schema at the head it expects.
+    """
+    from sqlalchemy.engine import make_url
 
     name = f"{prefix}_{uuid.uuid4().hex[:8]}"
     asyncio.run(_admin(f'CREATE DATABASE "{name}"', admin_url))
     url = make_url(admin_url).set(database=name).render_as_string(hide_password=False)
-    upgrade_head(url)
+    if checkout.resolve() == ROOT:
+        from app.migrate import upgrade_head
+
+        upgrade_head(url)
+    else:
+        subprocess.run(
+            [str(checkout / ".venv" / "bin" / "bso"), "migrate"],
+            cwd=checkout,
+            env={**os.environ, "BSO_DATABASE_URL": url, "BSO_LOG_LEVEL": "WARNING"},
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
     return url
 
 
@@ -99,10 +117,13 @@ def create_sqlite_database(folder: str) -> str:
 
 
 @contextlib.contextmanager
-def fresh_database(kind: str) -> Iterator[str]:
-    """A fresh, migrated database of ``kind`` (postgres or sqlite), removed afterwards."""
+def fresh_database(kind: str, *, prefix: str = "bso_bench", checkout: Path = ROOT) -> Iterator[str]:
+    """A fresh, migrated database of ``kind`` (postgres or sqlite), removed afterwards.
+
+    ``checkout`` (PostgreSQL only): migrate with that checkout's migrations.
+    """
     if kind == "postgres":
-        url = create_postgres_database()
+        url = create_postgres_database(prefix, checkout=checkout)
         try:
             yield url
         finally:
@@ -183,6 +204,7 @@ class Server:
     workers: int
     process: subprocess.Popen[bytes] | None = None
     log_path: str = ""
+    cwd: Path = ROOT
 
     @property
     def url(self) -> str:
@@ -196,7 +218,7 @@ class Server:
         self.process = subprocess.Popen(
             self.argv,
             env={**os.environ, **self.env},
-            cwd=ROOT,
+            cwd=self.cwd,
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -278,12 +300,26 @@ class Server:
             os.unlink(self.log_path)
 
 
-def bso_server(database_url: str, *, workers: int, log_level: str = "WARNING") -> Server:
-    """``bso serve`` exactly as deployed: its uvicorn settings, access log included."""
+def bso_server(
+    database_url: str,
+    *,
+    workers: int,
+    log_level: str = "WARNING",
+    checkout: Path = ROOT,
+    name: str = "bso",
+) -> Server:
+    """``bso serve`` exactly as deployed: its uvicorn settings, access log included.
+
+    ``checkout``: serve that checkout's code, with its own ``.venv`` (this
+    interpreter's venv for this checkout), from its own folder.
+    """
     port = free_port()
+    here = checkout.resolve() == ROOT
+    exe = VENV_BIN / "bso" if here else checkout / ".venv" / "bin" / "bso"
     return Server(
-        name="bso",
-        argv=[str(VENV_BIN / "bso"), "serve", "--port", str(port), "--workers", str(workers)],
+        name=name,
+        argv=[str(exe), "serve", "--port", str(port), "--workers", str(workers)],
+        cwd=checkout,
         port=port,
         env={
             "BSO_DATABASE_URL": database_url,

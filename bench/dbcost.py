@@ -11,7 +11,7 @@ process's CPU per call (the round trip's PostgreSQL side is not counted).
 
 Example::
 
-    .venv/bin/python bench/dbcost.py
+    .venv/bin/python -m bench.dbcost
 """
 
 from __future__ import annotations
@@ -19,11 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import sys
 from collections.abc import Awaitable, Callable
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import (
     cpu_seconds,

@@ -32,8 +32,8 @@ that any drift of the machine's speed hits every size alike.
 
 Examples::
 
-    .venv/bin/python bench/history.py
-    .venv/bin/python bench/history.py --db postgres --sizes 10,1000 --samples 50
+    .venv/bin/python -m bench.history
+    .venv/bin/python -m bench.history --db postgres --sizes 10,1000 --samples 50
 """
 
 from __future__ import annotations
@@ -42,13 +42,10 @@ import argparse
 import asyncio
 import json
 import random
-import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import (
     RawClient,

@@ -16,9 +16,9 @@ Our throughput as a fraction of that ceiling is the headline number.
 
 Examples::
 
-    .venv/bin/python bench/hotloop.py --db postgres --workers 1
-    .venv/bin/python bench/hotloop.py --db sqlite --workers 2 --jobs 32
-    .venv/bin/python bench/hotloop.py --url http://127.0.0.1:8000 --no-hello
+    .venv/bin/python -m bench.hotloop --db postgres --workers 1
+    .venv/bin/python -m bench.hotloop --db sqlite --workers 2 --jobs 32
+    .venv/bin/python -m bench.hotloop --url http://127.0.0.1:8000 --no-hello
 """
 
 from __future__ import annotations
@@ -29,15 +29,12 @@ import json
 import multiprocessing as mp
 import os
 import random
-import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import httpx
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import (
     RawClient,

@@ -14,20 +14,16 @@ in, and which the request path never imports) is loaded in each process.
 
 Examples::
 
-    .venv/bin/python bench/memory.py
-    .venv/bin/python bench/memory.py --db postgres --workers 2 --jobs 256
+    .venv/bin/python -m bench.memory
+    .venv/bin/python -m bench.memory --db postgres --workers 2 --jobs 256
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import httpx
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import bso_server, fresh_database, markdown_table, status_kib
 from bench.hotloop import Workload, measure

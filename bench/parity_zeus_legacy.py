@@ -2,9 +2,9 @@
 
 Needs `zeus==0.16.0` (and the pandas it brings); run from the repository root:
 
-    .venv/bin/python bench/parity_zeus_legacy.py              # a few cases
-    .venv/bin/python bench/parity_zeus_legacy.py --all        # the 24 cases
-    .venv/bin/python bench/parity_zeus_legacy.py --cases squad@p100,imagenet@v100 --seed 3
+    .venv/bin/python -m bench.parity_zeus_legacy              # a few cases
+    .venv/bin/python -m bench.parity_zeus_legacy --all        # the 24 cases
+    .venv/bin/python -m bench.parity_zeus_legacy --cases squad@p100,imagenet@v100 --seed 3
 
 Per case it plays four runs with the same seed and compares their batch-size
 sequences (one entry per try, failed tries included):
@@ -57,7 +57,6 @@ import sys
 import warnings
 from dataclasses import dataclass, fields, replace
 from importlib import resources
-from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
@@ -66,8 +65,6 @@ from zeus._legacy.job import Job
 from zeus._legacy.policy.interface import PowerLimitOptimizer
 from zeus._legacy.policy.optimizer import PruningGTSBatchSizeOptimizer
 from zeus._legacy.simulate import Simulator
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere
 
 from app.bandit import zeus_cost
 from app.sim.pure_engine import PureEngine
