@@ -9,7 +9,7 @@
 # from pyproject.toml; stage 2 copies only that environment onto a clean slim
 # image. Both stages use the same base so the venv's interpreter path matches.
 
-ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+ARG PYTHON_IMAGE=python:3.13-slim-bookworm
 
 # --------------------------------------------------------------------------- #
 FROM ${PYTHON_IMAGE} AS builder

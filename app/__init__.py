@@ -11,8 +11,8 @@ Where a request goes::
     service.py     write use cases: lock the job row, decide, persist, commit once
     reads.py       read use cases: no locks, bounded pages
       |
-    repository.py  the only SQL, run through database.py (asyncpg / aiosqlite);
-                   models.py defines the tables for SQLAlchemy and Alembic
+    repository.py  the only SQL: SQLAlchemy Core statements on the tables of
+                   models.py, run on the engine of db.py (asyncpg / aiosqlite)
       |
     bandit/        the pure algorithm: pruning walk, Gaussian Thompson Sampling,
                    cost and stopping rules (no database, no HTTP)
