@@ -137,6 +137,14 @@ async def lock_job(conn: AsyncConnection, job_id: str) -> JobState | None:
     return JobState(rows[0], tuple(r.batch_size for r in rows), ())
 
 
+_LOCK_JOB_ROW = select(job.c.job_id).where(job.c.job_id == bindparam("job_id")).with_for_update()
+
+
+async def lock_job_row(conn: AsyncConnection, job_id: str) -> bool:
+    """Lock a job's row until the transaction ends; False if there is no such job."""
+    return (await conn.execute(_LOCK_JOB_ROW, {"job_id": job_id})).first() is not None
+
+
 async def arms(conn: AsyncConnection, job_id: str) -> tuple[ArmPosterior, ...]:
     """A job's arms, ascending."""
     return tuple(_arm(r._mapping) for r in await conn.execute(_ARMS, {"job_id": job_id}))
@@ -358,24 +366,6 @@ _FAIL_TRIAL = (
 )
 
 
-async def finish_trial(
-    conn: AsyncConnection,
-    ended: TrialRead,
-    *,
-    time: float,
-    energy: float,
-    cost: float,
-    converged: bool,
-    now: datetime,
-) -> None:
-    await conn.execute(
-        _FINISH_TRIAL,
-        {"k_job_id": ended.job_id, "k_number": ended.trial_number,
-         "end_timestamp": max(now, ended.start_timestamp), "time": time, "energy": energy,
-         "cost": cost, "converged": converged},
-    )  # fmt: skip
-
-
 async def fail_trial(conn: AsyncConnection, ended: TrialRead, now: datetime) -> None:
     await conn.execute(
         _FAIL_TRIAL,
@@ -527,29 +517,6 @@ _SAVE_ARM = (
 )
 
 
-async def save_stats(
-    conn: AsyncConnection, job_id: str, batch_size_: int, stats: RewardStats
-) -> None:
-    await conn.execute(
-        _SAVE_STATS,
-        {"k_job_id": job_id, "k_batch_size": batch_size_, "reward_count": stats.count,
-         "reward_mean": stats.mean, "reward_m2": stats.m2},
-    )  # fmt: skip
-
-
-async def save_min_cost(
-    conn: AsyncConnection, job_id: str, min_cost: float | None, batch_size_: int, now: datetime
-) -> None:
-    await conn.execute(
-        _SAVE_MIN_COST,
-        {"k_job_id": job_id, "min_cost": min_cost, "min_cost_batch_size": batch_size_, "now": now},
-    )
-
-
-async def touch_job(conn: AsyncConnection, job_id: str, now: datetime) -> None:
-    await conn.execute(_TOUCH_JOB, {"k_job_id": job_id, "now": now})
-
-
 def _arm_values(job_id: str, posterior: ArmPosterior) -> dict[str, Any]:
     return {
         "k_job_id": job_id,
@@ -561,8 +528,65 @@ def _arm_values(job_id: str, posterior: ArmPosterior) -> dict[str, Any]:
     }
 
 
-async def save_arm(conn: AsyncConnection, job_id: str, posterior: ArmPosterior) -> None:
-    await conn.execute(_SAVE_ARM, _arm_values(job_id, posterior))
+# PostgreSQL runs a final report's writes as one statement (data-modifying
+# CTEs always run to completion); SQLite runs them one by one.
+_FINISHED = _FINISH_TRIAL.returning(trial.c.job_id).cte("finished")
+_COUNTED = _SAVE_STATS.returning(batch_size.c.job_id).cte("counted")
+_REFITTED = _SAVE_ARM.returning(arm.c.job_id).cte("refitted")
+_RECORD = {
+    False: _SAVE_MIN_COST.add_cte(_FINISHED).add_cte(_COUNTED),
+    True: _SAVE_MIN_COST.add_cte(_FINISHED).add_cte(_COUNTED).add_cte(_REFITTED),
+}
+
+
+async def record_result(
+    conn: AsyncConnection,
+    ended: TrialRead,
+    *,
+    time: float,
+    energy: float,
+    cost: float,
+    converged: bool,
+    stats: RewardStats,
+    min_cost: float | None,
+    min_cost_batch_size: int,
+    arm_: ArmPosterior | None,
+    now: datetime,
+) -> None:
+    """Store a final report in one round trip where the database allows.
+
+    The trial's result, its batch size's running statistics, the job's min
+    cost and, if refitted, the arm.
+    """
+    values = {
+        "k_job_id": ended.job_id,
+        "k_number": ended.trial_number,
+        "k_batch_size": ended.batch_size,
+        "end_timestamp": max(now, ended.start_timestamp),
+        "time": time,
+        "energy": energy,
+        "cost": cost,
+        "converged": converged,
+        "reward_count": stats.count,
+        "reward_mean": stats.mean,
+        "reward_m2": stats.m2,
+        "min_cost": min_cost,
+        "min_cost_batch_size": min_cost_batch_size,
+        "now": now,
+    }
+    if arm_ is not None:
+        values.update(_arm_values(ended.job_id, arm_))
+    if conn.dialect.name == "postgresql":
+        await conn.execute(_RECORD[arm_ is not None], values)
+        return
+    for statement in (_FINISH_TRIAL, _SAVE_STATS, _SAVE_MIN_COST):
+        await conn.execute(statement, values)
+    if arm_ is not None:
+        await conn.execute(_SAVE_ARM, values)
+
+
+async def touch_job(conn: AsyncConnection, job_id: str, now: datetime) -> None:
+    await conn.execute(_TOUCH_JOB, {"k_job_id": job_id, "now": now})
 
 
 _INSERT_ARM = insert(arm).values(

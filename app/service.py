@@ -217,7 +217,7 @@ async def _load_trial(
 
     ``lock``: take the job's row lock first, and read what it guards after.
     """
-    if lock and await repo.lock_job(conn, key.job_id) is None:
+    if lock and not await repo.lock_job_row(conn, key.job_id):
         raise JobNotFoundError(key.job_id)
     state = await repo.load_trial(conn, key.job_id, key.trial_number)
     if state is None:
@@ -310,14 +310,11 @@ async def _record_result(
         min_cost_batch_size=job.min_cost_batch_size, stats=state.stats, refit=refit,
         earlier_rewards=earlier,
     )  # fmt: skip
-    await repo.finish_trial(
+    await repo.record_result(
         conn, trial, time=result.time, energy=result.energy, cost=verdict.cost,
-        converged=verdict.converged, now=now,
+        converged=verdict.converged, stats=lesson.stats, min_cost=lesson.min_cost,
+        min_cost_batch_size=lesson.min_cost_batch_size, arm_=lesson.arm, now=now,
     )  # fmt: skip
-    await repo.save_stats(conn, job.job_id, trial.batch_size, lesson.stats)
-    await repo.save_min_cost(conn, job.job_id, lesson.min_cost, lesson.min_cost_batch_size, now)
-    if lesson.arm is not None:
-        await repo.save_arm(conn, job.job_id, lesson.arm)
 
 
 # --------------------------------------------------------------------- end

@@ -125,9 +125,7 @@ def main(argv: list[str] | None = None) -> None:
             servers[key] = stack.enter_context(
                 bso_server(url, workers=args.workers, checkout=checkout, name=f"bso-{key}")
             )
-        hello = (
-            stack.enter_context(hello_server(workers=args.workers)) if args.hello else None
-        )
+        hello = stack.enter_context(hello_server(workers=args.workers)) if args.hello else None
         print(
             f"servers up: new {servers['new'].url} (pid {servers['new'].worker_pids()}), "
             f"old {servers['old'].url} (pid {servers['old'].worker_pids()})",
@@ -187,7 +185,9 @@ def main(argv: list[str] | None = None) -> None:
     ]
     if runs["hello"]:
         header.append("hello req/s")
-    print(f"\n## Hot loop, PostgreSQL, {args.workers} worker(s), {labels['new']} vs {labels['old']}")
+    print(
+        f"\n## Hot loop, PostgreSQL, {args.workers} worker(s), {labels['new']} vs {labels['old']}"
+    )
     print(markdown_table(header, rows))
 
     med = {k: _median([r["rps"] for r in v]) for k, v in runs.items()}
