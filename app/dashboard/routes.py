@@ -7,13 +7,14 @@ whatever guards GET /jobs (a viewer token) guards the dashboard too.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse
 
+from app.dashboard import views
 from app.dashboard.render import render
-from app.dashboard.views import JOBS_PER_PAGE, TRIAL_WINDOW, job_view, jobs_view
+from app.dashboard.views import job_view, jobs_view
 from app.docs_ui import root_path
 from app.errors import JobNotFoundError
 from app.routes import DatabaseDep, JobIdPath, read
@@ -28,9 +29,12 @@ dashboard = APIRouter(
 )
 
 
-def _page_context(request: Request) -> dict[str, str]:
+def _page(request: Request, template: str, status_code: int = 200, **context: Any) -> HTMLResponse:
+    """Render a page; its links are below the proxy prefix, if any."""
     prefix = root_path(request)
-    return {"base": f"{prefix}/dashboard", "static": f"{prefix}/static", "root": prefix}
+    links = {"root": prefix, "base": f"{prefix}/dashboard", "static": f"{prefix}/static"}
+    html = render(template, **{"refresh": None, **links, **context})
+    return HTMLResponse(html, status_code=status_code)
 
 
 @dashboard.get("", response_class=HTMLResponse)
@@ -41,17 +45,15 @@ async def jobs_list(
 ) -> HTMLResponse:
     """Every job: stage, trials, best batch size, min cost and estimated savings."""
     view = await jobs_view(db, after=after)
-    refresh = REFRESH_S if any(row.running for row in view.rows) else None
-    html = render(
+    return _page(
+        request,
         "jobs.html",
         view=view,
-        refresh=refresh,
+        refresh=REFRESH_S if any(row.running for row in view.rows) else None,
         after=after,
-        per_page=JOBS_PER_PAGE,
-        window=TRIAL_WINDOW,
-        **_page_context(request),
+        per_page=views.JOBS_PER_PAGE,
+        window=views.TRIAL_WINDOW,
     )
-    return HTMLResponse(html)
 
 
 @dashboard.get("/jobs/{job_id:path}", response_class=HTMLResponse)
@@ -60,15 +62,12 @@ async def job_page(request: Request, job_id: JobIdPath, db: DatabaseDep) -> HTML
     try:
         view = await job_view(db, job_id)
     except JobNotFoundError as exc:
-        html = render("missing.html", message=str(exc), **_page_context(request))
-        return HTMLResponse(html, status_code=404)
-    refresh = REFRESH_S if view.running else None
-    html = render(
+        return _page(request, "missing.html", status_code=404, message=str(exc))
+    return _page(
+        request,
         "job.html",
         view=view,
-        refresh=refresh,
-        window=TRIAL_WINDOW,
+        refresh=REFRESH_S if view.running else None,
+        window=views.TRIAL_WINDOW,
         chart_data=view.chart_data(),
-        **_page_context(request),
     )
-    return HTMLResponse(html)

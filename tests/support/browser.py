@@ -70,10 +70,16 @@ def is_local(url: str) -> bool:
     return parts.scheme in LOCAL_SCHEMES or parts.hostname in LOCAL_HOSTS
 
 
+def _drain(driver: webdriver.Chrome, kind: str) -> list[dict[str, Any]]:
+    """The entries of a browser log since the last read (reading empties it)."""
+    entries: list[dict[str, Any]] = driver.get_log(kind)  # type: ignore[no-untyped-call]
+    return entries
+
+
 def requested_urls(driver: webdriver.Chrome) -> list[str]:
     """Every URL the page asked for since the last call (the performance log drains)."""
     urls = []
-    for entry in driver.get_log("performance"):
+    for entry in _drain(driver, "performance"):
         message: dict[str, Any] = json.loads(entry["message"])["message"]
         if message.get("method") == "Network.requestWillBeSent":
             urls.append(str(message["params"]["request"]["url"]))
@@ -90,7 +96,7 @@ def resource_urls(driver: webdriver.Chrome) -> list[str]:
 
 def console_errors(driver: webdriver.Chrome) -> list[str]:
     """Console errors since the last call (the browser log drains too)."""
-    return [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+    return [str(e["message"]) for e in _drain(driver, "browser") if e["level"] == "SEVERE"]
 
 
 def assert_offline_and_clean(driver: webdriver.Chrome) -> list[str]:
