@@ -23,6 +23,7 @@ from app.dashboard.estimates import (
     outcome,
     pruning_rows,
 )
+from app.errors import JobNotFoundError
 from app.routes import DatabaseDep
 from app.schemas import JobRead, TrialRead
 
@@ -81,8 +82,11 @@ async def jobs_view(db: DatabaseDep, *, after: str | None) -> JobsView:
     page = await reads.list_jobs(db, prefix=None, after=after, limit=JOBS_PER_PAGE)
     rows = []
     for summary in page.items:
-        job = await reads.get_job(db, summary.job_id)
-        trials = await recent_trials(db, job)
+        try:
+            job = await reads.get_job(db, summary.job_id)
+            trials = await recent_trials(db, job)
+        except JobNotFoundError:  # deleted since the listing: not an error of the page
+            continue
         running = sum(1 for t in trials if t.status == "Dispatched")
         savings = estimate_savings(trials, job.default_batch_size)
         rows.append(JobRow(job, len(trials), savings, running))
