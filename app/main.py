@@ -14,7 +14,9 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.config import Settings, get_settings
+from app.dashboard.routes import dashboard
 from app.db import create_engine
+from app.docs_ui import docs, install_static
 from app.errors import install_error_handlers
 from app.log import configure_logging
 from app.routes import health, read, zeus
@@ -119,10 +121,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
         # Zeus's client posts JSON without a Content-Type header.
         strict_content_type=False,
+        # Served from the package by app/docs_ui.py (FastAPI's load from a CDN).
+        docs_url=None,
+        redoc_url=None,
     )
     app.include_router(zeus)
     app.include_router(read)
     app.include_router(health)
+    app.include_router(docs)
+    app.include_router(dashboard)
+    install_static(app)
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit)
     return app

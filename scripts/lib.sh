@@ -133,3 +133,22 @@ Start a server there, or set BSO_TEST_POSTGRES_URL to an admin URL of a running 
     done
     die "PostgreSQL did not come up at $host:$port within 30 s"
 }
+
+# Make sure Debian's chromium and chromium-driver are installed (the browser tests
+# drive them): install them with apt-get when missing. Idempotent; needs root
+# (CI runs as root) and the Debian package mirror.
+ensure_chromium() {
+    if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then
+        echo "chromium and chromedriver are installed"
+        return 0
+    fi
+    [ "$(id -u)" = 0 ] \
+        || die "chromium or chromedriver is missing and this is not root: run
+  sudo apt-get update && sudo apt-get install -y chromium chromium-driver"
+    echo "Installing chromium and chromium-driver with apt-get"
+    apt-get update -qq
+    # With its recommended fonts (fonts-liberation), so that pages render text.
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+    command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 \
+        || die "chromium and chromedriver are still missing after apt-get install"
+}

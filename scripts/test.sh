@@ -8,7 +8,8 @@
 #
 # The tests need PostgreSQL: BSO_TEST_POSTGRES_URL (an admin URL; default
 # postgresql+asyncpg://postgres@127.0.0.1:5432/postgres). A local server that
-# is down is started with pg_ctlcluster where that exists.
+# is down is started with pg_ctlcluster where that exists. The browser tests need
+# Debian's chromium and chromium-driver: installed with apt-get when missing.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -33,6 +34,9 @@ read -r pg_host pg_port < <(
     "$VENV_DIR/bin/python" -c 'import sys, urllib.parse as u; p = u.urlsplit(sys.argv[1]); print(p.hostname or "127.0.0.1", p.port or 5432)' "$pg_url"
 )
 ensure_postgres "$pg_host" "$pg_port"
+
+step "Chromium (browser tests of the dashboard and API docs)"
+ensure_chromium
 
 step "ruff check"
 "$VENV_DIR/bin/ruff" check .

@@ -1,0 +1,186 @@
+"""The dashboard and docs pages over the in-process app: content, escaping, links, refresh."""
+
+from __future__ import annotations
+
+import json
+import re
+from html import unescape
+from html.parser import HTMLParser
+from urllib.parse import quote
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from markupsafe import escape
+
+from app.dashboard import views
+from tests.helpers import dispatch, end, finish, register
+
+NASTY = "odd/<script>alert(1)</script>\"'&?x=1#y %41"
+
+
+class Links(HTMLParser):
+    """Every src/href of a page, and the text of a given element."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.urls: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.urls += [value or "" for name, value in attrs if name in ("src", "href")]
+
+
+def links(html: str) -> list[str]:
+    parser = Links()
+    parser.feed(html)
+    return parser.urls
+
+
+def embedded_data(html: str) -> dict[str, object]:
+    match = re.search(r'<script type="application/json" id="dashboard-data">(.*?)</script>', html)
+    assert match is not None
+    data: dict[str, object] = json.loads(match.group(1))
+    return data
+
+
+async def page(client: httpx.AsyncClient, path: str, status: int = 200) -> str:
+    response = await client.get(path)
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("text/html")
+    return response.text
+
+
+async def test_an_empty_dashboard_says_how_to_start(client: httpx.AsyncClient) -> None:
+    html = await page(client, "/dashboard")
+    assert "No jobs yet" in html and "How savings are estimated" in html
+
+
+async def test_a_job_id_is_escaped_everywhere_and_percent_encoded_in_links(
+    client: httpx.AsyncClient,
+) -> None:
+    await register(client, job_id=NASTY, job_id_prefix="odd")
+    listing = await page(client, "/dashboard")
+    assert "<script>alert" not in listing
+    assert escape(NASTY) in listing
+    href = "/dashboard/jobs/" + quote(NASTY, safe="")
+    assert href in [unescape(u) for u in links(listing)]
+    job_page = await page(client, href)
+    assert "<script>alert" not in job_page
+    assert f'<h1 id="job-id">{escape(NASTY)}</h1>' in job_page
+
+
+async def test_the_job_page_shows_trials_arms_and_pruning_of_the_job(
+    client: httpx.AsyncClient,
+) -> None:
+    job_id = await register(client, num_pruning_rounds=1, batch_sizes=[32, 64], mab_seed=3)
+    for cost_time, converged in ((2.0, True), (1.0, True)):
+        await finish(
+            client, await dispatch(client, job_id), cost_time=cost_time, converged=converged
+        )
+    failed = await dispatch(client, job_id)  # the bandit's first choice; the script dies
+    await end(client, failed)
+    html = await page(client, f"/dashboard/jobs/{job_id}")
+    data = embedded_data(html)
+    assert data["trials"] == [
+        {"trial_number": 1, "batch_size": 64, "type": "Exploration", "cost": 400.0,
+         "outcome": "converged"},
+        {"trial_number": 2, "batch_size": 32, "type": "Exploration", "cost": 200.0,
+         "outcome": "converged"},
+        {"trial_number": 3, "batch_size": failed["batch_size"], "type": "MAB", "cost": None,
+         "outcome": "failed"},
+    ]  # fmt: skip
+    assert data["arms"] == [
+        {"batch_size": 32, "mean": 200.0, "low": 200.0, "high": 200.0, "num_observations": 1},
+        {"batch_size": 64, "mean": 400.0, "low": 400.0, "high": 400.0, "num_observations": 1},
+    ]
+    assert 'id="best-arm">32<' in html
+    assert '<tr data-trial-number="3" class="failed">' in html
+    assert "kept: a bandit arm" in html
+    # One converged run at the default (64) cost 400; both runs together 600.
+    assert 'id="savings">200 J (+25.0%)<' in html
+
+
+async def test_a_page_refreshes_itself_while_a_trial_runs(client: httpx.AsyncClient) -> None:
+    job_id = await register(client)
+    refresh = '<meta http-equiv="refresh" content="5">'
+    assert refresh not in await page(client, f"/dashboard/jobs/{job_id}")
+    trial = await dispatch(client, job_id)
+    running = await page(client, f"/dashboard/jobs/{job_id}")
+    assert refresh in running and "1 trial running" in running
+    assert refresh in await page(client, "/dashboard")
+    await finish(client, trial, cost_time=1.0)
+    assert refresh not in await page(client, f"/dashboard/jobs/{job_id}")
+    assert refresh not in await page(client, "/dashboard")
+
+
+async def test_long_histories_are_bounded_to_the_most_recent_trials(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(views, "TRIAL_WINDOW", 3)
+    monkeypatch.setattr(views, "TRIAL_PAGE", 2)  # several pages per window
+    job_id = await register(client)
+    for _ in range(5):
+        await end(client, await dispatch(client, job_id))
+    html = await page(client, f"/dashboard/jobs/{job_id}")
+    trials = embedded_data(html)["trials"]
+    assert isinstance(trials, list)
+    assert [t["trial_number"] for t in trials] == [3, 4, 5]
+    assert "The last 3 of 5 trials" in html
+
+
+async def test_the_jobs_list_is_paged(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(views, "JOBS_PER_PAGE", 2)
+    for name in ("job-a", "job-b", "job-c"):
+        await register(client, job_id=name)
+    first = await page(client, "/dashboard")
+    assert "job-a" in first and "job-b" in first and "job-c" not in first
+    (next_link,) = [unescape(u) for u in links(first) if "after=" in u]
+    second = await page(client, next_link)
+    assert "job-c" in second and "job-a" not in second
+
+
+async def test_an_unknown_job_is_an_html_404(client: httpx.AsyncClient) -> None:
+    html = await page(client, "/dashboard/jobs/" + quote("<nope>", safe=""), status=404)
+    assert "Unknown job" in html and "&lt;nope&gt;" in html and "<nope>" not in html
+
+
+async def test_every_page_references_only_files_of_this_service(
+    client: httpx.AsyncClient,
+) -> None:
+    job_id = await register(client)
+    await finish(client, await dispatch(client, job_id), cost_time=1.0)
+    paths = ["/dashboard", f"/dashboard/jobs/{job_id}", "/dashboard/jobs/none", "/docs", "/redoc"]
+    for path in paths:
+        response = await client.get(path)
+        urls = links(response.text)
+        assert urls, path
+        for url in urls:
+            assert url.startswith("/") and not url.startswith("//"), (path, url)
+            if url.startswith("/static/"):
+                asset = await client.get(url)
+                assert asset.status_code == 200, (path, url)
+        assert "http://" not in response.text and "https://" not in response.text, path
+
+
+async def test_the_docs_pages_load_the_packaged_swagger_ui_and_redoc(
+    client: httpx.AsyncClient,
+) -> None:
+    swagger = await page(client, "/docs")
+    assert "/static/vendor/swagger-ui/swagger-ui-bundle.js" in swagger
+    assert '"validatorUrl": null' in swagger
+    redoc = await page(client, "/redoc")
+    assert '<redoc spec-url="/openapi.json">' in redoc
+    assert "/static/vendor/fonts/fonts.css" in redoc
+    script = await client.get("/static/vendor/redoc/redoc.standalone.js")
+    assert script.headers["content-type"].startswith(("text/javascript", "application/javascript"))
+
+
+async def test_pages_behind_a_proxy_prefix_link_under_that_prefix(app: FastAPI) -> None:
+    transport = httpx.ASGITransport(app=app, root_path="/bso")
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        for path in ("/docs", "/redoc", "/dashboard"):
+            response = await client.get(path)
+            assert response.status_code == 200, path
+            assert all(u.startswith("/bso/") for u in links(response.text)), path
