@@ -138,6 +138,24 @@ def fresh_database(kind: str, *, prefix: str = "bso_bench", checkout: Path = ROO
 # ---------------------------------------------------------------- servers
 
 
+def checkout_label(checkout: Path) -> str:
+    """The short commit of a checkout, marked when its app/ has uncommitted changes."""
+    found = subprocess.run(
+        ["git", "-C", str(checkout), "rev-parse", "--short", "HEAD"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    head = found.stdout.strip() or "?"
+    dirty = subprocess.run(
+        ["git", "-C", str(checkout), "status", "--porcelain", "--untracked-files=no", "app"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    return head + ("+uncommitted app/" if dirty else "")
+
+
 def _children(pid: int) -> list[int]:
     found: list[int] = []
     with contextlib.suppress(OSError):

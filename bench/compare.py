@@ -42,6 +42,7 @@ from bench.common import (
     ROOT,
     Server,
     bso_server,
+    checkout_label,
     fresh_database,
     hello_server,
     markdown_table,
@@ -50,18 +51,6 @@ from bench.hotloop import Workload, measure
 
 RSS_TARGET_MIB = 130
 RATIO_TARGET = 0.8
-
-
-def _git_head(checkout: Path) -> str:
-    import subprocess
-
-    found = subprocess.run(
-        ["git", "-C", str(checkout), "rev-parse", "--short", "HEAD"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    return found.stdout.strip() or "?"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -102,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
     old = args.old.resolve()
     if not (old / ".venv" / "bin" / "bso").exists():
         raise SystemExit(f"{old}/.venv/bin/bso not found: create the other checkout's venv first")
-    labels = {"new": f"new ({_git_head(ROOT)})", "old": f"old ({_git_head(old)})"}
+    labels = {"new": f"new ({checkout_label(ROOT)})", "old": f"old ({checkout_label(old)})"}
     tag = f"cmp{os.getpid()}"
     base = Workload(
         jobs=args.jobs,
@@ -168,7 +157,7 @@ def main(argv: list[str] | None = None) -> None:
             f"{ratio:.2f}",
             f"{new['server_cpu_ms_per_request']:.2f}",
             f"{old_run['server_cpu_ms_per_request']:.2f}",
-            f"{max(new['cpu_cores']['other processes'], old_run['cpu_cores']['other processes']):.2f}",
+            f"{max(r['cpu_cores']['other processes'] for r in (new, old_run)):.2f}",
         ]
         if runs["hello"]:
             row.append(f"{runs['hello'][round_]['rps']:.0f}")

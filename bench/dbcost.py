@@ -1,13 +1,19 @@
-"""CPU cost of one database statement through each layer, in-process, on PostgreSQL.
+"""CPU cost of one database call through each layer, in-process, on PostgreSQL.
 
 Not an HTTP benchmark: it explains the hot loop's numbers. The same primary-key
-lookup of a job row goes through raw asyncpg, SQLAlchemy's driver-level and
-Core paths, and the ORM paths the service used before it moved to the driver
-(the evidence for that rewrite); plus the per-request session/transaction
-lifecycle; and last, the service's current path (app/database.py,
-app/repository.py) and two whole use cases that the hot loop calls most.
-Reports the best of 3 runs of ``--n`` calls, in microseconds of this
-process's CPU per call (the round trip's PostgreSQL side is not counted).
+lookup of a job row goes through raw asyncpg, then through SQLAlchemy's
+layers (driver-level SQL, Core ``select`` with a compiled-cache hit); then
+the per-request frames of the service (app/db.py's engine: ``engine.begin()``
+with the row lock, an AUTOCOMMIT connection for lock-free reads, a bare pool
+checkout) with app/repository.py's statements; and last, whole use cases of
+app/service.py that the hot loop calls most. Reports the best of 3 runs of
+``--n`` calls, in microseconds of this process's CPU per call (the round
+trip's PostgreSQL side is not counted).
+
+The ORM rows of earlier versions are gone: the request path never used the
+ORM after 162554f, and the driver layer they were compared with (app/database.py)
+is deleted. For the driver path's own numbers run this file's version at
+1b1cd18 from a checkout of that commit (``.venv/bin/python bench/dbcost.py``).
 
 Example::
 
@@ -18,11 +24,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
+import time
 from collections.abc import Awaitable, Callable
 
 from bench.common import (
-    cpu_seconds,
     fresh_database,
     markdown_table,
     wait_until_quiet,
@@ -37,38 +42,31 @@ async def timed(name: str, n: int, fn: Callable[[], Awaitable[object]]) -> None:
         await fn()
     best = float("inf")
     for _ in range(3):
-        start = cpu_seconds(os.getpid())
+        start = time.process_time()
         for _ in range(n):
             await fn()
-        best = min(best, (cpu_seconds(os.getpid()) - start) / n)
+        best = min(best, (time.process_time() - start) / n)
     ROWS.append([name, f"{best * 1e6:.0f}"])
     print(f"{best * 1e6:7.0f} us  {name}", flush=True)
 
 
 async def run(url: str, n: int) -> None:
     import asyncpg
-    from sqlalchemy import select, text, update
-    from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
+    from sqlalchemy import select, text
 
     from app import repository, service
     from app.config import Settings
-    from app.database import open_database
-    from app.models import BatchSize, Job, Trial
-    from app.schemas import JobSpec, TrainingResult
+    from app.db import autocommit, create_engine
+    from app.models import job
+    from app.schemas import JobSpec, TrainingResult, TrialId
 
     settings = Settings(database_url=url, log_level="WARNING")
-    database = await open_database(settings)  # the service's own driver layer
+    engine = create_engine(settings)  # the service's engine, configured as it serves
     spec = JobSpec(**job_spec("cost-1", "cost", None))
-    await service.register_job(database, spec, now=service.utcnow())
-    trial = await service.dispatch_trial(database, "cost-1", now=service.utcnow())
-    # The ORM rows below use SQLAlchemy's engine as the service configured it
-    # before the rewrite (pool_pre_ping on, the lock timeout as a server setting).
-    engine = create_async_engine(
-        url,
-        pool_pre_ping=True,
-        connect_args={"server_settings": {"lock_timeout": str(settings.lock_timeout_ms)}},
-    )
-    sessions = async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
+    await service.register_job(engine, spec, now=service.utcnow())
+    trial = await service.dispatch_trial(engine, "cost-1", now=service.utcnow())
+    ended = await service.dispatch_trial(engine, "cost-1", now=service.utcnow())
+    await service.end_trial(engine, ended, now=service.utcnow())
     sql = "SELECT * FROM job WHERE job_id = $1"
 
     raw = await asyncpg.connect(url.replace("postgresql+asyncpg", "postgresql"))
@@ -83,19 +81,6 @@ async def run(url: str, n: int) -> None:
     finally:
         await raw.close()
 
-    pool = await asyncpg.create_pool(
-        url.replace("postgresql+asyncpg", "postgresql"), min_size=1, max_size=4
-    )
-    try:
-
-        async def pool_tx() -> None:
-            async with pool.acquire() as connection, connection.transaction():
-                await connection.fetchrow(sql + " FOR UPDATE", "cost-1")
-
-        await timed("asyncpg pool acquire/release + the same transaction", n, pool_tx)
-    finally:
-        await pool.close()
-
     async with engine.connect() as conn:
         driver = (await conn.get_raw_connection()).driver_connection
         assert driver is not None
@@ -109,97 +94,53 @@ async def run(url: str, n: int) -> None:
             (await conn.exec_driver_sql(sql, ("cost-1",))).first()
 
         await timed("SQLAlchemy AsyncConnection.exec_driver_sql: SELECT job", n, driver_sql)
-        table = Job.__table__
+
+        core_select = select(job).where(job.c.job_id == "cost-1")
 
         async def core() -> None:
-            (await conn.execute(select(table).where(table.c.job_id == "cost-1"))).first()
+            (await conn.execute(core_select)).first()
 
-        await timed("SQLAlchemy Core select(table), compiled-cache hit: SELECT job", n, core)
+        await timed("SQLAlchemy Core select(job), compiled-cache hit: SELECT job", n, core)
+        await conn.rollback()
 
-    async def checkout_tx() -> None:
+    async def checkout() -> None:
         async with engine.connect() as conn:
-            driver = (await conn.get_raw_connection()).driver_connection
-            assert driver is not None
-            async with driver.transaction():
-                await driver.fetchrow(sql + " FOR UPDATE", "cost-1")
+            await conn.exec_driver_sql("SELECT 1")
 
-    await timed(
-        "SQLAlchemy pool checkout (pre-ping on, as configured) + asyncpg transaction",
-        n,
-        checkout_tx,
-    )
-    no_ping = create_async_engine(url, pool_pre_ping=False)
-    no_ping_sessions = async_sessionmaker(no_ping, expire_on_commit=False, autoflush=False)
-    async with no_ping_sessions() as session:
+    await timed("engine.connect() (pool checkout/checkin) + exec_driver_sql SELECT 1", n, checkout)
 
-        async def orm_select() -> None:
-            query = (
-                select(Job)
-                .where(Job.job_id == "cost-1")
-                .with_for_update()
-                .execution_options(populate_existing=True)
-            )
-            (await session.execute(query)).scalar_one()
+    async def begin_only() -> None:
+        async with engine.begin() as conn:
+            await conn.execute(text("SELECT 1"))
 
-        await timed("ORM AsyncSession: SELECT job FOR UPDATE -> Job", n, orm_select)
+    await timed("engine.begin(): BEGIN; SELECT 1; COMMIT (checkout included)", n, begin_only)
 
-        async def orm_get() -> None:
-            session.expunge_all()
-            await session.get(Trial, ("cost-1", 1))
-
-        await timed("ORM AsyncSession: session.get(Trial, pk), empty identity map", n, orm_get)
-
-        async def orm_update() -> None:
-            await session.execute(
-                update(BatchSize)
-                .where(BatchSize.job_id == "cost-1", BatchSize.batch_size == 64)
-                .values(reward_count=0)
-            )
-
-        await timed("ORM-enabled UPDATE statement", n, orm_update)
-
-        async def orm_flush() -> None:
-            job = (await session.execute(select(Job).where(Job.job_id == "cost-1"))).scalar_one()
-            job.updated_at = service.utcnow()
-            await session.flush()
-
-        await timed("ORM: SELECT job, change an attribute, flush (UPDATE)", n, orm_flush)
-        await session.rollback()
-
-    async def lifecycle(maker: object) -> None:
-        async with maker() as session:  # type: ignore[operator]
-            await session.execute(text("SELECT 1"))
-            await session.rollback()
-
-    await timed(
-        "AsyncSession open, BEGIN, SELECT 1, ROLLBACK, close (pre-ping on, as configured)",
-        n,
-        lambda: lifecycle(sessions),
-    )
-    await timed("  the same with pool_pre_ping=False", n, lambda: lifecycle(no_ping_sessions))
-    await no_ping.dispose()
-    await engine.dispose()
-
-    # What the request path does since the rewrite (app/database.py, app/repository.py).
     async def locked_frame() -> None:
-        async with database.transaction() as conn:
-            await repository.get_job(conn, "cost-1", for_update=True)
+        async with engine.begin() as conn:
+            await repository.lock_job(conn, "cost-1")
 
     await timed(
-        "now: app.database transaction (pool acquire, BEGIN, COMMIT, release) "
-        "+ repository.get_job FOR UPDATE -> JobRow",
+        "now: engine.begin() + repository.lock_job (job FOR UPDATE JOIN batch sizes)",
         n,
         locked_frame,
     )
 
     async def lock_free_read() -> None:
-        async with database.autocommit() as conn:
-            await repository.get_job_and_trial(conn, "cost-1", trial.trial_number)
+        async with autocommit(engine) as conn:
+            await repository.load_trial(conn, "cost-1", trial.trial_number)
 
     await timed(
-        "now: lock-free job JOIN trial -> JobRow, TrialRow (pool acquire/release included)",
+        "now: autocommit(engine) + repository.load_trial (job, trial, stats, arm: one read)",
         n,
         lock_free_read,
+    )
+
+    async def load_job() -> None:
+        async with autocommit(engine) as conn:
+            await repository.load_job(conn, "cost-1")
+
+    await timed(
+        "now: autocommit(engine) + repository.load_job (job, batch sizes, arms)", n, load_job
     )
     report = TrainingResult(
         job_id="cost-1",
@@ -212,22 +153,30 @@ async def run(url: str, n: int) -> None:
     )
 
     async def report_not_final() -> None:
-        answer = await service.report_result(database, report, now=service.utcnow())
+        answer = await service.report_result(engine, report, now=service.utcnow())
         assert not answer.stop_train
 
     await timed("now: service.report_result, not final (whole use case)", n, report_not_final)
 
     async def register_again() -> None:
-        registration = await service.register_job(database, spec, now=service.utcnow())
+        registration = await service.register_job(engine, spec, now=service.utcnow())
         assert not registration.created
 
     await timed("now: service.register_job, already registered (whole use case)", n, register_again)
-    await database.close()
+    ended_id = TrialId(
+        job_id="cost-1", batch_size=ended.batch_size, trial_number=ended.trial_number
+    )
+
+    async def end_again() -> None:
+        await service.end_trial(engine, ended_id, now=service.utcnow())
+
+    await timed("now: service.end_trial of an ended trial (whole use case)", n, end_again)
+    await engine.dispose()
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        description="CPU microseconds per statement through raw asyncpg, SQLAlchemy Core and ORM.",
+        description="CPU microseconds per call through raw asyncpg, SQLAlchemy and the service.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--n", type=int, default=1000, help="calls per measurement")
@@ -235,14 +184,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.quiet_wait:
         wait_until_quiet(args.quiet_wait)
-    try:
-        import uvloop
-
-        runner = uvloop.run
-    except ImportError:
-        runner = asyncio.run
     with fresh_database("postgres") as url:
-        runner(run(url, args.n))
+        try:
+            import uvloop
+        except ImportError:
+            asyncio.run(run(url, args.n))
+        else:
+            uvloop.run(run(url, args.n))
     print()
     print(markdown_table(["path", "CPU us per call"], ROWS))
 

@@ -15,13 +15,17 @@ have stored):
    written by the service) and a final POST /report: trial 1 is real.
 2. Trials 2..n are bulk-inserted into ``trial`` as finished MAB trials
    (about 5 % Failed, the rest Succeeded with cost = zeus_cost(energy, time)),
-   through SQLAlchemy Core on app.models' table; on SQLite the timestamps
-   are written as ISO 8601 text in UTC, exactly as app/database.py stores them.
+   through SQLAlchemy Core on app.models' ``trial`` table, so that the
+   column types store the values (timestamps in the one format that
+   ``UTCDateTime`` writes, on SQLite too), exactly as the service does.
 3. Every ``batch_size`` row's running statistics (count, mean, M2 of the
    rewards of all its Succeeded trials), every ``arm`` row (fitted by
    app.bandit.fit_arm on the last window_size rewards, or all of them) and the
    job's ``next_trial_number``, ``min_cost`` and ``min_cost_batch_size`` are
-   recomputed from the trials, then the tables are ANALYZEd.
+   recomputed from the trials (Core updates of ``batch_size``, ``arm``,
+   ``job``), then the tables are ANALYZEd. The bench's engine is the
+   service's own (``app.db.create_engine``: on SQLite the same PRAGMAs and
+   ``BEGIN IMMEDIATE``).
 
 Every job is built before any is measured, so all sizes see the same table
 sizes. Each measured iteration dispatches a trial and ends it with a final
@@ -45,7 +49,7 @@ import random
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bench.common import (
     RawClient,
@@ -56,6 +60,9 @@ from bench.common import (
     percentiles_ms,
     wait_until_quiet,
 )
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
 BATCH_SIZES = [32, 64, 128, 256]
 ETA, MAX_POWER = 0.5, 300.0
@@ -100,13 +107,15 @@ async def expect(client: RawClient, method: str, path: str, **kwargs: Any) -> An
 # ---------------------------------------------------------------- building
 
 
-async def build_job(client: RawClient, engine: Any, job_id: str, window: int, n: int) -> None:
+async def build_job(
+    client: RawClient, engine: AsyncEngine, job_id: str, window: int, n: int
+) -> None:
     """A job in the bandit stage with exactly ``n`` finished trials."""
-    from sqlalchemy import text, update
+    from sqlalchemy import insert, select, update
 
-    from app.bandit import RewardStats, fit_arm, reward, zeus_cost
-    from app.database import _bind as sqlite_value
-    from app.models import Arm, BatchSize, Job, Trial
+    from app.bandit import RewardStats, TrialStatus, TrialType, fit_arm, reward, zeus_cost
+    from app.models import arm, batch_size, job
+    from app.models import trial as trial_table
 
     rng = random.Random(f"{job_id}")
     await expect(client, "POST", "/jobs", json=job_spec(job_id, window))
@@ -122,10 +131,10 @@ async def build_job(client: RawClient, engine: Any, job_id: str, window: int, n:
             "job_id": job_id,
             "trial_number": number,
             "batch_size": bs,
-            "type": "MAB",
+            "type": TrialType.MAB,
             "start_timestamp": begin,
             "end_timestamp": begin + timedelta(hours=3),
-            "status": "Failed",
+            "status": TrialStatus.FAILED,
             "time": None,
             "energy": None,
             "cost": None,
@@ -134,36 +143,25 @@ async def build_job(client: RawClient, engine: Any, job_id: str, window: int, n:
         if rng.random() >= 0.05:
             report = final_report({"batch_size": bs}, rng)
             row.update(
-                status="Succeeded",
+                status=TrialStatus.SUCCEEDED,
                 time=report["time"],
                 energy=report["energy"],
                 cost=zeus_cost(report["energy"], report["time"], ETA, MAX_POWER),
                 converged=rng.random() < 0.9,
             )
         rows.append(row)
-    insert = Trial.__table__.insert()
-    if engine.dialect.name == "sqlite":
-        # Store timestamps as the service does (app/database.py: ISO 8601 text
-        # in UTC), not in SQLAlchemy's own SQLite format: plain-text INSERT.
-        columns = list(rows[0]) if rows else []
-        insert = text(
-            f"INSERT INTO trial ({', '.join(columns)}) "
-            f"VALUES ({', '.join(':' + c for c in columns)})"
-        )
-        rows = [{k: sqlite_value(v) for k, v in row.items()} for row in rows]
     async with engine.begin() as conn:
         for chunk in range(0, len(rows), 1000):
-            await conn.execute(insert, rows[chunk : chunk + 1000])
+            await conn.execute(insert(trial_table), rows[chunk : chunk + 1000])
         # Recompute what the service keeps per job from the whole history.
         result = await conn.execute(
-            text(
-                "SELECT batch_size, cost, converged FROM trial WHERE job_id = :job "
-                "AND status = 'Succeeded' ORDER BY trial_number"
-            ),
-            {"job": job_id},
+            select(trial_table.c.batch_size, trial_table.c.cost, trial_table.c.converged)
+            .where(trial_table.c.job_id == job_id, trial_table.c.status == TrialStatus.SUCCEEDED)
+            .order_by(trial_table.c.trial_number)
         )
         costs: dict[int, list[float]] = {bs: [] for bs in BATCH_SIZES}
-        min_cost, min_bs = None, 64
+        min_cost: float | None = None
+        min_bs = 64
         for bs, cost, converged in result:
             costs[bs].append(cost)
             if converged and (min_cost is None or cost < min_cost):
@@ -173,25 +171,25 @@ async def build_job(client: RawClient, engine: Any, job_id: str, window: int, n:
             for cost in values:
                 stats = stats.add(reward(cost))
             await conn.execute(
-                update(BatchSize)
-                .where(BatchSize.job_id == job_id, BatchSize.batch_size == bs)
+                update(batch_size)
+                .where(batch_size.c.job_id == job_id, batch_size.c.batch_size == bs)
                 .values(reward_count=stats.count, reward_mean=stats.mean, reward_m2=stats.m2)
             )
             recent = values[-window:] if window else values
-            arm = fit_arm(bs, [reward(c) for c in recent], prior_mean=0.0, prior_precision=0.0)
+            fitted = fit_arm(bs, [reward(c) for c in recent], prior_mean=0.0, prior_precision=0.0)
             await conn.execute(
-                update(Arm)
-                .where(Arm.job_id == job_id, Arm.batch_size == bs)
+                update(arm)
+                .where(arm.c.job_id == job_id, arm.c.batch_size == bs)
                 .values(
-                    param_mean=arm.param_mean,
-                    param_precision=arm.param_precision,
-                    reward_precision=arm.reward_precision,
-                    num_observations=arm.num_observations,
+                    param_mean=fitted.param_mean,
+                    param_precision=fitted.param_precision,
+                    reward_precision=fitted.reward_precision,
+                    num_observations=fitted.num_observations,
                 )
             )
         await conn.execute(
-            update(Job)
-            .where(Job.job_id == job_id)
+            update(job)
+            .where(job.c.job_id == job_id)
             .values(next_trial_number=n + 1, min_cost=min_cost, min_cost_batch_size=min_bs)
         )
 
@@ -200,10 +198,12 @@ async def build_job(client: RawClient, engine: Any, job_id: str, window: int, n:
 
 
 async def one_iteration(
-    client: RawClient, engine: Any, job_id: str, rng: random.Random
+    client: RawClient, engine: AsyncEngine, job_id: str, rng: random.Random
 ) -> tuple[float, float]:
     """Dispatch and finish one trial; return both latencies; delete the trial again."""
-    from sqlalchemy import text
+    from sqlalchemy import delete
+
+    from app.models import trial as trial_table
 
     t0 = time.perf_counter()
     trial = await expect(client, "GET", "/jobs/batch_size", params={"job_id": job_id})
@@ -214,19 +214,23 @@ async def one_iteration(
         raise RuntimeError(f"report on {trial} did not end the trial: {answer}")
     async with engine.begin() as conn:  # keep the history at exactly n trials
         await conn.execute(
-            text("DELETE FROM trial WHERE job_id = :job AND trial_number = :number"),
-            {"job": job_id, "number": trial["trial_number"]},
+            delete(trial_table).where(
+                trial_table.c.job_id == job_id,
+                trial_table.c.trial_number == trial["trial_number"],
+            )
         )
     return t1 - t0, t2 - t1
 
 
 async def measure_jobs(
-    client: RawClient, engine: Any, job_ids: list[str], samples: int, warmup: int
+    client: RawClient, engine: AsyncEngine, job_ids: list[str], samples: int, warmup: int
 ) -> dict[str, dict[str, list[float]]]:
     """Round-robin over the jobs in a shuffled order per round, so drift hits all sizes alike."""
     rngs = {job_id: random.Random(job_id) for job_id in job_ids}
     order = random.Random(0)
-    latencies = {job_id: {"dispatch": [], "final report": []} for job_id in job_ids}
+    latencies: dict[str, dict[str, list[float]]] = {
+        job_id: {"dispatch": [], "final report": []} for job_id in job_ids
+    }
     for round_ in range(warmup + samples):
         for job_id in order.sample(job_ids, len(job_ids)):
             dispatch, report = await one_iteration(client, engine, job_id, rngs[job_id])
@@ -236,11 +240,13 @@ async def measure_jobs(
     return latencies
 
 
-async def run_database(url: str, server_url: str, args: argparse.Namespace) -> list[dict]:
+async def run_database(url: str, server_url: str, args: argparse.Namespace) -> list[dict[str, Any]]:
     from sqlalchemy import text
-    from sqlalchemy.ext.asyncio import create_async_engine
 
-    engine = create_async_engine(url)
+    from app.config import Settings
+    from app.db import create_engine
+
+    engine = create_engine(Settings(database_url=url, log_level="WARNING"))
     results = []
     try:
         async with RawClient(server_url, 1) as client:
@@ -282,7 +288,7 @@ async def run_database(url: str, server_url: str, args: argparse.Namespace) -> l
     return results
 
 
-def table(results: list[dict]) -> tuple[str, float]:
+def table(results: list[dict[str, Any]]) -> tuple[str, float]:
     """The markdown table with ratios of p50 against size 10; also the worst ratio at >= 1,000."""
     header = [
         "window",

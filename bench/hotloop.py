@@ -187,7 +187,9 @@ async def run_job(
         )
 
 
-async def drive(url: str, w: Workload, job_indices: list[int], start_at: float | None) -> dict:
+async def drive(
+    url: str, w: Workload, job_indices: list[int], start_at: float | None
+) -> dict[str, Any]:
     """Warm up, then run the measured recurrences of ``job_indices``; return the results."""
     client: Client
     if w.client == "httpx":
@@ -233,7 +235,7 @@ def _client_process(url: str, w: Workload, indices: list[int], start_at: float, 
     out.put(_run(drive(url, w, indices, start_at)))
 
 
-def run_load(url: str, w: Workload, client_procs: int) -> dict:
+def run_load(url: str, w: Workload, client_procs: int) -> dict[str, Any]:
     """Run the workload from 1 process (in this one) or several; merge the results."""
     indices = list(range(w.jobs))
     if client_procs == 1:
@@ -275,7 +277,7 @@ def measure(
     db: str | None,
     profile: str | None = None,
     quiet_wait: float = 0.0,
-) -> dict:
+) -> dict[str, Any]:
     if quiet_wait:
         wait_until_quiet(quiet_wait)
     server_cpu0 = server.cpu_seconds() if server else 0.0
@@ -332,7 +334,7 @@ def measure(
     return out
 
 
-def print_result(r: dict) -> None:
+def print_result(r: dict[str, Any]) -> None:
     print(
         f"\n## {r['name']}: {r['rps']:.0f} req/s ({r['requests']} requests in {r['wall_s']:.2f} s)"
     )
@@ -442,7 +444,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def run(args: argparse.Namespace) -> dict:
+def run(args: argparse.Namespace) -> dict[str, Any]:
     tag = f"hot{os.getpid()}{int(time.time()) % 100000}"
     base = {
         "jobs": args.jobs,

@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
                     f"{db}, {workers} worker(s)", server, server.url, load, 1, db, None, 60.0
                 )
                 alembic_loaded = {
-                    pid: sqlalchemy_mapped(pid) for pid in [server.process.pid, *idle]
+                    pid: sqlalchemy_mapped(pid) for pid in [*server.all_pids()[:1], *idle]
                 }
             for name, peak in result["peak_rss_mib"].items():
                 pid = int(name.split()[-1])

@@ -60,7 +60,7 @@ from importlib import resources
 from typing import ClassVar
 
 import numpy as np
-import pandas as pd
+import pandas as pd  # type: ignore[import-untyped]
 from zeus._legacy.job import Job
 from zeus._legacy.policy.interface import PowerLimitOptimizer
 from zeus._legacy.policy.optimizer import PruningGTSBatchSizeOptimizer
@@ -102,7 +102,7 @@ class Outcome:
     error: str | None = None
 
 
-class FixedPowerLimit(PowerLimitOptimizer):
+class FixedPowerLimit(PowerLimitOptimizer):  # type: ignore[misc]
     """Always the case's power limit, so the reference never profiles power."""
 
     def __init__(self, power_limit: int) -> None:
@@ -119,7 +119,7 @@ class FixedPowerLimit(PowerLimitOptimizer):
         return None
 
 
-class RecordingBSO(PruningGTSBatchSizeOptimizer):
+class RecordingBSO(PruningGTSBatchSizeOptimizer):  # type: ignore[misc]
     """Records every prediction (the simulator deep-copies the optimiser: class-level sink)."""
 
     sink: ClassVar[list[int]] = []

@@ -39,7 +39,15 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from bench.common import ADMIN_URL, ROOT, RawClient, admin, bso_server, fresh_database
+from bench.common import (
+    ADMIN_URL,
+    ROOT,
+    RawClient,
+    admin,
+    bso_server,
+    checkout_label,
+    fresh_database,
+)
 from bench.common import markdown_table as table
 from bench.hotloop import job_spec
 
@@ -243,7 +251,10 @@ def main(argv: list[str] | None = None) -> None:
     results = {
         key: measure_checkout(path, key, args.jobs, args.log) for key, path in checkouts.items()
     }
-    header = ["request", *(f"{k}: statements (B/C: BEGIN/COMMIT)" for k in checkouts)]
+    header = [
+        "request",
+        *(f"{k} ({checkout_label(p)}): statements" for k, p in checkouts.items()),
+    ]
     rows = []
     for kind in KINDS:
         cells = [kind]
@@ -251,7 +262,10 @@ def main(argv: list[str] | None = None) -> None:
             values = results[key]["counts"].get(kind)
             cells.append(_cell(values) if values else "-")
         rows.append(cells)
-    print("\nStatements per request (median over the measured requests; range if it varies):")
+    print(
+        "\nStatements per request (median over the measured requests, range if it varies;"
+        " B/C: BEGIN/COMMIT):"
+    )
     print(table(header, rows))
     per_recurrence = []
     for key in checkouts:
