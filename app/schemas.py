@@ -300,7 +300,7 @@ class PruningProgress(BaseModel):
 class JobRead(CreatedJob):
     """A job's configuration and learning state."""
 
-    stage: Stage
+    stage: Stage = Field(strict=False)  # a response: the stored text is fine
     min_cost: float | None = Field(description="Cheapest converged cost so far.")
     min_cost_batch_size: int = Field(description="Its batch size (the default until then).")
     exploration: PruningProgress | None = Field(
