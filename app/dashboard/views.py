@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from app import reads
+from app.bandit import TrialType
 from app.dashboard.estimates import (
     CostBand,
     PruningRow,
@@ -36,7 +37,7 @@ TABLE_ROWS = 100  # most recent trials listed in the job page's table
 
 
 async def _trials(
-    db: DatabaseDep, job_id: str, *, after: int, trial_type: str | None, limit: int
+    db: DatabaseDep, job_id: str, *, after: int, trial_type: TrialType | None, limit: int
 ) -> list[TrialRead]:
     """Up to ``limit`` trials numbered above ``after``, in trial-number order."""
     items: list[TrialRead] = []
@@ -149,7 +150,9 @@ async def job_view(db: DatabaseDep, job_id: str) -> JobView:
     """A job's trials, arms and pruning outcome (JobNotFoundError when unknown)."""
     job = await reads.get_job(db, job_id)
     trials = await recent_trials(db, job)
-    explorations = await _trials(db, job_id, after=0, trial_type="Exploration", limit=TRIAL_WINDOW)
+    explorations = await _trials(
+        db, job_id, after=0, trial_type=TrialType.EXPLORATION, limit=TRIAL_WINDOW
+    )
     arms = await reads.list_arms(db, job_id)
     bands = [cost_band(a) for a in arms]
     return JobView(
