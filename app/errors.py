@@ -17,6 +17,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from app import metrics
+
 logger = logging.getLogger(__name__)
 
 
@@ -133,12 +135,14 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         if _is_busy(exc):
+            metrics.database_error("busy")
             return JSONResponse(
                 {"message": "The job is busy with another request; retry shortly."},
                 503,
                 headers={"Retry-After": "1"},
             )
         if _is_unavailable(exc):
+            metrics.database_error("unavailable")
             logger.error("database unavailable on %s %s: %r", request.method, request.url.path,
                          exc)  # fmt: skip
             return JSONResponse(

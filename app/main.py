@@ -16,6 +16,7 @@ from app.config import Settings, get_settings
 from app.database import open_database
 from app.errors import install_error_handlers
 from app.log import configure_logging
+from app.observe import ObserveRequests
 from app.routes import health, read, zeus
 
 DESCRIPTION = """
@@ -91,13 +92,24 @@ async def _refuse(send: Send, max_bytes: int) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+class BsoApp(FastAPI):
+    """FastAPI with ``ObserveRequests`` around everything, Starlette's error middleware too.
+
+    ``add_middleware`` would put it inside that middleware, where the 500 and
+    503 answers of the catch-all error handler are never seen.
+    """
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return ObserveRequests(super().build_middleware_stack())
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app; settings are read from the environment when not given."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         resolved = settings or get_settings()
-        configure_logging(resolved.log_level)
+        configure_logging(resolved.log_level, resolved.log_format)
         database = await open_database(resolved)
         app.state.settings = resolved
         app.state.database = database
@@ -106,7 +118,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             await database.close()
 
-    app = FastAPI(
+    app = BsoApp(
         title="Batch Size Optimizer",
         version="0.1.0",
         description=DESCRIPTION,

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from app import bandit
+from app import bandit, metrics
 from app import repository as repo
 from app.bandit import ArmPosterior, JobParams, Verdict
 from app.database import Connection, Database
@@ -219,6 +219,7 @@ async def dispatch_trial(
         await repo.insert_trial(conn, job_id, number, decision.batch_size, decision.trial_type, now)
     logger.info("job %s trial %d: %s batch size %d", job_id, number, decision.trial_type,
                 decision.batch_size)  # fmt: skip
+    metrics.trial_dispatched(decision.trial_type)
     return TrialId.model_construct(
         job_id=job_id, batch_size=decision.batch_size, trial_number=number
     )
@@ -283,21 +284,26 @@ async def report_result(db: Database, result: TrainingResult, *, now: datetime) 
     async with db.autocommit() as conn:
         job, trial = await _load_trial(conn, result)
     if trial.status != "Dispatched":
+        metrics.report_answered(metrics.ALREADY_ENDED)
         return _answer_for_ended(trial)  # ended trials never change again
     verdict = _judge(job, trial, result)
     if not verdict.stop_train:
+        metrics.report_answered(verdict.reason)
         return ReportResponse(stop_train=False, converged=False, message=verdict.message)
 
     async with db.transaction() as conn:
         job, trial = await _load_trial(conn, result, for_update=True)
         if trial.status != "Dispatched":  # another request ended it meanwhile
+            metrics.report_answered(metrics.ALREADY_ENDED)
             return _answer_for_ended(trial)
         verdict = _judge(job, trial, result)
         if not verdict.stop_train:  # min_cost moved meanwhile: a rare race
+            metrics.report_answered(verdict.reason)
             return ReportResponse(stop_train=False, converged=False, message=verdict.message)
         await _record_result(conn, job, trial, result, verdict, now)
     logger.info("job %s trial %d ended: converged=%s cost=%.6g", job.job_id, trial.trial_number,
                 verdict.converged, verdict.cost)  # fmt: skip
+    metrics.report_answered(verdict.reason)
     return ReportResponse(stop_train=True, converged=verdict.converged, message=verdict.message)
 
 
@@ -367,5 +373,6 @@ async def end_trial(db: Database, trial_id: TrialId, *, now: datetime) -> TrialR
         await repo.fail_trial(conn, trial, now)
         await repo.update_job(conn, job.job_id, updated_at=now)
     logger.info("job %s trial %d ended without a result", job.job_id, trial.trial_number)
+    metrics.trial_ended("Failed")
     ended = replace(trial, status="Failed", end_timestamp=max(now, trial.start_timestamp))
     return trial_read(ended)

@@ -21,6 +21,7 @@ from app.bandit.types import (
     JobParams,
     PruningState,
     RewardStats,
+    StopReason,
     TrialType,
     Verdict,
 )
@@ -33,6 +34,7 @@ __all__ = [
     "NoConvergedBatchSizeError",
     "PruningState",
     "RewardStats",
+    "StopReason",
     "TrialType",
     "Verdict",
     "choose_arm",
