@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from types import FrameType
 from typing import Annotated, Any
 
 import typer
@@ -83,6 +85,9 @@ def serve(
 
     settings = _settings()
     configure_logging(settings.log_level, settings.log_format)
+    # uvicorn shuts down gracefully on SIGTERM, then raises it again: as SystemExit
+    # (not the default handler's instant death) it lets the cleanup below run.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     if settings.is_embedded_default:
         upgrade_head(settings.database_url)
     with _metrics_directory():
@@ -97,6 +102,10 @@ def serve(
             access_log=False,  # app.access logs each request once (app/observe.py)
             proxy_headers=True,
         )
+
+
+def _exit_on_signal(signum: int, _: FrameType | None) -> None:
+    raise SystemExit(128 + signum)
 
 
 @contextmanager
