@@ -70,7 +70,7 @@ class ObserveRequests:
             return path
         # No route in the scope: answered before routing (413), a plain Starlette
         # route (/docs, /openapi.json), a mount, or no route at all (404).
-        if self._routes is None:
+        if self._routes is None:  # once: every route is added before the app serves
             self._routes = _route_table(scope["app"].routes)
         requested = scope["path"]
         return next((t for regex, t in self._routes if regex.match(requested)), UNMATCHED)

@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
 
 from app import metrics
 from app.config import Settings
@@ -25,8 +26,10 @@ from tests.support.server import REPO_ROOT
 @pytest.fixture(scope="module")
 def bare_app(tmp_path_factory: pytest.TempPathFactory) -> FastAPI:
     """The real app, no lifespan, plus routes that fail the way a database does."""
-    path = tmp_path_factory.mktemp("observe") / "unused.db"
-    application = create_app(Settings(database_url=f"sqlite+aiosqlite:///{path}"))
+    folder = tmp_path_factory.mktemp("observe")
+    (folder / "app.js").write_text("// vendored asset")
+    application = create_app(Settings(database_url=f"sqlite+aiosqlite:///{folder}/unused.db"))
+    application.mount("/assets", StaticFiles(directory=folder))
 
     @application.get("/test/unavailable")
     async def unavailable() -> None:
@@ -81,7 +84,13 @@ async def test_answers_of_the_catch_all_handler_are_stamped_counted_and_timed(
 
 @pytest.mark.parametrize(
     ("path", "route"),
-    [("/docs", "/docs"), ("/openapi.json", "/openapi.json"), ("/nothing/here", "unmatched")],
+    [
+        ("/docs", "/docs"),
+        ("/openapi.json", "/openapi.json"),
+        ("/assets/app.js", "/assets"),
+        ("/assets/missing.js", "/assets"),
+        ("/nothing/here", "unmatched"),
+    ],
 )
 async def test_routes_outside_fastapi_routing_get_their_template_or_unmatched(
     http: httpx.AsyncClient, path: str, route: str

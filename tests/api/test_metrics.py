@@ -6,7 +6,7 @@ compares a scrape after with a scrape before.
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import defaultdict
 from typing import Any
 
 import httpx
@@ -14,14 +14,14 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.helpers import dispatch, finish, register, report
 
-Samples = Counter[tuple[str, frozenset[tuple[str, str]]]]
+Samples = defaultdict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
 async def scrape(client: httpx.AsyncClient) -> Samples:
     response = await client.get("/metrics")
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
-    samples: Samples = Counter()
+    samples: Samples = defaultdict(float)
     for family in text_string_to_metric_families(response.text):
         for sample in family.samples:
             samples[sample.name, frozenset(sample.labels.items())] += sample.value

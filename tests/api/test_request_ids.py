@@ -25,7 +25,7 @@ async def test_a_sane_client_id_is_echoed(client: httpx.AsyncClient) -> None:
 async def test_a_missing_or_odd_client_id_is_replaced_by_a_new_one(
     client: httpx.AsyncClient, given: str
 ) -> None:
-    response = await client.get("/healthz", headers={"X-Request-ID": given.encode("utf-8")})
+    response = await client.get("/healthz", headers={b"X-Request-ID": given.encode("utf-8")})
     assert GENERATED.fullmatch(response.headers["x-request-id"]), response.headers
 
 
