@@ -1,14 +1,25 @@
-"""The ``bso`` command: serve, migrate, simulate."""
+"""The ``bso`` command: serve, migrate, simulate, jobs.
+
+Nothing imported here imports prometheus-client: ``bso serve`` must set
+PROMETHEUS_MULTIPROC_DIR before it is first imported (see app/metrics.py).
+"""
 
 from __future__ import annotations
 
 import logging
+import os
+import signal
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import FrameType
 from typing import Annotated, Any
 
 import typer
 from pydantic import ValidationError
 
 from app.config import Settings, get_settings
+from app.jobs_command import register as register_jobs
 from app.sim.command import register as register_simulate
 
 cli = typer.Typer(
@@ -69,7 +80,9 @@ def serve(
 ) -> None:
     """Serve the API. The embedded SQLite default is migrated automatically first."""
     import uvicorn
+    from uvicorn.config import LOGGING_CONFIG
 
+    from app.log import configure_logging, uvicorn_log_config
     from app.migrate import upgrade_head
 
     settings = _settings()
@@ -77,16 +90,49 @@ def serve(
         typer.echo("An in-memory database lives in one process: serve it with one worker.",
                    err=True)  # fmt: skip
         raise typer.Exit(2)
+    configure_logging(settings.log_level, settings.log_format)
+    # uvicorn shuts down gracefully on SIGTERM, then raises it again: as SystemExit
+    # (not the default handler's instant death) it lets the cleanup below run.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     if settings.is_embedded_default and not settings.is_in_memory:
         logger.info("%s", upgrade_head(settings.database_url).describe())
-    uvicorn.run(
-        "app.main:app",
-        host=host or settings.host,
-        port=port or settings.port,
-        workers=workers or settings.workers,
-        log_level=settings.log_level.lower(),
-        proxy_headers=True,
-    )
+    with _metrics_directory():
+        uvicorn.run(
+            "app.main:app",
+            host=host or settings.host,
+            port=port or settings.port,
+            workers=workers or settings.workers,
+            log_level=settings.log_level.lower(),
+            log_config=uvicorn_log_config(settings.log_level, settings.log_format)
+            or LOGGING_CONFIG,
+            access_log=False,  # app.access logs each request once (app/observe.py)
+            proxy_headers=True,
+        )
+
+
+def _exit_on_signal(signum: int, _: FrameType | None) -> None:
+    raise SystemExit(128 + signum)
+
+
+@contextmanager
+def _metrics_directory() -> Iterator[None]:
+    """PROMETHEUS_MULTIPROC_DIR for the workers: the operator's, or a fresh one removed after.
+
+    Every worker writes its metrics there, so /metrics counts all of them.
+    """
+    given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if given:
+        os.makedirs(given, exist_ok=True)
+        logger.info("metrics of all workers are collected in %s", given)
+        yield
+        return
+    with tempfile.TemporaryDirectory(prefix="bso-metrics-") as directory:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+        logger.info("metrics of all workers are collected in %s", directory)
+        try:
+            yield
+        finally:
+            del os.environ["PROMETHEUS_MULTIPROC_DIR"]
 
 
 def main() -> None:
@@ -95,6 +141,7 @@ def main() -> None:
 
 
 register_simulate(cli)
+register_jobs(cli)
 
 
 if __name__ == "__main__":

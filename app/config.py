@@ -13,6 +13,7 @@ from pydantic import AliasChoices, BeforeValidator, Field, field_validator, mode
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+LogFormat = Literal["text", "json"]
 
 _LEVEL_ALIASES = {"WARN": "WARNING", "FATAL": "CRITICAL"}
 
@@ -22,6 +23,10 @@ def _normalise_level(value: object) -> object:
         upper = value.strip().upper()
         return _LEVEL_ALIASES.get(upper, upper)
     return value
+
+
+def _lower(value: object) -> object:
+    return value.strip().lower() if isinstance(value, str) else value
 
 
 def normalise_database_url(url: str) -> str:
@@ -56,6 +61,11 @@ class Settings(BaseSettings):
     log_level: Annotated[LogLevel, BeforeValidator(_normalise_level)] = Field(
         default="INFO",
         validation_alias=AliasChoices("BSO_LOG_LEVEL", "ZEUS_BSO_LOG_LEVEL", "log_level"),
+    )
+    log_format: Annotated[LogFormat, BeforeValidator(_lower)] = Field(
+        default="text",
+        description="text: one human-readable line per event; json: one JSON object per "
+        "line, uvicorn's lines included (for log collectors).",
     )
     echo_sql: bool = Field(
         default=False,

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from app import bandit
+from app import bandit, metrics
 from app import repository as repo
 from app.bandit import Stage, TrialStatus, TrialType, Verdict
 from app.db import autocommit
@@ -202,6 +202,7 @@ async def dispatch_trial(
         )  # fmt: skip
     logger.info("job %s trial %d: %s batch size %d", job_id, number, decision.trial_type,
                 decision.batch_size)  # fmt: skip
+    metrics.trial_dispatched(decision.trial_type)
     return TrialId.model_construct(
         job_id=job_id, batch_size=decision.batch_size, trial_number=number
     )
@@ -271,21 +272,26 @@ async def report_result(
     async with autocommit(engine) as conn:
         state, trial = await _load_trial(conn, result)
     if trial.status != TrialStatus.DISPATCHED:
+        metrics.report_answered(metrics.ALREADY_ENDED)
         return _answer_for_ended(trial)  # ended trials never change again
     verdict = _judge(state.job, trial, result)
     if not verdict.stop_train:
+        metrics.report_answered(verdict.reason)
         return ReportResponse(stop_train=False, converged=False, message=verdict.message)
 
     async with engine.begin() as conn:
         state, trial = await _load_trial(conn, result, lock=True)
         if trial.status != TrialStatus.DISPATCHED:  # another request ended it meanwhile
+            metrics.report_answered(metrics.ALREADY_ENDED)
             return _answer_for_ended(trial)
         verdict = _judge(state.job, trial, result)
         if not verdict.stop_train:  # min_cost moved meanwhile: a rare race
+            metrics.report_answered(verdict.reason)
             return ReportResponse(stop_train=False, converged=False, message=verdict.message)
         await _record_result(conn, state, trial, result, verdict, now)
     logger.info("job %s trial %d ended: converged=%s cost=%.6g", trial.job_id, trial.trial_number,
                 verdict.converged, verdict.cost)  # fmt: skip
+    metrics.report_answered(verdict.reason)
     return ReportResponse(stop_train=True, converged=verdict.converged, message=verdict.message)
 
 
@@ -337,5 +343,6 @@ async def end_trial(engine: AsyncEngine, trial_id: TrialId, *, now: datetime) ->
         await repo.fail_trial(conn, trial, now)
         await repo.touch_job(conn, trial.job_id, now)
     logger.info("job %s trial %d ended without a result", trial.job_id, trial.trial_number)
+    metrics.trial_ended(TrialStatus.FAILED)
     ended = max(now, trial.start_timestamp)
     return trial.model_copy(update={"status": TrialStatus.FAILED, "end_timestamp": ended})

@@ -42,11 +42,15 @@ def free_port() -> int:
 
 
 def clean_env(**overrides: str) -> dict[str, str]:
-    """This process's environment without any BSO_/ZEUS_BSO_ setting, plus overrides."""
+    """This process's environment without any BSO_/ZEUS_BSO_ setting, plus overrides.
+
+    PROMETHEUS_MULTIPROC_DIR goes too: ``bso serve`` makes its own unless told.
+    """
     env = {
         key: value
         for key, value in os.environ.items()
-        if not key.startswith(("BSO_", "ZEUS_BSO_")) or key == "BSO_TEST_POSTGRES_URL"
+        if not key.startswith(("BSO_", "ZEUS_BSO_", "PROMETHEUS_MULTIPROC_DIR"))
+        or key == "BSO_TEST_POSTGRES_URL"
     }
     env.update(overrides)
     return env
