@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -325,25 +326,33 @@ def bso_server(
     log_level: str = "WARNING",
     checkout: Path = ROOT,
     name: str = "bso",
+    python: Path | None = None,
 ) -> Server:
     """``bso serve`` exactly as deployed: its uvicorn settings, access log included.
 
     ``checkout``: serve that checkout's code, with its own ``.venv`` (this
-    interpreter's venv for this checkout), from its own folder.
+    interpreter's venv for this checkout), from its own folder. ``python``:
+    instead, ``python -m app.cli serve`` with that interpreter (a venv that
+    holds the dependencies) and the checkout first on ``PYTHONPATH``, e.g.
+    to serve this checkout on another Python version.
     """
     port = free_port()
     here = checkout.resolve() == ROOT
     exe = VENV_BIN / "bso" if here else checkout / ".venv" / "bin" / "bso"
+    command = [str(exe)] if python is None else [str(python), "-m", "app.cli"]
+    env = {
+        "BSO_DATABASE_URL": database_url,
+        "BSO_LOG_LEVEL": log_level,
+        "BSO_HOST": "127.0.0.1",
+    }
+    if python is not None:
+        env["PYTHONPATH"] = str(checkout)
     return Server(
         name=name,
-        argv=[str(exe), "serve", "--port", str(port), "--workers", str(workers)],
+        argv=[*command, "serve", "--port", str(port), "--workers", str(workers)],
         cwd=checkout,
         port=port,
-        env={
-            "BSO_DATABASE_URL": database_url,
-            "BSO_LOG_LEVEL": log_level,
-            "BSO_HOST": "127.0.0.1",
-        },
+        env=env,
         ready_path="/readyz",
         workers=workers,
     )
@@ -614,7 +623,7 @@ async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes, bool
 EVENT_LOOP = "event loop (uvloop C code: socket I/O, asyncpg/httptools protocol callbacks)"
 EVENT_LOOP_LEAVES = ("Runner.run ", "run_until_complete ", "run (uvloop/", "run_forever ")
 PROFILE_RULES: list[tuple[str, tuple[str, ...]]] = [
-    ("asyncpg pool acquire / release", ("asyncpg/pool.py",)),
+    ("asyncpg pool acquire / release (driver path)", ("asyncpg/pool.py",)),
     ("BEGIN (asyncpg transaction start)", ("Transaction.start", "Transaction.__aenter__")),
     (
         "COMMIT / ROLLBACK",
@@ -622,10 +631,22 @@ PROFILE_RULES: list[tuple[str, tuple[str, ...]]] = [
     ),
     ("asyncpg statement execution (bind, send, decode)", ("asyncpg/",)),
     ("aiosqlite / sqlite3", ("aiosqlite/", "sqlite3")),
-    ("SQLAlchemy (none expected on the request path)", ("sqlalchemy/",)),
+    ("SQLAlchemy pool checkout / checkin / reset", ("sqlalchemy/pool/",)),
     (
-        "app code (service, repository, database adapter, bandit)",
-        ("app/service", "app/repository", "app/database", "app/bandit", "app/reads"),
+        "SQLAlchemy result (cursor, rows, type processors)",
+        ("sqlalchemy/engine/result.py", "sqlalchemy/engine/cursor.py", "sqlalchemy/engine/row"),
+    ),
+    (
+        "SQLAlchemy asyncpg adapter, greenlet bridge",
+        ("sqlalchemy/dialects/postgresql/asyncpg.py", "_concurrency_py3k", "greenlet"),
+    ),
+    (
+        "SQLAlchemy execute (compiled cache, parameters, events, transactions)",
+        ("sqlalchemy/",),
+    ),
+    (
+        "app code (service, repository, db, bandit, reads)",
+        ("app/service", "app/repository", "app/database", "app/db.py", "app/bandit", "app/reads"),
     ),
     ("pydantic", ("pydantic",)),
     (
@@ -735,14 +756,15 @@ def top_frames(path: str | Path, limit: int = 25) -> list[tuple[str, float]]:
 @contextlib.contextmanager
 def py_spy(pids: Sequence[int], output_prefix: str, rate: int = 200) -> Iterator[list[str]]:
     """Sample ``pids`` with py-spy (``pip install py-spy``) while the block runs."""
-    exe = VENV_BIN / "py-spy"
-    if not exe.exists():
+    found = VENV_BIN / "py-spy"
+    exe = str(found) if found.exists() else shutil.which("py-spy")
+    if exe is None:
         raise SystemExit("--profile needs py-spy: .venv/bin/pip install py-spy")
     outputs = [f"{output_prefix}.{pid}.txt" for pid in pids]
     procs = [
         subprocess.Popen(
             [
-                str(exe),
+                exe,
                 "record",
                 "--pid",
                 str(pid),

@@ -440,6 +440,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="before each measurement, wait up to this many seconds for "
         "other processes to leave the CPUs idle (0: don't)",
     )
+    parser.add_argument(
+        "--python",
+        type=Path,
+        help="serve with this interpreter (python -m app.cli, this checkout on PYTHONPATH; "
+        "a venv with the dependencies) instead of .venv's bso",
+    )
     parser.add_argument("--json", type=Path, help="also write the results here")
     return parser.parse_args(argv)
 
@@ -465,7 +471,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     else:
         with (
             fresh_database(args.db) as database_url,
-            bso_server(database_url, workers=args.workers, log_level=args.log_level) as server,
+            bso_server(
+                database_url, workers=args.workers, log_level=args.log_level, python=args.python
+            ) as server,
         ):
             results["bso"] = measure(
                 f"bso ({args.db}, {args.workers} worker(s))",
