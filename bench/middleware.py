@@ -14,7 +14,7 @@ on SQLite). Rounds alternate between the apps; the median round is printed.
 It measures CPU time (all of this process's threads, aiosqlite's included),
 not wall time: on shared cores the wall time mostly measures the neighbours.
 
-    .venv/bin/python bench/middleware.py --requests 2000 --rounds 7
+    .venv/bin/python -m bench.middleware --requests 2000 --rounds 7
 """
 
 from __future__ import annotations
@@ -25,13 +25,10 @@ import json
 import logging
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message
