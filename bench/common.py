@@ -560,14 +560,28 @@ class RawClient:
             f"content-type: application/json\r\ncontent-length: {len(body)}\r\n\r\n"
         ).encode()
         async with self.slots:
-            reader, writer = self.idle.pop() if self.idle else await self._connect()
+            reused = bool(self.idle)
+            reader, writer = self.idle.pop() if reused else await self._connect()
             try:
                 writer.write(head + body)
                 status, content, keep = await _read_response(reader)
             except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
                 writer.close()
                 self.everyone.discard(writer)
-                raise RawClientError(f"{type(exc).__name__}: {exc}") from exc
+                stale = isinstance(exc, asyncio.IncompleteReadError) and not exc.partial
+                if not (reused and stale):
+                    raise RawClientError(f"{type(exc).__name__}: {exc}") from exc
+                # The server closed this idle keep-alive connection (uvicorn's
+                # keep-alive timeout) before reading the request: send it again
+                # on a fresh one, as HTTP clients do.
+                reader, writer = await self._connect()
+                try:
+                    writer.write(head + body)
+                    status, content, keep = await _read_response(reader)
+                except (OSError, asyncio.IncompleteReadError, ValueError) as again:
+                    writer.close()
+                    self.everyone.discard(writer)
+                    raise RawClientError(f"{type(again).__name__}: {again}") from again
             if keep:
                 self.idle.append((reader, writer))
             else:
