@@ -358,12 +358,12 @@ def bso_server(
     )
 
 
-def hello_server(*, workers: int, log_level: str = "WARNING", access_log: bool = True) -> Server:
+def hello_server(*, workers: int, log_level: str = "WARNING", access_log: bool = False) -> Server:
     """bench/hello_app.py under uvicorn with the options ``bso serve`` passes.
 
-    ``bso serve`` calls ``uvicorn.run(..., log_level=..., proxy_headers=True)``
-    and leaves uvicorn's access log at its default (on), so this does too
-    unless told otherwise.
+    ``bso serve`` calls ``uvicorn.run(..., log_level=..., access_log=False,
+    proxy_headers=True)`` (the app logs each request itself, at INFO), so this
+    runs without uvicorn's access log too unless told otherwise.
     """
     port = free_port()
     argv = [
