@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from enum import StrEnum
+from typing import Any
 
 from sqlalchemy import (
     JSON,
@@ -67,6 +68,12 @@ class UTCDateTime(TypeDecorator[datetime]):
             return value.replace(tzinfo=UTC)
         return value
 
+    def result_processor(self, dialect: Dialect, coltype: object) -> Any:
+        # asyncpg already returns aware UTC datetimes for timestamptz.
+        if dialect.name == "postgresql":
+            return None
+        return super().result_processor(dialect, coltype)
+
 
 class EnumText(TypeDecorator[StrEnum]):
     """A StrEnum stored as its text: rows read back as the enum's members."""
@@ -83,6 +90,12 @@ class EnumText(TypeDecorator[StrEnum]):
 
     def process_result_value(self, value: str | None, dialect: Dialect) -> StrEnum | None:
         return None if value is None else self.enum(value)
+
+    def result_processor(self, dialect: Dialect, coltype: object) -> Any:
+        # One dict lookup per value; NULL comes from outer joins.
+        members: dict[str | None, StrEnum | None] = {m.value: m for m in self.enum}
+        members[None] = None
+        return members.__getitem__
 
 
 def _one_of(column: str, enum: type[StrEnum]) -> str:

@@ -112,9 +112,9 @@ async def list_trials(
 
 async def list_arms(engine: AsyncEngine, job_id: str) -> list[ArmRead]:
     async with autocommit(engine) as conn:
-        state = await repo.load_job(conn, job_id)
-    if state is None:
-        raise JobNotFoundError(job_id)
+        if not await repo.job_exists(conn, job_id):
+            raise JobNotFoundError(job_id)
+        arms = await repo.arms(conn, job_id)
     return [
         ArmRead(
             batch_size=a.batch_size,
@@ -123,5 +123,5 @@ async def list_arms(engine: AsyncEngine, job_id: str) -> list[ArmRead]:
             reward_precision=_finite(a.reward_precision),
             num_observations=a.num_observations,
         )
-        for a in state.arms
+        for a in arms
     ]

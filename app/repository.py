@@ -83,7 +83,7 @@ class JobState:
 
     job: JobRow
     batch_sizes: tuple[int, ...]
-    arms: tuple[ArmPosterior, ...]  # ascending; empty while pruning
+    arms: tuple[ArmPosterior, ...]  # ascending, when read (empty while pruning)
 
     @property
     def params(self) -> JobParams:
@@ -102,9 +102,6 @@ _JOB_AND_BATCH_SIZES = (
     .where(job.c.job_id == bindparam("job_id"))
     .order_by(batch_size.c.batch_size)
 )
-_JOB_STATE = _JOB_AND_BATCH_SIZES.add_columns(*_ARM_VALUES).outerjoin(
-    arm, and_(arm.c.job_id == batch_size.c.job_id, arm.c.batch_size == batch_size.c.batch_size)
-)
 # Locked, a statement sees the job row as the lock holder left it, but the
 # rows it joins as they were when it started (PostgreSQL, READ COMMITTED): a
 # locked read joins only what never changes (the batch sizes), and what may
@@ -118,19 +115,15 @@ _ARMS = (
 
 
 async def load_job(conn: AsyncConnection, job_id: str) -> JobState | None:
-    """A job, its batch sizes and its arms, in one round trip."""
-    rows = (await conn.execute(_JOB_STATE, {"job_id": job_id})).all()
+    """A job and its batch sizes in one round trip (not its arms: see :func:`arms`)."""
+    rows = (await conn.execute(_JOB_AND_BATCH_SIZES, {"job_id": job_id})).all()
     if not rows:
         return None
-    arms = tuple(_arm(r._mapping) for r in rows if r.param_mean is not None)
-    return JobState(rows[0], tuple(r.batch_size for r in rows), arms)
+    return JobState(rows[0], tuple(r.batch_size for r in rows), ())
 
 
 async def lock_job(conn: AsyncConnection, job_id: str) -> JobState | None:
-    """Lock a job's row until the transaction ends; the job and its batch sizes.
-
-    Its ``arms`` are not read (see :func:`arms`).
-    """
+    """Lock a job's row until the transaction ends; the job and its batch sizes."""
     rows = (await conn.execute(_JOB_LOCKED, {"job_id": job_id})).all()
     if not rows:
         return None
@@ -298,15 +291,20 @@ async def add_trial(
 class TrialState:
     """A job, one of its trials, and what a final report of it needs."""
 
-    job: JobRow
+    job: JobRow  # the job's columns that reports need
     trial: TrialRead | None
     stats: RewardStats  # the trial's batch size's running statistics
     is_arm: bool  # the trial's batch size is an arm of the job
 
 
+# What judging and recording a report read of the job (not its timestamps,
+# counters or generator state).
+_JOB_FOR_REPORTS = [
+    job.c[name] for name in ("job_id", "stage", "min_cost", "min_cost_batch_size", *_PARAM_FIELDS)
+]
 _TRIAL_STATE = (
     select(
-        job,
+        *_JOB_FOR_REPORTS,
         *[c.label(f"t_{c.name}") for c in trial.c],
         batch_size.c.reward_count,
         batch_size.c.reward_mean,
