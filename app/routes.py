@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import migrate, reads, service
-from app.bandit import TrialStatus, TrialType
+from app.bandit import Lease, TrialStatus, TrialType
 from app.schemas import (
     PRINTABLE,
     ArmRead,
@@ -45,6 +45,16 @@ async def get_database(request: Request) -> AsyncEngine:
 
 
 DatabaseDep = Annotated[AsyncEngine, Depends(get_database)]
+
+
+async def get_lease(request: Request) -> Lease:
+    """The configured trial lease (BSO_TRIAL_LEASE_S)."""
+    settings = request.app.state.settings
+    lease: Lease = settings.lease
+    return lease
+
+
+LeaseDep = Annotated[Lease, Depends(get_lease)]
 JobIdQuery = Annotated[
     str,
     Query(min_length=1, max_length=256, pattern=PRINTABLE, description="The job."),
@@ -151,15 +161,15 @@ async def register_job(spec: JobSpec, response: Response, db: DatabaseDep) -> Cr
         **BUSY,
     },
 )
-async def get_batch_size(job_id: JobIdQuery, db: DatabaseDep, request: Request) -> TrialId:
+async def get_batch_size(job_id: JobIdQuery, db: DatabaseDep, lease: LeaseDep) -> TrialId:
     """Dispatch a new trial: the batch size to train this recurrence with.
 
     Pruning stage: the next batch size to explore, or, while an exploration is
     still running, a Concurrent trial of the cheapest batch size so far.
     Bandit stage: Gaussian Thompson Sampling over the surviving batch sizes.
+    The job's trials whose lease ran out are marked Failed first.
     """
-    timeout = request.app.state.settings.trial_timeout_s
-    return await service.dispatch_trial(db, job_id, now=utcnow(), trial_timeout_s=timeout)
+    return await service.dispatch_trial(db, job_id, now=utcnow(), lease=lease)
 
 
 @zeus.post(
@@ -168,14 +178,16 @@ async def get_batch_size(job_id: JobIdQuery, db: DatabaseDep, request: Request) 
     summary="Report an epoch's cumulative result",
     responses=TRIAL_ERRORS,
 )
-async def report(result: TrainingResult, db: DatabaseDep) -> ReportResponse:
+async def report(result: TrainingResult, db: DatabaseDep, lease: LeaseDep) -> ReportResponse:
     """Report cumulative time, energy and metric after an epoch; obey `stop_train`.
 
     The trial ends (Succeeded) when it reaches the target, exceeds
     `beta_knob * min_cost`, or spends `max_epochs`. A report on an ended trial
-    changes nothing and gets the same answer again, so retries are safe.
+    changes nothing and gets the same answer again, so retries are safe; one
+    on a trial whose lease expired answers `stop_train: true` saying so.
+    Every report renews the trial's lease.
     """
-    return await service.report_result(db, result, now=utcnow())
+    return await service.report_result(db, result, now=utcnow(), lease=lease)
 
 
 @zeus.patch(
@@ -247,6 +259,7 @@ async def get_job(job_id: JobIdPath, db: DatabaseDep) -> JobRead:
 async def list_trials(
     job_id: JobIdPath,
     db: DatabaseDep,
+    lease: LeaseDep,
     status: Annotated[TrialStatus | None, Query(description="Filter.")] = None,
     type: Annotated[TrialType | None, Query(description="Filter.")] = None,
     after: Annotated[
@@ -254,9 +267,9 @@ async def list_trials(
     ] = None,
     limit: Annotated[int, Query(ge=1, le=500, description="Page size.")] = 50,
 ) -> TrialPage:
-    """Trials in trial-number order, a page at a time."""
+    """Trials in trial-number order, a page at a time, with running ones' lease expiry."""
     return await reads.list_trials(
-        db, job_id, status=status, trial_type=type, after=after, limit=limit
+        db, job_id, status=status, trial_type=type, after=after, limit=limit, lease=lease
     )
 
 

@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-from app.bandit import Stage, TrialStatus, TrialType
+from app.bandit import FailureReason, Stage, TrialStatus, TrialType
 
 INT32_MAX = 2**31 - 1
 MAX_BATCH_SIZES = 256
@@ -283,6 +283,8 @@ TRIAL_EXAMPLE: dict[str, Any] = {
     "energy": 60500.0,
     "cost": 66400.0,
     "converged": True,
+    "failure_reason": None,
+    "lease_expires_at": None,
 }
 
 
@@ -385,6 +387,18 @@ class TrialRead(BaseModel):
     energy: float | None
     cost: float | None
     converged: bool | None
+    failure_reason: FailureReason | None = Field(
+        default=None,
+        description="Why a Failed trial failed: `Ended` by PATCH /trials before a final "
+        "report, or `LeaseExpired` (no dispatch or report within BSO_TRIAL_LEASE_S). "
+        "Null otherwise, and for trials that failed before reasons were kept.",
+    )
+    lease_expires_at: datetime | None = Field(
+        default=None,
+        description="When a Dispatched trial's lease runs out unless a report renews it "
+        "(reports renew it at most once a minute, so this may lag the last report by up "
+        "to min(lease/20, 60 s)). Null when the trial is not Dispatched or leases are off.",
+    )
 
     model_config = ConfigDict(json_schema_extra={"examples": [TRIAL_EXAMPLE]})
 
