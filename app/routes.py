@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app import migrate, reads, service
 from app.bandit import Lease, TrialStatus, TrialType
 from app.schemas import (
+    JOB_SPEC_EXAMPLE,
     PRINTABLE,
     ArmRead,
     CreatedJob,
@@ -55,13 +56,26 @@ async def get_lease(request: Request) -> Lease:
 
 
 LeaseDep = Annotated[Lease, Depends(get_lease)]
+JOB_ID_EXAMPLES = [JOB_SPEC_EXAMPLE["job_id"]]
 JobIdQuery = Annotated[
     str,
-    Query(min_length=1, max_length=256, pattern=PRINTABLE, description="The job."),
+    Query(
+        min_length=1,
+        max_length=256,
+        pattern=PRINTABLE,
+        description="The job.",
+        examples=JOB_ID_EXAMPLES,
+    ),
 ]
 JobIdPath = Annotated[
     str,
-    Path(min_length=1, max_length=256, pattern=PRINTABLE, description="The job."),
+    Path(
+        min_length=1,
+        max_length=256,
+        pattern=PRINTABLE,
+        description="The job.",
+        examples=JOB_ID_EXAMPLES,
+    ),
 ]
 
 UNKNOWN_TRIAL = error_example(
