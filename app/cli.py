@@ -86,6 +86,9 @@ def serve(
         workers=workers or settings.workers,
         log_level=settings.log_level.lower(),
         proxy_headers=True,
+        # Bounds on header size and on the time to send a request (app/http_limits.py).
+        http="app.http_limits:LimitedHttpToolsProtocol",
+        h11_max_incomplete_event_size=settings.max_header_bytes,
     )
 
 
