@@ -7,13 +7,15 @@ algorithm in bandit/ is pure.
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.config import Settings, get_settings
+from app.config import Settings, deprecated_settings, get_settings
 from app.dashboard.routes import dashboard
 from app.db import create_engine
 from app.docs_ui import docs, install_static
@@ -21,6 +23,9 @@ from app.errors import install_error_handlers
 from app.log import configure_logging
 from app.observe import ObserveRequests
 from app.routes import health, read, zeus
+from app.sweeper import sweeping
+
+logger = logging.getLogger(__name__)
 
 DESCRIPTION = """
 A drop-in, wire-compatible replacement for the Zeus batch size optimizer server
@@ -113,6 +118,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         resolved = settings or get_settings()
         configure_logging(resolved.log_level, resolved.log_format)
+        for warning in deprecated_settings(os.environ):
+            logger.warning("%s", warning)
         engine = create_engine(resolved)
         if resolved.is_in_memory:
             # Nobody else can reach this database to migrate it.
@@ -122,7 +129,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.settings = resolved
         app.state.engine = engine
         try:
-            yield
+            async with sweeping(engine, resolved.lease):
+                yield
         finally:
             await engine.dispose()
 

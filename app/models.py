@@ -30,7 +30,7 @@ from sqlalchemy import (
     TypeDecorator,
 )
 
-from app.bandit import Stage, TrialStatus, TrialType
+from app.bandit import FailureReason, Stage, TrialStatus, TrialType
 
 # Deterministic constraint names, so that migrations can drop and rename them.
 NAMING_CONVENTION = {
@@ -198,6 +198,10 @@ trial = Table(
     Column("energy", Float),
     Column("cost", Float),
     Column("converged", Boolean),
+    # The trial's lease (app/bandit/lease.py): its dispatch or a later report.
+    Column("lease_renewed_at", UTCDateTime(), nullable=False),
+    # Why a Failed trial failed (null for trials failed before this was kept).
+    Column("failure_reason", EnumText(FailureReason)),
     # A trial's batch size is one of its job's.
     ForeignKeyConstraint(
         ["job_id", "batch_size"],
@@ -211,6 +215,11 @@ trial = Table(
         "end_timestamp IS NULL OR end_timestamp >= start_timestamp", name="end_after_start"
     ),
     CheckConstraint(_result_matches_status(), name="result_matches_status"),
+    CheckConstraint(
+        f"failure_reason IS NULL OR (status = '{TrialStatus.FAILED}'"
+        f" AND {_one_of('failure_reason', FailureReason)})",
+        name="failure_reason",
+    ),
     CheckConstraint("time IS NULL OR time >= 0", name="time"),
     CheckConstraint("energy IS NULL OR energy >= 0", name="energy"),
     # The pruning walk: non-Failed explorations of a job, in trial order.
@@ -218,6 +227,8 @@ trial = Table(
     # Arm refits with a window, and listing trials by status.
     Index("ix_trial_job_id_batch_size_status", "job_id", "batch_size", "status", "trial_number"),
     Index("ix_trial_job_id_status", "job_id", "status", "trial_number"),
+    # The lease sweep: Dispatched trials renewed before a cutoff, across jobs.
+    Index("ix_trial_status_lease_renewed_at", "status", "lease_renewed_at"),
 )
 
 # The bandit's belief about one surviving batch size of a job.

@@ -97,12 +97,20 @@ async def list_trials(
     trial_type: TrialType | None,
     after: int | None,
     limit: int,
+    lease: bandit.Lease | None = None,
 ) -> TrialPage:
+    """A page of a job's trials; with ``lease``, each Dispatched one's lease expiry."""
     async with autocommit(engine) as conn:
         if not await repo.job_exists(conn, job_id):
             raise JobNotFoundError(job_id)
         trials = await repo.list_trials(
-            conn, job_id, status=status, trial_type=trial_type, after=after, limit=limit + 1
+            conn,
+            job_id,
+            status=status,
+            trial_type=trial_type,
+            after=after,
+            limit=limit + 1,
+            lease=lease,
         )
     items = trials[:limit]
     return TrialPage(

@@ -12,6 +12,7 @@ very same functions without a service at all.
 from app.bandit.cost import reward, zeus_cost
 from app.bandit.gaussian_ts import choose_arm, fit_arm, fit_arm_from_stats
 from app.bandit.learning import Lesson, learn
+from app.bandit.lease import Lease
 from app.bandit.policy import decide
 from app.bandit.pruning import NoConvergedBatchSizeError, pruning_walk
 from app.bandit.stopping import judge_report
@@ -19,6 +20,7 @@ from app.bandit.types import (
     ArmPosterior,
     Decision,
     Exploration,
+    FailureReason,
     JobParams,
     PruningState,
     RewardStats,
@@ -33,7 +35,9 @@ __all__ = [
     "ArmPosterior",
     "Decision",
     "Exploration",
+    "FailureReason",
     "JobParams",
+    "Lease",
     "Lesson",
     "NoConvergedBatchSizeError",
     "PruningState",

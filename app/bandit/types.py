@@ -39,6 +39,13 @@ class TrialStatus(StrEnum):
     FAILED = "Failed"
 
 
+class FailureReason(StrEnum):
+    """Why a trial ended Failed, without a result."""
+
+    ENDED = "Ended"  # PATCH /trials before any final report
+    LEASE_EXPIRED = "LeaseExpired"  # no dispatch or report within the lease
+
+
 @dataclass(frozen=True, slots=True)
 class JobParams:
     """The part of a job's specification that the algorithm reads."""
