@@ -7,11 +7,22 @@ State in, decision out: nothing here touches a database, HTTP, the clock or
 global randomness. The service builds the inputs from rows, passes a numpy
 ``Generator`` in, and persists what comes out; the offline simulator drives the
 very same functions without a service at all.
+
+Two policies: ``zeus``, the paper's algorithm exactly, and ``predictive``, the
+same with two rules that stop doomed runs sooner (:mod:`app.bandit.predictive`).
 """
 
 from app.bandit.cost import reward, zeus_cost
 from app.bandit.gaussian_ts import choose_arm, fit_arm, fit_arm_from_stats
 from app.bandit.policy import decide
+from app.bandit.predictive import (
+    LastReport,
+    PredictiveVerdict,
+    epochs_needed,
+    judge_report_predictive,
+    predicted_cost,
+    survivors,
+)
 from app.bandit.pruning import NoConvergedBatchSizeError, pruning_walk
 from app.bandit.stopping import judge_report
 from app.bandit.types import (
@@ -19,6 +30,7 @@ from app.bandit.types import (
     Decision,
     Exploration,
     JobParams,
+    Policy,
     PruningState,
     RewardStats,
     TrialType,
@@ -30,17 +42,24 @@ __all__ = [
     "Decision",
     "Exploration",
     "JobParams",
+    "LastReport",
     "NoConvergedBatchSizeError",
+    "Policy",
+    "PredictiveVerdict",
     "PruningState",
     "RewardStats",
     "TrialType",
     "Verdict",
     "choose_arm",
     "decide",
+    "epochs_needed",
     "fit_arm",
     "fit_arm_from_stats",
     "judge_report",
+    "judge_report_predictive",
+    "predicted_cost",
     "pruning_walk",
     "reward",
+    "survivors",
     "zeus_cost",
 ]

@@ -23,6 +23,13 @@ class TrialStatus(StrEnum):
     FAILED = "Failed"
 
 
+class Policy(StrEnum):
+    """Which algorithm a job runs: the paper's, or the paper's with predictive rules."""
+
+    ZEUS = "zeus"
+    PREDICTIVE = "predictive"
+
+
 @dataclass(frozen=True, slots=True)
 class JobParams:
     """The part of a job's specification that the algorithm reads."""
@@ -40,6 +47,7 @@ class JobParams:
     mab_prior_precision: float = 0.0
     mab_num_explorations: int = 2
     max_power: float = 300.0
+    policy: Policy = Policy.ZEUS
 
 
 @dataclass(frozen=True, slots=True)
