@@ -8,19 +8,22 @@ global randomness. The service builds the inputs from rows, passes a numpy
 ``Generator`` in, and persists what comes out; the offline simulator drives the
 very same functions without a service at all.
 
-Two policies: ``zeus``, the paper's algorithm exactly, and ``predictive``, the
-same with two rules that stop doomed runs sooner (:mod:`app.bandit.predictive`).
+Two policies, chosen per job: ``zeus``, the paper's algorithm exactly, and
+``predictive``, the same with rules that stop doomed runs sooner and drop
+clearly expensive batch sizes after each pruning round
+(:mod:`app.bandit.predictive`).
 """
 
 from app.bandit.cost import reward, zeus_cost
 from app.bandit.gaussian_ts import choose_arm, fit_arm, fit_arm_from_stats
 from app.bandit.policy import decide
 from app.bandit.predictive import (
+    SURVIVOR_RATIO,
     LastReport,
     PredictiveVerdict,
     epochs_needed,
     judge_report_predictive,
-    predicted_cost,
+    last_epoch_cost,
     survivors,
 )
 from app.bandit.pruning import NoConvergedBatchSizeError, pruning_walk
@@ -38,6 +41,7 @@ from app.bandit.types import (
 )
 
 __all__ = [
+    "SURVIVOR_RATIO",
     "ArmPosterior",
     "Decision",
     "Exploration",
@@ -57,7 +61,7 @@ __all__ = [
     "fit_arm_from_stats",
     "judge_report",
     "judge_report_predictive",
-    "predicted_cost",
+    "last_epoch_cost",
     "pruning_walk",
     "reward",
     "survivors",

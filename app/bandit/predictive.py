@@ -1,21 +1,25 @@
 """The predictive policy: the paper's algorithm, judging doomed runs sooner.
 
-Most of Zeus's regret on its own traces is paid in the pruning stage, by runs
+Most of Zeus's regret on its own traces is paid in the pruning stage: by runs
 that go on until their cost crosses ``beta * min_cost`` although it was clear
-earlier that they would, and by second-round explorations of batch sizes that
-round 1 already showed to be expensive. Two rules address that (docs/SPEC.md,
-"The predictive policy"):
+earlier that they would, and by explorations of batch sizes that an earlier
+round already showed to be expensive. The rules (docs/SPEC.md, section 9):
 
-- *predictive stop*: a run stops, not converged, as soon as its cost so far
-  plus the cost of its last epoch times a lower bound on the epochs it still
-  needs exceeds ``beta * min_cost``;
-- *survivor filter*: a pruning round's survivors whose cost exceeds
-  ``SURVIVOR_RATIO`` times that round's cheapest are not explored again.
+- *epochs still needed*: the job's converged trials bound from below how many
+  more epochs a run needs (:func:`epochs_needed`);
+- *predictive stop*: a run stops, not converged, once its cost so far plus its
+  last epoch's cost times at least one more epoch exceeds ``beta * min_cost``;
+- *round stop*: an exploration of a pruning round before the last stops, not
+  converged, once its cost so far plus its last epoch's cost times the epochs
+  it still needs exceeds ``SURVIVOR_RATIO * min_cost``: it cannot survive;
+- *survivor filter*: after each pruning round, the survivors that cost more
+  than ``SURVIVOR_RATIO`` times the round's cheapest are dropped
+  (:func:`survivors`, applied by the pruning walk).
 
 State in, decision out, as in the rest of the package. Per running trial the
-caller keeps its previous report (:class:`LastReport`, two numbers); per batch
-size, the fewest epochs any of its converged trials needed (one integer).
-Both are bounded, and both are what one report reads and writes.
+caller keeps its previous report (:class:`LastReport`, two numbers) and, for an
+exploration, its pruning round; per batch size, the fewest epochs any of its
+converged trials needed (one integer). A report reads and writes only those.
 """
 
 from __future__ import annotations
@@ -31,14 +35,10 @@ SURVIVOR_RATIO = 1.5
 
 @dataclass(frozen=True, slots=True)
 class LastReport:
-    """A running trial's previous report: its epoch and its cumulative cost.
+    """A running trial's previous report: its epoch and its cumulative cost."""
 
-    Before the first report it is epoch 0 at cost 0, so the first report's
-    per-epoch cost is its cumulative cost over its epoch count.
-    """
-
-    epoch: int = 0
-    cost: float = 0.0
+    epoch: int
+    cost: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,10 +46,11 @@ class PredictiveVerdict:
     """The answer to one report under the predictive policy, and the state it leaves.
 
     ``verdict.cost`` is the cost paid so far. ``recorded_cost`` is what the
-    trial counts as in the arm statistics: the predicted cost when the
+    trial counts as in the arm statistics: its predicted cost when a
     prediction stopped it (so that being stopped early does not make a batch
     size look cheap), else the cost paid. ``fewest_epochs`` is this batch
-    size's new fewest converged epoch count (None: still none converged).
+    size's fewest epochs of a converged trial, this one included (None: none
+    converged yet).
     """
 
     verdict: Verdict
@@ -61,15 +62,14 @@ class PredictiveVerdict:
 def epochs_needed(batch_size: int, fewest_epochs: Mapping[int, int]) -> int:
     """A lower bound on the epochs ``batch_size`` needs to reach the target (0: unknown).
 
-    A batch size b that reaches the target in E epochs of N samples takes
-    about E * N / b optimiser steps, and a smaller batch size never needs
-    fewer steps than a larger one to reach the same target (at best, doubling
-    the batch size halves the steps; past the critical batch size it halves
-    them less). So if batch size B >= b converged in E_B epochs, b needs at
-    least E_B * b / B epochs: floor(E_B * b / B), which also absorbs the
-    rounding of "reached within epoch E_B". Nothing bounds b from a smaller
-    batch size (one that needs more epochs than a larger one is common: fewer,
-    noisier steps per epoch). B = b is the batch size's own history.
+    Training for E epochs on N samples with batch size b takes E * N / b
+    optimiser steps, and a smaller batch size never needs fewer steps than a
+    larger one to reach the same target (a larger batch gives a less noisy
+    gradient per step). So if a batch size B >= b converged in E_B epochs, b
+    needs at least E_B * b / B epochs, rounded down (which also absorbs "reached
+    within epoch E_B"). B = b is the batch size's own history. A smaller batch
+    size bounds nothing: it may need more epochs than b (fewer, noisier steps
+    per epoch) or fewer (more steps per epoch); both happen in the traces.
     """
     return max(
         (epochs * batch_size // bs for bs, epochs in fewest_epochs.items() if bs >= batch_size),
@@ -77,17 +77,16 @@ def epochs_needed(batch_size: int, fewest_epochs: Mapping[int, int]) -> int:
     )
 
 
-def predicted_cost(cost: float, current_epoch: int, last: LastReport, needed: int) -> float:
-    """The cost so far plus the last epoch's cost times the epochs still needed.
+def last_epoch_cost(cost: float, current_epoch: int, last: LastReport | None) -> float:
+    """The cost per epoch since the previous report.
 
-    The epochs still needed are at least 1 (the target is not reached yet)
-    and at least ``needed - current_epoch``. The last epoch's cost is the cost
-    since the previous report per epoch since it; 0 when the epoch did not
-    advance (a repeated report), which leaves the paper's rule alone.
+    0 on a trial's first report, whose cost also carries the start-up work
+    (loading data, compiling, warming up) that later epochs do not repeat, and
+    on a report whose epoch did not advance: the paper's rule alone then.
     """
-    elapsed = current_epoch - last.epoch
-    per_epoch = max(0.0, cost - last.cost) / elapsed if elapsed > 0 else 0.0
-    return cost + per_epoch * max(1, needed - current_epoch)
+    if last is None or current_epoch <= last.epoch:
+        return 0.0
+    return max(0.0, cost - last.cost) / (current_epoch - last.epoch)
 
 
 def judge_report_predictive(
@@ -99,40 +98,52 @@ def judge_report_predictive(
     energy: float,
     metric: float,
     current_epoch: int,
-    last: LastReport,
+    last: LastReport | None,
     fewest_epochs: Mapping[int, int],
+    pruning_round: int | None,
 ) -> PredictiveVerdict:
-    """The paper's answer (:func:`judge_report`), then the predictive stop if it said go on.
+    """The paper's answer (:func:`judge_report`), then the predictive rules if it said go on.
 
-    ``last`` is this trial's previous report and ``fewest_epochs`` maps a
-    batch size to the fewest epochs any of its converged trials needed; the
-    caller persists the returned ``last_report`` and ``fewest_epochs``.
+    ``last`` is this trial's previous report (None before its first),
+    ``fewest_epochs`` maps a batch size to the fewest epochs any of its
+    converged trials needed, and ``pruning_round`` is the 0-based round of an
+    exploration trial (None for other trials). The caller persists the
+    returned ``last_report`` and this batch size's ``fewest_epochs``.
     """
     verdict = judge_report(
         params, min_cost=min_cost, batch_size=batch_size, time=time, energy=energy,
         metric=metric, current_epoch=current_epoch,
     )  # fmt: skip
-    fewest = fewest_epochs.get(batch_size)
-    here = LastReport(current_epoch, verdict.cost)
+    cost, fewest = verdict.cost, fewest_epochs.get(batch_size)
+    here = LastReport(current_epoch, cost)
     if verdict.stop_train:
         if verdict.converged:
             fewest = current_epoch if fewest is None else min(fewest, current_epoch)
-        return PredictiveVerdict(verdict, verdict.cost, here, fewest)
-    bound = cost_upper_bound(params, min_cost)
-    needed = epochs_needed(batch_size, fewest_epochs)
-    predicted = predicted_cost(verdict.cost, current_epoch, last, needed)
-    if predicted <= bound:
-        return PredictiveVerdict(verdict, verdict.cost, here, fewest)
-    stop = Verdict(
-        True,
-        False,
-        verdict.cost,
-        f"Batch size {batch_size} is predicted to exceed the cost upper bound: cost "
-        f"{verdict.cost:.6g} plus its last epoch's cost times at least "
-        f"{max(1, needed - current_epoch)} more epoch(s) is {predicted:.6g} > beta_knob "
-        f"{params.beta_knob} * min_cost {min_cost:.6g}.",
-    )
-    return PredictiveVerdict(stop, predicted, here, fewest)
+        return PredictiveVerdict(verdict, cost, here, fewest)
+    if params.beta_knob is None or min_cost is None:
+        return PredictiveVerdict(verdict, cost, here, fewest)
+    per_epoch = last_epoch_cost(cost, current_epoch, last)
+    left = max(0, epochs_needed(batch_size, fewest_epochs) - current_epoch)
+    predicted = cost + per_epoch * max(1, left)
+    if predicted > cost_upper_bound(params, min_cost):
+        message = (
+            f"Batch size {batch_size} is predicted to exceed the cost upper bound: cost "
+            f"{cost:.6g} + {max(1, left)} more epoch(s) of {per_epoch:.6g} = {predicted:.6g} "
+            f"> beta_knob {params.beta_knob} * min_cost {min_cost:.6g}."
+        )
+        return PredictiveVerdict(Verdict(True, False, cost, message), predicted, here, fewest)
+    if (
+        pruning_round is not None
+        and pruning_round + 1 < params.num_pruning_rounds
+        and cost + per_epoch * left > SURVIVOR_RATIO * min_cost
+    ):
+        message = (
+            f"Batch size {batch_size} cannot survive pruning round {pruning_round + 1}: cost "
+            f"{cost:.6g} + {left} more epoch(s) of {per_epoch:.6g} > {SURVIVOR_RATIO} * "
+            f"min_cost {min_cost:.6g}."
+        )
+        return PredictiveVerdict(Verdict(True, False, cost, message), predicted, here, fewest)
+    return PredictiveVerdict(verdict, cost, here, fewest)
 
 
 def survivors(costs: Mapping[int, float], ratio: float = SURVIVOR_RATIO) -> tuple[int, ...]:
@@ -141,4 +152,3 @@ def survivors(costs: Mapping[int, float], ratio: float = SURVIVOR_RATIO) -> tupl
         return ()
     cheapest = min(costs.values())
     return tuple(sorted(bs for bs, cost in costs.items() if cost <= ratio * cheapest))
-

@@ -6,7 +6,8 @@ that fails to converge ends its direction, since smaller (or larger) ones are
 assumed to fare no better. The converged ones are the next round's
 candidates, the cheapest of them its default. After the last round the
 survivors become the bandit's arms. Under the predictive policy, a round's
-survivors that cost more than 1.5 times its cheapest are not explored again.
+survivors that cost more than 1.5 times its cheapest are dropped: neither
+explored again nor made arms.
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ def pruning_walk(
     default = params.default_batch_size
     for round_index in range(params.num_pruning_rounds):
         state = PruningState(round_index, default, candidates)
-        kept: dict[int, float] = {}
+        kept: dict[int, float] = {}  # batch size -> its exploration's cost
         cheapest, cheapest_cost = default, math.inf
         for direction in _directions(candidates, default):
             for bs in direction:
@@ -85,7 +86,7 @@ def pruning_walk(
         if not kept:
             raise NoConvergedBatchSizeError(round_index)
         candidates, default = tuple(sorted(kept)), cheapest
-        if params.policy is Policy.PREDICTIVE and round_index + 1 < params.num_pruning_rounds:
+        if params.policy is Policy.PREDICTIVE:
             candidates = survivors(kept)
     final = PruningState(params.num_pruning_rounds, default, candidates)
     return PruningStep(final, arms=candidates)

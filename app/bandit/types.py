@@ -24,7 +24,7 @@ class TrialStatus(StrEnum):
 
 
 class Policy(StrEnum):
-    """Which algorithm a job runs: the paper's, or the paper's with predictive rules."""
+    """Which algorithm a job runs: the paper's, or the paper's with the predictive rules."""
 
     ZEUS = "zeus"
     PREDICTIVE = "predictive"
@@ -122,11 +122,14 @@ class Decision:
 
     ``new_arms`` is set only on the request that ends the pruning stage: the
     caller persists those arms and switches the job to the bandit stage.
+    ``pruning_round`` (0-based) is set for an Exploration trial; the predictive
+    policy's round stop reads it back when the trial reports.
     """
 
     batch_size: int
     trial_type: TrialType
     new_arms: tuple[ArmPosterior, ...] | None = None
+    pruning_round: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

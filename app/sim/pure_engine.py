@@ -13,10 +13,11 @@ seeded generator) and applies the same rules (SPEC sections 3 to 6):
   its last ``window_size`` ones otherwise;
 - a seeded job keeps one ``numpy.random.default_rng(mab_seed)`` for its life;
 - a job's ``policy`` (None: the engine's default, like BSO_DEFAULT_POLICY) is
-  part of its spec; under ``predictive`` a report is judged by
-  ``judge_report_predictive``, each running trial keeps its previous report
-  and each batch size the fewest epochs a converged trial of it needed, and a
-  trial stopped by the prediction counts with its predicted cost.
+  part of its spec. Under ``predictive`` a report is judged by
+  ``judge_report_predictive``: each running trial keeps its previous report
+  and its pruning round, each batch size the fewest epochs a converged trial
+  of it needed, and a trial stopped by a prediction counts with its predicted
+  cost (in the pruning walk's costs and the arms alike).
 """
 
 from __future__ import annotations
@@ -54,9 +55,10 @@ class _Trial:
     batch_size: int
     trial_type: TrialType
     status: TrialStatus = TrialStatus.DISPATCHED
-    cost: float | None = None  # under predictive, the predicted cost when that stopped it
+    cost: float | None = None  # predictive: the predicted cost when a prediction stopped it
     converged: bool | None = None
-    last_report: LastReport = LastReport()
+    pruning_round: int | None = None  # of an Exploration
+    last_report: LastReport | None = None  # predictive: the previous report
 
 
 @dataclass(slots=True)
@@ -71,7 +73,7 @@ class _Job:
     trials: list[_Trial] = field(default_factory=list)
     stats: defaultdict[int, RewardStats] = field(default_factory=lambda: defaultdict(RewardStats))
     rewards: defaultdict[int, list[float]] = field(default_factory=lambda: defaultdict(list))
-    fewest_epochs: dict[int, int] = field(default_factory=dict)  # converged, per batch size
+    fewest_epochs: dict[int, int] = field(default_factory=dict)  # predictive: per batch size
 
     def explorations(self) -> dict[int, list[Exploration]]:
         by_batch_size: dict[int, list[Exploration]] = defaultdict(list)
@@ -159,7 +161,12 @@ class PureEngine:
         if decision.new_arms is not None:
             job.arms = {arm.batch_size: arm for arm in decision.new_arms}
             job.in_bandit_stage = True
-        trial = _Trial(len(job.trials) + 1, decision.batch_size, decision.trial_type)
+        trial = _Trial(
+            len(job.trials) + 1,
+            decision.batch_size,
+            decision.trial_type,
+            pruning_round=decision.pruning_round,
+        )
         job.trials.append(trial)
         return TrialId(job_id, trial.batch_size, trial.number)
 
@@ -191,7 +198,7 @@ class PureEngine:
         judged = judge_report_predictive(
             job.params, min_cost=job.min_cost, batch_size=bs, time=time, energy=energy,
             metric=metric, current_epoch=current_epoch, last=trial.last_report,
-            fewest_epochs=job.fewest_epochs,
+            fewest_epochs=job.fewest_epochs, pruning_round=trial.pruning_round,
         )  # fmt: skip
         trial.last_report = judged.last_report
         if judged.fewest_epochs is not None:
