@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
 import pytest
@@ -139,7 +140,8 @@ def test_the_bench_compares_both_policies(capsys: pytest.CaptureFixture[str]) ->
         "--jobs",
         "1",
     ]
-    assert policies.main(argv) == 0
+    with ThreadPoolExecutor(1) as pool:  # its asyncio.run must not touch the tests' loop
+        assert pool.submit(policies.main, argv).result() == 0
     out = capsys.readouterr().out
     assert "8 replays (2 cases x 1 seeds x 2 configs x 2 policies)" in out
     assert "| linear | 0.5 |" in out and "| concave | 0.5 |" in out
