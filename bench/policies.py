@@ -2,6 +2,7 @@
 
     .venv/bin/python -m bench.policies          # seeds 1-25, eta 0.2/0.5/0.8, both curves
     .venv/bin/python -m bench.policies --seeds 5 --etas 0.5 --curves linear
+    .venv/bin/python -m bench.policies --power-limit 150 --first-seed 26 --seeds 10  # held out
     .venv/bin/python -m bench.policies --plot docs/img/policies.png
 
 Every case is replayed with the pure engine (beta 2, window 0, the GPU's
@@ -27,6 +28,7 @@ import sys
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 from app.bandit import Policy
@@ -78,18 +80,28 @@ def replay_case(case: Case, config: Config, policy: Policy, seed: int) -> CaseRe
     return result
 
 
-def _run(task: tuple[int, int, Config, Policy]) -> Run:
-    index, seed, config, policy = task
-    result = replay_case(all_cases()[index], config, policy, seed)
+@cache
+def cases_at(power_limit: int | None) -> tuple[Case, ...]:
+    """The 24 cases at ``power_limit`` (None: each GPU's maximum), built once per process."""
+    return tuple(all_cases(power_limit=power_limit))
+
+
+def _run(task: tuple[int | None, int, int, Config, Policy]) -> Run:
+    power_limit, index, seed, config, policy = task
+    result = replay_case(cases_at(power_limit)[index], config, policy, seed)
     assert result.cost_over_oracle is not None and result.savings_vs_default_pct is not None
     return Run(index, seed, config, policy, result.cost_over_oracle, result.savings_vs_default_pct)
 
 
 def run_all(
-    configs: Sequence[Config], seeds: Sequence[int], cases: Sequence[int], jobs: int
+    configs: Sequence[Config],
+    seeds: Sequence[int],
+    cases: Sequence[int],
+    jobs: int,
+    power_limit: int | None = None,
 ) -> list[Run]:
     tasks = [
-        (c, s, config, policy)
+        (power_limit, c, s, config, policy)
         for config in configs
         for c in cases
         for s in seeds
@@ -278,14 +290,16 @@ def plot(path: Path, seed: int, eta: float, first: int = 30) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[1] if __doc__ else None)
-    parser.add_argument("--seeds", type=int, default=25, help="seeds 1..N (default 25)")
+    parser.add_argument("--seeds", type=int, default=25, help="how many seeds (default 25)")
+    parser.add_argument("--first-seed", type=int, default=1)
+    parser.add_argument("--power-limit", type=int, help="watts (default: each GPU's maximum)")
     parser.add_argument("--etas", default="0.2,0.5,0.8")
     parser.add_argument("--curves", default="linear,concave")
     parser.add_argument("--cases", default="", help="comma-separated, e.g. squad@p100")
     parser.add_argument("--jobs", type=int, default=2, help="worker processes (default 2)")
     parser.add_argument("--plot", type=Path, help="draw cost per recurrence to this PNG")
     args = parser.parse_args(argv)
-    cases = all_cases()
+    cases = cases_at(args.power_limit)
     wanted = {n.strip() for n in args.cases.split(",") if n.strip()}
     indices = [i for i, c in enumerate(cases) if not wanted or short_name(c) in wanted]
     configs = [
@@ -294,11 +308,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         for eta in args.etas.split(",")
     ]
     started = time.perf_counter()
-    table = Table(run_all(configs, range(1, args.seeds + 1), indices, args.jobs))
+    seeds = range(args.first_seed, args.first_seed + args.seeds)
+    table = Table(run_all(configs, seeds, indices, args.jobs, args.power_limit))
     elapsed = time.perf_counter() - started
     out = [
-        f"{len(table.by_key)} replays ({len(indices)} cases x {args.seeds} seeds x "
-        f"{len(configs)} configs x 2 policies) in {elapsed:.0f} s with {args.jobs} process(es)",
+        f"{len(table.by_key)} replays ({len(indices)} cases x {args.seeds} seeds from "
+        f"{args.first_seed} x {len(configs)} configs x 2 policies; power limit "
+        f"{args.power_limit or 'max'}) in {elapsed:.0f} s with {args.jobs} process(es)",
         "",
         *overall_lines(table, cases),
         "",

@@ -143,7 +143,7 @@ def test_the_bench_compares_both_policies(capsys: pytest.CaptureFixture[str]) ->
     with ThreadPoolExecutor(1) as pool:  # its asyncio.run must not touch the tests' loop
         assert pool.submit(policies.main, argv).result() == 0
     out = capsys.readouterr().out
-    assert "8 replays (2 cases x 1 seeds x 2 configs x 2 policies)" in out
+    assert "8 replays (2 cases x 1 seeds from 1 x 2 configs x 2 policies; power limit max)" in out
     assert "| linear | 0.5 |" in out and "| concave | 0.5 |" in out
     assert "Every run is identical on both metric curves." in out
     assert "| sentiment140@a40 |" in out
