@@ -56,7 +56,8 @@ from app.schemas import TrialRead
 
 JobRow = Row[Any]  # a row of the job table (attributes named as its columns)
 
-_PARAM_FIELDS = tuple(f.name for f in fields(JobParams) if f.name != "batch_sizes")
+# policy: not stored yet, every stored job runs the paper's algorithm (the default).
+_PARAM_FIELDS = tuple(f.name for f in fields(JobParams) if f.name not in {"batch_sizes", "policy"})
 
 
 def job_params(row: JobRow, batch_sizes: Sequence[int] = ()) -> JobParams:
