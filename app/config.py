@@ -14,6 +14,7 @@ from pydantic import AliasChoices, BeforeValidator, Field, field_validator, mode
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from app.bandit.lease import Lease
+from app.bandit.types import Policy
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 LogFormat = Literal["text", "json"]
@@ -94,6 +95,12 @@ class Settings(BaseSettings):
         description="Seconds a Dispatched trial may go without a dispatch or report before "
         "it is marked Failed (its client died without ending it) and, if an exploration, "
         "explored again. 0: trials never expire.",
+    )
+    default_policy: Annotated[Policy, BeforeValidator(_lower)] = Field(
+        default=Policy.ZEUS,
+        description="The policy of a job registered without one (every Zeus client): zeus "
+        "(the paper's algorithm) or predictive. Read when a job is created; a job keeps "
+        "the policy it was created with.",
     )
     max_header_bytes: int = Field(
         default=16_384,

@@ -30,7 +30,7 @@ from sqlalchemy import (
     TypeDecorator,
 )
 
-from app.bandit import FailureReason, Stage, TrialStatus, TrialType
+from app.bandit import FailureReason, Policy, Stage, TrialStatus, TrialType
 
 # Deterministic constraint names, so that migrations can drop and rename them.
 NAMING_CONVENTION = {
@@ -135,6 +135,8 @@ job = Table(
     Column("max_power", Float, nullable=False),
     Column("number_of_gpus", Integer, nullable=False),
     Column("gpu_model", String(256), nullable=False),
+    # Resolved at creation (BSO_DEFAULT_POLICY when the registration has none).
+    Column("policy", EnumText(Policy), nullable=False),
     # What the job has learnt so far.
     Column("stage", EnumText(Stage), nullable=False),
     Column("min_cost", Float),
@@ -147,6 +149,7 @@ job = Table(
     Column("created_at", UTCDateTime(), nullable=False),
     Column("updated_at", UTCDateTime(), nullable=False),
     CheckConstraint(_one_of("stage", Stage), name="stage"),
+    CheckConstraint(_one_of("policy", Policy), name="policy"),
     CheckConstraint("eta_knob >= 0 AND eta_knob <= 1", name="eta_knob"),
     CheckConstraint("beta_knob IS NULL OR beta_knob > 0", name="beta_knob"),
     CheckConstraint("max_epochs > 0", name="max_epochs"),
@@ -178,7 +181,12 @@ batch_size = Table(
     Column("reward_count", Integer, nullable=False),
     Column("reward_mean", Float, nullable=False),
     Column("reward_m2", Float, nullable=False),
+    # The fewest epochs a converged trial of it needed (predictive policy; null: none yet).
+    Column("min_converged_epochs", Integer),
     CheckConstraint("batch_size > 0", name="batch_size"),
+    CheckConstraint(
+        "min_converged_epochs IS NULL OR min_converged_epochs >= 1", name="min_converged_epochs"
+    ),
     CheckConstraint("reward_count >= 0", name="reward_count"),
     CheckConstraint("reward_m2 >= 0", name="reward_m2"),
 )
@@ -202,6 +210,11 @@ trial = Table(
     Column("lease_renewed_at", UTCDateTime(), nullable=False),
     # Why a Failed trial failed (null for trials failed before this was kept).
     Column("failure_reason", EnumText(FailureReason)),
+    # Predictive policy: an exploration's 0-based pruning round (set at dispatch),
+    # and a running trial's previous report (set by its non-final reports).
+    Column("pruning_round", Integer),
+    Column("last_epoch", Integer),
+    Column("last_cost", Float),
     # A trial's batch size is one of its job's.
     ForeignKeyConstraint(
         ["job_id", "batch_size"],
@@ -219,6 +232,12 @@ trial = Table(
         f"failure_reason IS NULL OR (status = '{TrialStatus.FAILED}'"
         f" AND {_one_of('failure_reason', FailureReason)})",
         name="failure_reason",
+    ),
+    CheckConstraint("pruning_round IS NULL OR pruning_round >= 0", name="pruning_round"),
+    CheckConstraint(
+        "(last_epoch IS NULL AND last_cost IS NULL)"
+        " OR (last_epoch >= 1 AND last_cost IS NOT NULL AND last_cost >= 0)",
+        name="last_report",
     ),
     CheckConstraint("time IS NULL OR time >= 0", name="time"),
     CheckConstraint("energy IS NULL OR energy >= 0", name="energy"),

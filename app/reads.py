@@ -79,6 +79,7 @@ async def list_jobs(
             job_id=j.job_id,
             job_id_prefix=j.job_id_prefix,
             stage=j.stage,
+            policy=j.policy,
             min_cost=j.min_cost,
             min_cost_batch_size=j.min_cost_batch_size,
             num_trials=j.next_trial_number - 1,

@@ -17,7 +17,7 @@ from __future__ import annotations
 import operator
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any
 
@@ -45,7 +45,9 @@ from app.bandit import (
     Exploration,
     FailureReason,
     JobParams,
+    LastReport,
     Lease,
+    Policy,
     RewardStats,
     Stage,
     TrialStatus,
@@ -56,8 +58,7 @@ from app.schemas import TrialRead
 
 JobRow = Row[Any]  # a row of the job table (attributes named as its columns)
 
-# policy: not stored yet, every stored job runs the paper's algorithm (the default).
-_PARAM_FIELDS = tuple(f.name for f in fields(JobParams) if f.name not in {"batch_sizes", "policy"})
+_PARAM_FIELDS = tuple(f.name for f in fields(JobParams) if f.name != "batch_sizes")
 
 
 def job_params(row: JobRow, batch_sizes: Sequence[int] = ()) -> JobParams:
@@ -65,7 +66,12 @@ def job_params(row: JobRow, batch_sizes: Sequence[int] = ()) -> JobParams:
     return JobParams(batch_sizes=tuple(batch_sizes), **{f: getattr(row, f) for f in _PARAM_FIELDS})
 
 
-_TRIAL_READ_COLUMNS = tuple(c.name for c in trial.c if c.name != "lease_renewed_at")
+# The predictive policy's bookkeeping is not part of the read API.
+_TRIAL_READ_COLUMNS = tuple(
+    c.name
+    for c in trial.c
+    if c.name not in {"lease_renewed_at", "pruning_round", "last_epoch", "last_cost"}
+)
 
 
 def _trial_read(mapping: RowMapping, prefix: str = "", lease: Lease | None = None) -> TrialRead:
@@ -251,6 +257,7 @@ _INSERT_TRIAL = insert(trial).values(
     status=TrialStatus.DISPATCHED.value,
     start_timestamp=_NOW,
     lease_renewed_at=_NOW,
+    pruning_round=bindparam("pruning_round"),
 )
 # PostgreSQL runs both in one statement (a data-modifying CTE); SQLite has none.
 _bumped = _BUMP_JOB.returning(job.c.job_id).cte("bumped")
@@ -265,6 +272,7 @@ _BUMP_AND_INSERT = (
             "status",
             "start_timestamp",
             "lease_renewed_at",
+            "pruning_round",
         ],
         select(
             _bumped.c.job_id,
@@ -274,6 +282,7 @@ _BUMP_AND_INSERT = (
             literal(TrialStatus.DISPATCHED.value),
             _NOW,
             _NOW,
+            bindparam("pruning_round", type_=Integer),
         ),
     )
     .add_cte(_bumped)
@@ -290,6 +299,7 @@ async def add_trial(
     stage: Stage,
     rng_state: dict[str, Any] | None,
     now: datetime,
+    pruning_round: int | None = None,
 ) -> None:
     """Record a dispatched trial and advance the job's counter past it."""
     values = {
@@ -301,6 +311,7 @@ async def add_trial(
         "stage": stage.value,
         "rng_state": rng_state,
         "now": now,
+        "pruning_round": pruning_round,
     }
     if conn.dialect.name == "postgresql":
         await conn.execute(_BUMP_AND_INSERT, values)
@@ -319,6 +330,11 @@ class TrialState:
     is_arm: bool  # the trial's batch size is an arm of the job
     lease_renewed_at: datetime | None = None  # as read, before any renewal by this read
     renewed: bool = False  # this read renewed the trial's lease
+    # What the predictive policy reads (SPEC 10); empty or None for a zeus job.
+    pruning_round: int | None = None  # the trial's, if an exploration
+    last_report: LastReport | None = None  # the trial's previous report
+    min_converged_epochs: int | None = None  # of the trial's batch size
+    fewest_epochs: Mapping[int, int] = field(default_factory=dict)  # predictive: batch sizes >= it
 
 
 # What judging and recording a report read of the job (not its timestamps,
@@ -326,6 +342,10 @@ class TrialState:
 _JOB_FOR_REPORTS = [
     job.c[name] for name in ("job_id", "stage", "min_cost", "min_cost_batch_size", *_PARAM_FIELDS)
 ]
+# A predictive job's report also needs the fewest epochs of converged trials
+# of the batch sizes at least the trial's (app.bandit.epochs_needed): one row
+# each, joined only for such a job, so a zeus job's read is one row as before.
+_converged = batch_size.alias("converged")
 _TRIAL_STATE = (
     select(
         *_JOB_FOR_REPORTS,
@@ -333,7 +353,10 @@ _TRIAL_STATE = (
         batch_size.c.reward_count,
         batch_size.c.reward_mean,
         batch_size.c.reward_m2,
+        batch_size.c.min_converged_epochs,
         arm.c.batch_size.label("arm_batch_size"),
+        _converged.c.batch_size.label("c_batch_size"),
+        _converged.c.min_converged_epochs.label("c_epochs"),
     )
     .select_from(
         job.outerjoin(
@@ -348,6 +371,15 @@ _TRIAL_STATE = (
         )
         .outerjoin(
             arm, and_(arm.c.job_id == trial.c.job_id, arm.c.batch_size == trial.c.batch_size)
+        )
+        .outerjoin(
+            _converged,
+            and_(
+                job.c.policy == Policy.PREDICTIVE.value,
+                _converged.c.job_id == trial.c.job_id,
+                _converged.c.batch_size >= trial.c.batch_size,
+                _converged.c.min_converged_epochs.is_not(None),
+            ),
         )
     )
     .where(job.c.job_id == bindparam("k_job_id"))
@@ -401,9 +433,10 @@ async def load_trial(
         values |= {"k_batch_size": renew.batch_size, "renew_before": renew.before,
                    "now": renew.now}  # fmt: skip
     statement = _TRIAL_STATE_RENEWING if folded else _TRIAL_STATE
-    row = (await conn.execute(statement, values)).first()
-    if row is None:
+    rows = (await conn.execute(statement, values)).all()
+    if not rows:
         return None
+    row = rows[0]
     found = None if row.t_trial_number is None else _trial_read(row._mapping, "t_")
     renewed = bool(row.renewed) if folded else False
     if renew is not None and not folded and found is not None:
@@ -414,9 +447,30 @@ async def load_trial(
         )
         renewed = due and (await conn.execute(_RENEW_LEASE, values)).rowcount > 0
     stats = RewardStats(row.reward_count or 0, row.reward_mean or 0.0, row.reward_m2 or 0.0)
+    last = None if row.t_last_epoch is None else LastReport(row.t_last_epoch, row.t_last_cost)
+    fewest = {r.c_batch_size: r.c_epochs for r in rows if r.c_batch_size is not None}
     return TrialState(
-        row, found, stats, row.arm_batch_size is not None, row.t_lease_renewed_at, renewed
-    )
+        row, found, stats, row.arm_batch_size is not None, row.t_lease_renewed_at, renewed,
+        row.t_pruning_round, last, row.min_converged_epochs, fewest,
+    )  # fmt: skip
+
+
+# A predictive job's non-final report keeps the trial's previous report: one
+# row by primary key, no job lock (only this trial's own reports read it).
+_REMEMBER_REPORT = (
+    update(trial)
+    .where(_KEY, trial.c.status == TrialStatus.DISPATCHED.value)
+    .values(last_epoch=bindparam("last_epoch"), last_cost=bindparam("last_cost"))
+)
+
+
+async def remember_report(conn: AsyncConnection, running: TrialRead, last: LastReport) -> None:
+    """Store a running trial's latest report (predictive policy)."""
+    await conn.execute(
+        _REMEMBER_REPORT,
+        {"k_job_id": running.job_id, "k_number": running.trial_number,
+         "last_epoch": last.epoch, "last_cost": last.cost},
+    )  # fmt: skip
 
 
 _FINISH_TRIAL = (
@@ -624,6 +678,7 @@ _SAVE_STATS = (
         reward_count=bindparam("reward_count"),
         reward_mean=bindparam("reward_mean"),
         reward_m2=bindparam("reward_m2"),
+        min_converged_epochs=bindparam("min_converged_epochs"),
     )
 )
 _SAVE_MIN_COST = (
@@ -686,11 +741,12 @@ async def record_result(
     min_cost_batch_size: int,
     arm_: ArmPosterior | None,
     now: datetime,
+    min_converged_epochs: int | None = None,
 ) -> None:
     """Store a final report in one round trip where the database allows.
 
-    The trial's result, its batch size's running statistics, the job's min
-    cost and, if refitted, the arm.
+    The trial's result, its batch size's running statistics (and fewest
+    epochs of a converged trial), the job's min cost and, if refitted, the arm.
     """
     values = {
         "k_job_id": ended.job_id,
@@ -704,6 +760,7 @@ async def record_result(
         "reward_count": stats.count,
         "reward_mean": stats.mean,
         "reward_m2": stats.m2,
+        "min_converged_epochs": min_converged_epochs,
         "min_cost": min_cost,
         "min_cost_batch_size": min_cost_batch_size,
         "now": now,

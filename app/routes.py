@@ -147,14 +147,19 @@ health = APIRouter(tags=["Health"])
         **UNAVAILABLE,
     },
 )
-async def register_job(spec: JobSpec, response: Response, db: DatabaseDep) -> CreatedJob:
+async def register_job(
+    spec: JobSpec, request: Request, response: Response, db: DatabaseDep
+) -> CreatedJob:
     """Register a recurring job, or confirm that an identical one exists.
 
     With `job_id` null the server makes one: `{job_id_prefix}-{8 hex digits}`.
     Registering the same job_id again with an identical spec is a no-op (200).
     """
     bind_job(spec.job_id)
-    registration = await service.register_job(db, spec, now=utcnow())
+    settings = request.app.state.settings
+    registration = await service.register_job(
+        db, spec, now=utcnow(), default_policy=settings.default_policy
+    )
     if not registration.created:
         response.status_code = status.HTTP_200_OK
     return registration.job

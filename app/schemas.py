@@ -19,7 +19,7 @@ from pydantic import (
     model_validator,
 )
 
-from app.bandit import FailureReason, Stage, TrialStatus, TrialType
+from app.bandit import FailureReason, Policy, Stage, TrialStatus, TrialType
 
 INT32_MAX = 2**31 - 1
 MAX_BATCH_SIZES = 256
@@ -115,6 +115,14 @@ class JobParams(WireModel):
         description="Seed of the job's random generator; its state is persisted, so a "
         "seeded job's choices are reproducible. Null: fresh OS entropy per draw.",
     )
+    policy: Policy | None = Field(
+        default=None,
+        strict=False,  # the enum's text, as JSON sends it
+        description="The algorithm: `zeus` (the paper's) or `predictive` (the paper's, "
+        "judging doomed runs sooner; docs/SPEC.md section 10). Null or absent (every Zeus "
+        "client): the server's BSO_DEFAULT_POLICY when the job is created, and whatever "
+        "the job was created with when it is registered again.",
+    )
 
     @model_validator(mode="after")
     def _check_batch_sizes(self) -> JobParams:
@@ -157,6 +165,7 @@ JOB_SPEC_EXAMPLE: dict[str, Any] = {
     "max_power": 300.0,
     "number_of_gpus": 1,
     "gpu_model": "NVIDIA A40",
+    "policy": "zeus",
 }
 
 
@@ -186,9 +195,10 @@ JOB_SPEC_FIELDS = tuple(
 
 
 class CreatedJob(JobSpec):
-    """The registered job (Zeus's ``CreatedJob``): the spec with its job_id."""
+    """The registered job (Zeus's ``CreatedJob``): the spec with its job_id and policy."""
 
     job_id: str
+    policy: Policy = Field(strict=False, description="The algorithm the job runs.")
 
 
 class TrialId(WireModel):
@@ -358,6 +368,7 @@ JOB_SUMMARY_EXAMPLE: dict[str, Any] = {
     "job_id": "mnist-nightly",
     "job_id_prefix": "mnist",
     "stage": "MAB",
+    "policy": "zeus",
     "min_cost": 61250.0,
     "min_cost_batch_size": 128,
     "num_trials": 14,
@@ -371,6 +382,7 @@ class JobSummary(BaseModel):
     job_id: str
     job_id_prefix: str
     stage: Stage
+    policy: Policy
     min_cost: float | None
     min_cost_batch_size: int
     num_trials: int

@@ -19,7 +19,16 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app import bandit, metrics
 from app import repository as repo
-from app.bandit import FailureReason, Lease, Stage, TrialStatus, TrialType, Verdict
+from app.bandit import (
+    FailureReason,
+    LastReport,
+    Lease,
+    Policy,
+    Stage,
+    TrialStatus,
+    TrialType,
+    Verdict,
+)
 from app.db import autocommit
 from app.errors import (
     BatchSizeMismatchError,
@@ -74,18 +83,27 @@ def _new_job(spec: JobSpec, job_id: str, now: datetime) -> dict[str, Any]:
     }
 
 
-async def register_job(engine: AsyncEngine, spec: JobSpec, *, now: datetime) -> Registration:
+async def register_job(
+    engine: AsyncEngine, spec: JobSpec, *, now: datetime, default_policy: Policy = Policy.ZEUS
+) -> Registration:
     """Create a job, or confirm that an identical one exists (idempotent).
 
     Zeus's client registers at the start of every recurrence, so the common
     case is a job that exists: answered from one lock-free read. Registered
     specs never change, so that read cannot be stale in a way that matters.
+
+    A registration without ``policy`` creates a job with ``default_policy``
+    and matches an existing job whatever its policy: changing
+    BSO_DEFAULT_POLICY affects new jobs only, and a Zeus client (which never
+    sends one) keeps re-registering its job as before.
     """
     if spec.job_id is not None:
         async with autocommit(engine) as conn:
             existing = await repo.load_job(conn, spec.job_id)
         if existing is not None:
             return _existing(spec, existing)
+    requested = spec
+    spec = spec.model_copy(update={"policy": spec.policy or default_policy})
     async with engine.begin() as conn:
         if spec.job_id is None:
             # 32 random bits; on the rare collision, draw again.
@@ -103,7 +121,7 @@ async def register_job(engine: AsyncEngine, spec: JobSpec, *, now: datetime) -> 
                 existing = await repo.load_job(conn, job_id)
                 if existing is None:  # deleted between our insert and this read: rare
                     raise JobSpecMismatchError(f"Job {job_id!r} changed concurrently; retry.")
-                return _existing(spec, existing)
+                return _existing(requested, existing)
     logger.info("registered job %s", job_id)
     job = CreatedJob.model_construct(**{**spec.model_dump(), "job_id": job_id})
     return Registration(job, created=True)
@@ -116,6 +134,7 @@ def _existing(spec: JobSpec, existing: repo.JobState) -> Registration:
         name
         for name in (*JOB_SPEC_FIELDS, "batch_sizes")
         if getattr(registered, name) != getattr(spec, name)
+        and not (name == "policy" and spec.policy is None)  # none given: the stored one
     ]
     if differing:
         raise JobSpecMismatchError(
@@ -206,6 +225,7 @@ async def dispatch_trial(
         await repo.add_trial(
             conn, job, number=number, batch_size=decision.batch_size,
             trial_type=decision.trial_type, stage=stage, rng_state=rng_state, now=now,
+            pruning_round=decision.pruning_round,
         )  # fmt: skip
     _log_expired(expired, lease)
     logger.info("job %s trial %d: %s batch size %d", job_id, number, decision.trial_type,
@@ -265,16 +285,37 @@ def _answer_for_ended(trial: TrialRead) -> ReportResponse:
     )
 
 
-def _judge(job: JobRow, trial: TrialRead, result: TrainingResult) -> Verdict:
-    return bandit.judge_report(
-        repo.job_params(job),
-        min_cost=job.min_cost,
-        batch_size=trial.batch_size,
-        time=result.time,
-        energy=result.energy,
-        metric=result.metric,
-        current_epoch=result.current_epoch,
-    )
+@dataclass(frozen=True, slots=True)
+class Judgement:
+    """A verdict, and what the job's policy keeps of it.
+
+    ``recorded_cost`` is what the trial counts as if it ends (a predictive
+    stop: its predicted cost); ``last_report`` is what a predictive job's
+    running trial keeps for its next report (None: nothing to keep, a zeus
+    job); ``min_converged_epochs`` is the batch size's, this report included.
+    """
+
+    verdict: Verdict
+    recorded_cost: float
+    last_report: LastReport | None
+    min_converged_epochs: int | None
+
+
+def _judge(state: TrialState, trial: TrialRead, result: TrainingResult) -> Judgement:
+    job, params = state.job, repo.job_params(state.job)
+    if params.policy is not Policy.PREDICTIVE:
+        verdict = bandit.judge_report(
+            params, min_cost=job.min_cost, batch_size=trial.batch_size, time=result.time,
+            energy=result.energy, metric=result.metric, current_epoch=result.current_epoch,
+        )  # fmt: skip
+        return Judgement(verdict, verdict.cost, None, state.min_converged_epochs)
+    judged = bandit.judge_report_predictive(
+        params, min_cost=job.min_cost, batch_size=trial.batch_size, time=result.time,
+        energy=result.energy, metric=result.metric, current_epoch=result.current_epoch,
+        last=state.last_report, fewest_epochs=state.fewest_epochs,
+        pruning_round=state.pruning_round,
+    )  # fmt: skip
+    return Judgement(judged.verdict, judged.recorded_cost, judged.last_report, judged.fewest_epochs)
 
 
 async def report_result(
@@ -282,11 +323,13 @@ async def report_result(
 ) -> ReportResponse:
     """Judge one epoch report; a final one records the result and teaches the bandit.
 
-    Most reports only say "keep training" and change nothing, so they are
-    judged on one lock-free read. That read also renews the trial's lease
-    when the stored renewal is at least ``lease.renew_every`` old (one row,
-    no job lock; on PostgreSQL in the same statement). Only a report that
-    ends the trial takes the job's lock, and is judged again on what it
+    Most reports only say "keep training", so they are judged on one
+    lock-free read. That read also renews the trial's lease when the stored
+    renewal is at least ``lease.renew_every`` old (one row, no job lock; on
+    PostgreSQL in the same statement). A zeus job's "keep training" changes
+    nothing else; a predictive job's stores the report for the next one (one
+    UPDATE of the trial's row by primary key, no job lock). Only a report
+    that ends the trial takes the job's lock, and is judged again on what it
     finds under the lock.
     """
     renew = None
@@ -297,10 +340,14 @@ async def report_result(
         if renew is not None and not state.renewed and _was_due(state, lease, now):
             # Due but not renewed: another request ended it meanwhile. Read what it left.
             state, trial = await _load_trial(conn, result)
+        if trial.status == TrialStatus.DISPATCHED:
+            judged = _judge(state, trial, result)
+            if not judged.verdict.stop_train and judged.last_report is not None:
+                await repo.remember_report(conn, trial, judged.last_report)
     if trial.status != TrialStatus.DISPATCHED:
         metrics.report_answered(metrics.ALREADY_ENDED)
         return _answer_for_ended(trial)  # ended trials never change again
-    verdict = _judge(state.job, trial, result)
+    verdict = judged.verdict
     if not verdict.stop_train:
         metrics.report_answered(verdict.reason)
         return ReportResponse(stop_train=False, converged=False, message=verdict.message)
@@ -310,11 +357,14 @@ async def report_result(
         if trial.status != TrialStatus.DISPATCHED:  # another request ended it meanwhile
             metrics.report_answered(metrics.ALREADY_ENDED)
             return _answer_for_ended(trial)
-        verdict = _judge(state.job, trial, result)
+        judged = _judge(state, trial, result)
+        verdict = judged.verdict
         if not verdict.stop_train:  # min_cost moved meanwhile: a rare race
+            if judged.last_report is not None:
+                await repo.remember_report(conn, trial, judged.last_report)
             metrics.report_answered(verdict.reason)
             return ReportResponse(stop_train=False, converged=False, message=verdict.message)
-        await _record_result(conn, state, trial, result, verdict, now)
+        await _record_result(conn, state, trial, result, judged, now)
     logger.info("job %s trial %d ended: converged=%s cost=%.6g", trial.job_id, trial.trial_number,
                 verdict.converged, verdict.cost)  # fmt: skip
     metrics.report_answered(verdict.reason)
@@ -336,10 +386,10 @@ async def _record_result(
     state: TrialState,
     trial: TrialRead,
     result: TrainingResult,
-    verdict: Verdict,
+    judged: Judgement,
     now: datetime,
 ) -> None:
-    job, params = state.job, repo.job_params(state.job)
+    job, params, verdict = state.job, repo.job_params(state.job), judged.verdict
     # In the bandit stage every result of an arm refits it, whatever the
     # trial's type (a late pruning-stage Concurrent trial included).
     refit = job.stage == Stage.MAB and state.is_arm
@@ -350,12 +400,16 @@ async def _record_result(
     lesson = bandit.learn(
         params, verdict, batch_size=trial.batch_size, min_cost=job.min_cost,
         min_cost_batch_size=job.min_cost_batch_size, stats=state.stats, refit=refit,
-        earlier_rewards=earlier,
+        earlier_rewards=earlier, recorded_cost=judged.recorded_cost,
     )  # fmt: skip
+    # The trial's cost is what it counts as (a predictive stop: the predicted
+    # cost, as the pruning walk and window refits read it back); time and
+    # energy are as reported.
     await repo.record_result(
-        conn, trial, time=result.time, energy=result.energy, cost=verdict.cost,
+        conn, trial, time=result.time, energy=result.energy, cost=judged.recorded_cost,
         converged=verdict.converged, stats=lesson.stats, min_cost=lesson.min_cost,
         min_cost_batch_size=lesson.min_cost_batch_size, arm_=lesson.arm, now=now,
+        min_converged_epochs=judged.min_converged_epochs,
     )  # fmt: skip
 
 

@@ -34,6 +34,7 @@ def learn(
     stats: RewardStats,
     refit: bool,
     earlier_rewards: Sequence[float] = (),
+    recorded_cost: float | None = None,
 ) -> Lesson:
     """Apply a final verdict on a trial of ``batch_size``.
 
@@ -44,8 +45,12 @@ def learn(
       the running statistics (O(1), no history read); otherwise on the
       rewards of the last ``window_size`` Succeeded trials: the caller passes
       the up to ``window_size - 1`` before this one as ``earlier_rewards``.
+    - ``recorded_cost``: what the trial counts as in the statistics and the
+      arm, if not the cost paid (a predictive stop: its predicted cost, so that
+      a batch size stopped early does not look cheap). ``min_cost`` moves on
+      the cost paid, by a converged trial, whose two costs are equal.
     """
-    value = reward(verdict.cost)
+    value = reward(verdict.cost if recorded_cost is None else recorded_cost)
     if verdict.converged and (min_cost is None or verdict.cost < min_cost):
         min_cost, min_cost_batch_size = verdict.cost, batch_size
     stats = stats.add(value)

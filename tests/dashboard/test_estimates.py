@@ -45,6 +45,7 @@ def job(**fields: Any) -> JobRead:
     base: dict[str, Any] = {
         **SPEC,
         "stage": "MAB",
+        "policy": "zeus",
         "min_cost": 100.0,
         "min_cost_batch_size": 32,
         "exploration": None,
