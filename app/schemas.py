@@ -7,6 +7,7 @@ here exists so that nothing a client sends reaches the database unchecked.
 
 from __future__ import annotations
 
+from dataclasses import fields
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -19,6 +20,7 @@ from pydantic import (
     model_validator,
 )
 
+from app import bandit
 from app.bandit import FailureReason, Policy, Stage, TrialStatus, TrialType
 
 INT32_MAX = 2**31 - 1
@@ -184,6 +186,19 @@ class JobSpec(JobParams, GpuConfig):
                 f"job_id {self.job_id!r} does not start with job_id_prefix {self.job_id_prefix!r}"
             )
         return self
+
+    def algorithm_params(self, default_policy: Policy = Policy.ZEUS) -> bandit.JobParams:
+        """The part of the spec the algorithm reads; ``default_policy`` if it names none."""
+        values = {
+            f.name: getattr(self, f.name)
+            for f in fields(bandit.JobParams)
+            if f.name not in {"batch_sizes", "policy"}
+        }
+        return bandit.JobParams(
+            batch_sizes=tuple(sorted(self.batch_sizes)),
+            policy=self.policy or default_policy,
+            **values,
+        )
 
     model_config = ConfigDict(json_schema_extra={"examples": [JOB_SPEC_EXAMPLE]})
 

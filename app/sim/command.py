@@ -130,7 +130,10 @@ def simulate(
     window_size: Annotated[int, typer.Option(min=0, help="Bandit window (0: all history).")] = 0,
     policy: Annotated[
         Policy,
-        typer.Option(help="zeus: the paper's algorithm; predictive: stops doomed runs sooner."),
+        typer.Option(
+            help="zeus: the paper's algorithm; predictive: stops doomed runs sooner. Sent as "
+            "the jobs' policy (a Zeus server ignores it and runs zeus)."
+        ),
     ] = Policy.ZEUS,
     metric_curve: Annotated[
         MetricCurve,
@@ -162,9 +165,6 @@ def simulate(
         raise typer.BadParameter("--url talks to a server; it cannot go with --engine pure.")
     if beta <= 0 and not no_early_stop:
         raise typer.BadParameter("--beta must be > 0 (or use --no-early-stop).")
-    if policy is not Policy.ZEUS and (url is not None or engine is not EngineKind.PURE):
-        # The service does not read `policy` yet and would silently run zeus.
-        raise typer.BadParameter(f"--policy {policy} needs --engine pure for now.")
     cases = _cases(workload, gpu, everything, power_limit)
     settings = ReplaySettings(
         eta_knob=eta,

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 import httpx
 
-from app.bandit import JobParams, Policy
+from app.schemas import JobSpec
 
 
 class EngineError(Exception):
@@ -33,56 +33,12 @@ class EngineError(Exception):
         self.message = message
 
 
-@dataclass(frozen=True, slots=True)
-class JobSpec:
-    """The job specification a Zeus client registers (field names are the wire's)."""
-
-    job_id_prefix: str
-    batch_sizes: tuple[int, ...]
-    default_batch_size: int
-    max_power: float
-    gpu_model: str
-    number_of_gpus: int = 1
-    eta_knob: float = 0.5
-    beta_knob: float | None = 2.0
-    target_metric: float = 0.5
-    higher_is_better_metric: bool = True
-    max_epochs: int = 100
-    num_pruning_rounds: int = 2
-    window_size: int = 0
-    mab_prior_mean: float = 0.0
-    mab_prior_precision: float = 0.0
-    mab_num_explorations: int = 2
-    mab_seed: int | None = None
-    job_id: str | None = None
-    policy: Policy | None = None  # None: the server's default (BSO_DEFAULT_POLICY)
-
-    def to_wire(self) -> dict[str, Any]:
-        """The POST /jobs body; without ``policy`` when it is None (a Zeus client's body)."""
-        body = asdict(self)
-        body["batch_sizes"] = sorted(self.batch_sizes)
-        if self.policy is None:
-            del body["policy"]
-        return body
-
-    def params(self) -> JobParams:
-        """The part of the spec the algorithm reads."""
-        return JobParams(
-            batch_sizes=tuple(sorted(self.batch_sizes)),
-            default_batch_size=self.default_batch_size,
-            eta_knob=self.eta_knob,
-            beta_knob=self.beta_knob,
-            target_metric=self.target_metric,
-            higher_is_better_metric=self.higher_is_better_metric,
-            max_epochs=self.max_epochs,
-            num_pruning_rounds=self.num_pruning_rounds,
-            window_size=self.window_size,
-            mab_prior_mean=self.mab_prior_mean,
-            mab_prior_precision=self.mab_prior_precision,
-            mab_num_explorations=self.mab_num_explorations,
-            max_power=self.max_power,
-            policy=self.policy if self.policy is not None else Policy.ZEUS,
-        )
+def wire_body(spec: JobSpec) -> dict[str, Any]:
+    """The POST /jobs body; without ``policy`` when it is None (a Zeus client's body)."""
+    body = spec.model_dump(mode="json")
+    if spec.policy is None:
+        del body["policy"]
+    return body
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +63,7 @@ class Engine(Protocol):
     """What a training script asks of the batch size optimiser."""
 
     async def register(self, spec: JobSpec) -> str:
-        """Register the job; returns its job_id."""
+        """Register the job (app.schemas.JobSpec, the wire's model); returns its job_id."""
         ...
 
     async def next_trial(self, job_id: str) -> TrialId:
@@ -178,7 +134,7 @@ class HttpEngine:
         return response.json() if response.content else None
 
     async def register(self, spec: JobSpec) -> str:
-        created = await self._call("POST", "/jobs", body=spec.to_wire())
+        created = await self._call("POST", "/jobs", body=wire_body(spec))
         return str(created["job_id"])
 
     async def next_trial(self, job_id: str) -> TrialId:

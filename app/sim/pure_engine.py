@@ -3,7 +3,9 @@
 It keeps what the service keeps per job (trials, min cost, stage, arms, one
 seeded generator) and applies the same rules (SPEC sections 3 to 6):
 
-- ``min_cost`` / ``min_cost_batch_size`` move only on a converged, cheaper trial;
+- a trial that ends Succeeded is applied through :func:`app.bandit.learn`, the
+  service's own function: ``min_cost`` / ``min_cost_batch_size`` move only on a
+  converged, cheaper trial, running statistics, and the arm's refit;
 - the pruning walk sees, per batch size, its non-Failed Exploration trials in
   trial order; the request that completes the walk switches to the bandit
   (``decide(...).new_arms``) and is answered by it;
@@ -13,7 +15,8 @@ seeded generator) and applies the same rules (SPEC sections 3 to 6):
   its last ``window_size`` ones otherwise;
 - a seeded job keeps one ``numpy.random.default_rng(mab_seed)`` for its life;
 - a job's ``policy`` (None: the engine's default, like BSO_DEFAULT_POLICY) is
-  part of its spec. Under ``predictive`` a report is judged by
+  part of its spec; a registration without one matches the job whatever its
+  policy, as the service's does. Under ``predictive`` a report is judged by
   ``judge_report_predictive``: each running trial keeps its previous report
   and its pruning round, each batch size the fewest epochs a converged trial
   of it needed, and a trial stopped by a prediction counts with its predicted
@@ -24,7 +27,7 @@ from __future__ import annotations
 
 import itertools
 from collections import defaultdict
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -39,14 +42,14 @@ from app.bandit import (
     TrialType,
     Verdict,
     decide,
-    fit_arm,
-    fit_arm_from_stats,
     judge_report,
     judge_report_predictive,
+    learn,
     reward,
 )
 from app.bandit.types import TrialStatus
-from app.sim.engines import EngineError, JobSpec, ReportAnswer, TrialId
+from app.schemas import JobSpec
+from app.sim.engines import EngineError, ReportAnswer, TrialId
 
 
 @dataclass(slots=True)
@@ -90,18 +93,6 @@ class _Job:
                 )
         return by_batch_size
 
-    def refit(self, batch_size: int) -> None:
-        prior = {
-            "prior_mean": self.params.mab_prior_mean,
-            "prior_precision": self.params.mab_prior_precision,
-        }
-        window = self.params.window_size
-        self.arms[batch_size] = (
-            fit_arm_from_stats(batch_size, self.stats[batch_size], **prior)
-            if window == 0
-            else fit_arm(batch_size, self.rewards[batch_size][-window:], **prior)
-        )
-
 
 class PureEngine:
     """The service's semantics in memory: no HTTP, no database, fast for sweeps."""
@@ -112,17 +103,20 @@ class PureEngine:
         self._default_policy = default_policy
 
     async def register(self, spec: JobSpec) -> str:
-        spec = replace(spec, policy=spec.policy or self._default_policy)
         job_id = spec.job_id or f"{spec.job_id_prefix}-{next(self._ids):08x}"
         existing = self._jobs.get(job_id)
         if existing is not None:
-            if existing.spec != spec:
+            stored = existing.spec
+            if spec.policy is None:  # none given: the stored one, as the service does
+                spec = spec.model_copy(update={"policy": stored.policy})
+            if stored.model_dump() != spec.model_dump():
                 raise EngineError(409, f"Job {job_id} exists with a different spec.")
             return job_id
+        spec = spec.model_copy(update={"policy": spec.policy or self._default_policy})
         seed = spec.mab_seed
         self._jobs[job_id] = _Job(
             spec=spec,
-            params=spec.params(),
+            params=spec.algorithm_params(),
             rng=np.random.default_rng(seed) if seed is not None else np.random.default_rng(),
             min_cost_batch_size=spec.default_batch_size,
         )
@@ -210,12 +204,17 @@ class PureEngine:
         trial.status = TrialStatus.SUCCEEDED
         trial.cost, trial.converged = recorded, verdict.converged
         bs = trial.batch_size
-        if verdict.converged and (job.min_cost is None or verdict.cost < job.min_cost):
-            job.min_cost, job.min_cost_batch_size = verdict.cost, bs
-        job.stats[bs] = job.stats[bs].add(reward(recorded))
+        refit = job.in_bandit_stage and bs in job.arms
+        lesson = learn(
+            job.params, verdict, batch_size=bs, min_cost=job.min_cost,
+            min_cost_batch_size=job.min_cost_batch_size, stats=job.stats[bs], refit=refit,
+            earlier_rewards=job.rewards[bs], recorded_cost=recorded,
+        )  # fmt: skip
+        job.min_cost, job.min_cost_batch_size = lesson.min_cost, lesson.min_cost_batch_size
+        job.stats[bs] = lesson.stats
         job.rewards[bs].append(reward(recorded))
-        if job.in_bandit_stage and bs in job.arms:
-            job.refit(bs)
+        if lesson.arm is not None:
+            job.arms[bs] = lesson.arm
 
     async def end_trial(self, trial: TrialId) -> None:
         _, found = self._trial(trial)

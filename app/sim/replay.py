@@ -29,7 +29,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from app.sim.engines import Engine, EngineError, JobSpec, TrialId
+from app.schemas import JobSpec
+from app.sim.engines import Engine, EngineError, TrialId
 from app.sim.results import Baseline, CaseResult, MetricCurve, ReplaySettings, TryRecord
 from app.sim.traces import Case, PathSampler, converges, expected_costs, oracle_batch_size
 
@@ -63,7 +64,7 @@ def job_spec(case: Case, settings: ReplaySettings) -> JobSpec:
     workload = case.workload
     return JobSpec(
         job_id_prefix=f"sim-{workload.dataset}-{case.gpu}",
-        batch_sizes=case.batch_sizes,
+        batch_sizes=list(case.batch_sizes),
         default_batch_size=case.default_batch_size,
         max_power=case.max_power,
         gpu_model=case.gpu,

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from app.schemas import JobSpec
 from app.sim.traces import Case, EpochProfile, Workload
 
 WORKLOAD = Workload("toy", "net", "sgd", target_metric=0.5, max_epochs=10, default_batch_size=16)
@@ -26,3 +29,8 @@ def toy_case(
         paths=paths,
         profiles=profiles,
     )
+
+
+def respec(spec: JobSpec, **changes: Any) -> JobSpec:
+    """A copy of ``spec`` with ``changes``, validated as a registration is."""
+    return JobSpec.model_validate({**spec.model_dump(), **changes})

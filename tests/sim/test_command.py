@@ -97,10 +97,10 @@ def test_the_command_takes_a_policy_and_a_metric_curve(cli: typer.Typer) -> None
     assert case["settings"]["metric_curve"] == "concave"
 
 
-@pytest.mark.parametrize("where", [[], ["--engine", "service"], ["--url", "http://localhost:1"]])
-def test_the_predictive_policy_needs_the_pure_engine_for_now(
-    cli: typer.Typer, where: list[str]
-) -> None:
-    result = invoke(cli, ["simulate", "-n", "2", "--policy", "predictive", *where])
-    assert result.exit_code == 2
-    assert "needs --engine pure" in result.output
+def test_the_service_engine_runs_the_predictive_policy_too(cli: typer.Typer) -> None:
+    args = ["simulate", "-w", "squad", "-g", "p100", "-n", "4", "--json", "--engine", "service"]
+    result = invoke(cli, [*args, "--policy", "predictive"])
+    assert result.exit_code == 0, result.output
+    (case,) = json.loads(result.stdout)["cases"]
+    assert case["settings"]["policy"] == "predictive"
+    assert case["error"] is None

@@ -9,17 +9,18 @@ from dataclasses import replace
 import pytest
 
 from app.bandit import Policy
-from app.sim.engines import EngineError, JobSpec
+from app.schemas import JobSpec
+from app.sim.engines import EngineError, wire_body
 from app.sim.pure_engine import PureEngine
 from app.sim.replay import metric_at, replay
 from app.sim.results import MetricCurve, ReplaySettings
 from app.sim.traces import all_cases, build_case, find_workload
 from bench import policies
-from tests.sim.synthetic import WORKLOAD, toy_case
+from tests.sim.synthetic import WORKLOAD, respec, toy_case
 
 SPEC = JobSpec(
-    job_id_prefix="toy", batch_sizes=(8, 16, 32), default_batch_size=16, max_power=100.0,
-    gpu_model="toy", target_metric=0.5, max_epochs=10, mab_seed=1,
+    job_id_prefix="toy", batch_sizes=[8, 16, 32], default_batch_size=16, max_power=100.0,
+    gpu_model="toy", number_of_gpus=1, target_metric=0.5, max_epochs=10, mab_seed=1,
 )  # fmt: skip
 
 # The tries of every case at two settings, digested with the code before the predictive
@@ -90,7 +91,7 @@ async def test_the_predictive_policy_stops_a_doomed_exploration_sooner() -> None
 
 async def test_a_predictive_stop_counts_its_predicted_cost_in_the_arms() -> None:
     engine = PureEngine()
-    job_id = await engine.register(replace(SPEC, batch_sizes=(16,), policy=Policy.PREDICTIVE,
+    job_id = await engine.register(respec(SPEC, batch_sizes=[16], policy=Policy.PREDICTIVE,
                                            num_pruning_rounds=0))  # fmt: skip
     first = await engine.next_trial(job_id)  # bandit stage at once: one arm, no rounds
     answer = await engine.report(first, time=40.0, energy=0.0, metric=0.5, current_epoch=4)
@@ -110,23 +111,24 @@ async def test_a_predictive_stop_counts_its_predicted_cost_in_the_arms() -> None
 
 async def test_the_policy_is_part_of_the_spec_and_none_is_the_engines_default() -> None:
     engine = PureEngine()
-    job_id = await engine.register(replace(SPEC, job_id="toy-1"))
-    assert await engine.register(replace(SPEC, job_id="toy-1", policy=Policy.ZEUS)) == job_id
+    job_id = await engine.register(respec(SPEC, job_id="toy-1"))
+    assert await engine.register(respec(SPEC, job_id="toy-1", policy=Policy.ZEUS)) == job_id
     with pytest.raises(EngineError) as caught:
-        await engine.register(replace(SPEC, job_id="toy-1", policy=Policy.PREDICTIVE))
+        await engine.register(respec(SPEC, job_id="toy-1", policy=Policy.PREDICTIVE))
     assert caught.value.status_code == 409
     predictive_by_default = PureEngine(default_policy=Policy.PREDICTIVE)
-    await predictive_by_default.register(replace(SPEC, job_id="toy-2"))
+    await predictive_by_default.register(respec(SPEC, job_id="toy-2"))
     with pytest.raises(EngineError, match="409"):
-        await predictive_by_default.register(replace(SPEC, job_id="toy-2", policy=Policy.ZEUS))
+        await predictive_by_default.register(respec(SPEC, job_id="toy-2", policy=Policy.ZEUS))
 
 
 def test_a_zeus_clients_body_has_no_policy() -> None:
-    assert "policy" not in SPEC.to_wire()
-    assert SPEC.params().policy is Policy.ZEUS
-    spec = replace(SPEC, policy=Policy.PREDICTIVE)
-    assert spec.to_wire()["policy"] == "predictive"
-    assert spec.params().policy is Policy.PREDICTIVE
+    assert "policy" not in wire_body(SPEC)
+    assert SPEC.algorithm_params().policy is Policy.ZEUS
+    assert SPEC.algorithm_params(Policy.PREDICTIVE).policy is Policy.PREDICTIVE
+    spec = respec(SPEC, policy=Policy.PREDICTIVE)
+    assert wire_body(spec)["policy"] == "predictive"
+    assert spec.algorithm_params().policy is Policy.PREDICTIVE
 
 
 def test_the_bench_compares_both_policies(capsys: pytest.CaptureFixture[str]) -> None:

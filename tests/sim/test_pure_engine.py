@@ -4,15 +4,18 @@ from dataclasses import replace
 
 import pytest
 
-from app.sim.engines import EngineError, JobSpec, TrialId
+from app.schemas import JobSpec
+from app.sim.engines import EngineError, TrialId
 from app.sim.pure_engine import PureEngine
+from tests.sim.synthetic import respec
 
 SPEC = JobSpec(
     job_id_prefix="toy",
-    batch_sizes=(8, 16, 32),
+    batch_sizes=[8, 16, 32],
     default_batch_size=16,
     max_power=100.0,
     gpu_model="toy",
+    number_of_gpus=1,
     target_metric=0.5,
     max_epochs=10,
     mab_seed=1,
@@ -49,11 +52,11 @@ async def test_the_pruning_walk_goes_down_from_the_default_then_up() -> None:
 
 async def test_registering_again_returns_the_job_and_a_different_spec_is_a_conflict() -> None:
     engine = PureEngine()
-    spec = replace(SPEC, job_id="toy-1")
+    spec = respec(SPEC, job_id="toy-1")
     assert await engine.register(spec) == "toy-1"
     assert await engine.register(spec) == "toy-1"
     with pytest.raises(EngineError) as caught:
-        await engine.register(replace(spec, eta_knob=0.9))
+        await engine.register(respec(spec, eta_knob=0.9))
     assert caught.value.status_code == 409
 
 
@@ -73,7 +76,7 @@ async def test_unknown_jobs_and_trials_and_wrong_batch_sizes_are_refused() -> No
 
 async def test_only_a_cheaper_converged_trial_lowers_min_cost() -> None:
     engine = PureEngine()
-    job_id = await engine.register(replace(SPEC, beta_knob=None))
+    job_id = await engine.register(respec(SPEC, beta_knob=None))
     assert not await finish(engine, await engine.next_trial(job_id), cost=10.0, converged=False)
     assert engine.min_cost(job_id) is None
     assert await finish(engine, await engine.next_trial(job_id), cost=500.0)
@@ -100,7 +103,7 @@ async def test_an_ended_trial_keeps_its_answer_and_a_failed_one_is_explored_agai
 
 async def test_a_round_with_nothing_converged_is_a_conflict() -> None:
     engine = PureEngine()
-    job_id = await engine.register(replace(SPEC, batch_sizes=(16, 32)))
+    job_id = await engine.register(respec(SPEC, batch_sizes=[16, 32]))
     for _ in range(2):
         assert not await finish(engine, await engine.next_trial(job_id), cost=1.0, converged=False)
     with pytest.raises(EngineError, match="409: No batch size converged"):
@@ -109,7 +112,7 @@ async def test_a_round_with_nothing_converged_is_a_conflict() -> None:
 
 async def test_bandit_arms_refit_on_their_last_window_of_results() -> None:
     engine = PureEngine()
-    job_id = await engine.register(replace(SPEC, batch_sizes=(16,), window_size=2, beta_knob=None))
+    job_id = await engine.register(respec(SPEC, batch_sizes=[16], window_size=2, beta_knob=None))
     for cost in (100.0, 300.0):
         assert await finish(engine, await engine.next_trial(job_id), cost=cost)
     trial = await engine.next_trial(job_id)
