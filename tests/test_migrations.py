@@ -209,3 +209,54 @@ async def test_sqlite_timestamps_of_the_driver_era_are_rewritten_in_one_format(
             trial = (await http.get("/jobs/j-1/trials")).json()["items"][0]
     assert job["created_at"] == "2026-11-28T01:52:40.561302Z"
     assert trial["end_timestamp"] == "2026-11-28T01:59:59.999999Z"
+
+
+async def test_the_policy_migration_keeps_jobs_and_their_trials_both_ways(fresh_url: str) -> None:
+    # SQLite must not copy job or batch_size (their cascades would empty trial and arm).
+    config = alembic_config(fresh_url)
+    await asyncio.to_thread(command.upgrade, config, "7d3a9c2e4b10")
+
+    def old_rows(connection: Connection) -> None:
+        connection.exec_driver_sql(
+            "INSERT INTO job (job_id, job_id_prefix, default_batch_size, eta_knob, beta_knob,"
+            " target_metric, higher_is_better_metric, max_epochs, num_pruning_rounds,"
+            " window_size, mab_prior_mean, mab_prior_precision, mab_num_explorations, mab_seed,"
+            " max_power, number_of_gpus, gpu_model, stage, min_cost, min_cost_batch_size,"
+            " next_trial_number, rng_state, created_at, updated_at) VALUES ('j-1', 'j', 64, 0.5,"
+            " 2.0, 0.9, true, 10, 2, 0, 0.0, 0.0, 2, NULL, 300.0, 1, 'A40', 'MAB', 5.0, 64, 2,"
+            " NULL, '2026-11-28 01:00:00', '2026-11-28 01:00:00')"
+        )
+        connection.exec_driver_sql("INSERT INTO batch_size VALUES ('j-1', 64, 1, -5.0, 0.0)")
+        connection.exec_driver_sql(
+            "INSERT INTO trial (job_id, trial_number, batch_size, type, status,"
+            " start_timestamp, lease_renewed_at) VALUES ('j-1', 1, 64, 'MAB', 'Dispatched',"
+            " '2026-11-28 01:00:00', '2026-11-28 01:00:00')"
+        )
+        connection.exec_driver_sql("INSERT INTO arm VALUES ('j-1', 64, -5.0, 1.0, 1.0, 1)")
+        connection.commit()
+
+    def counts(connection: Connection) -> list[int]:
+        return [
+            connection.exec_driver_sql(f"SELECT count(*) FROM {t}").scalar_one()
+            for t in ("job", "batch_size", "trial", "arm")
+        ]
+
+    await on_connection(fresh_url, old_rows)
+    await asyncio.to_thread(command.upgrade, config, "head")
+    assert await on_connection(fresh_url, counts) == [1, 1, 1, 1]
+
+    def policy_and_new_columns(connection: Connection) -> list[Any]:
+        return list(connection.exec_driver_sql(
+            "SELECT policy, min_converged_epochs, pruning_round, last_epoch, last_cost"
+            " FROM job JOIN batch_size USING (job_id) JOIN trial USING (job_id)"
+        ).one())  # fmt: skip
+
+    assert await on_connection(fresh_url, policy_and_new_columns) == [
+        "zeus",
+        None,
+        None,
+        None,
+        None,
+    ]
+    await asyncio.to_thread(command.downgrade, config, "7d3a9c2e4b10")
+    assert await on_connection(fresh_url, counts) == [1, 1, 1, 1]
