@@ -131,11 +131,11 @@ def test_the_jobs_list_shows_stage_trials_best_batch_size_min_cost_and_savings(
     }
     assert set(rows) == {job_id, odd_job}
     cells = [c.text for c in rows[job_id].find_elements(By.TAG_NAME, "td")]
-    assert cells[:3] == [job_id, "MAB", str(job["num_trials"])]
-    assert cells[5] == str(job["min_cost_batch_size"])
-    assert cells[6] == joules(job["min_cost"])
+    assert cells[:4] == [job_id, "MAB", "zeus", str(job["num_trials"])]
+    assert cells[6] == str(job["min_cost_batch_size"])
+    assert cells[7] == joules(job["min_cost"])
     assert savings.saved is not None
-    assert cells[7] == f"{joules(savings.saved)} ({percent(savings.fraction)})"
+    assert cells[8] == f"{joules(savings.saved)} ({percent(savings.fraction)})"
     assert "How savings are estimated" in browser.page_source
     assert_offline_and_clean(browser)
 

@@ -184,3 +184,14 @@ async def test_pages_behind_a_proxy_prefix_link_under_that_prefix(app: FastAPI) 
             response = await client.get(path)
             assert response.status_code == 200, path
             assert all(u.startswith("/bso/") for u in links(response.text)), path
+
+
+async def test_the_job_page_and_the_list_show_the_policy(client: httpx.AsyncClient) -> None:
+    job_id = await register(client, policy="predictive")
+    await register(client, job_id="job-2")
+    assert '<span class="value" id="policy">predictive</span>' in await page(
+        client, f"/dashboard/jobs/{job_id}"
+    )
+    listing = await page(client, "/dashboard")
+    assert '<td class="policy">predictive</td>' in listing
+    assert '<td class="policy">zeus</td>' in listing
