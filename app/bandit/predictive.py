@@ -3,7 +3,7 @@
 Most of Zeus's regret on its own traces is paid in the pruning stage: by runs
 that go on until their cost crosses ``beta * min_cost`` although it was clear
 earlier that they would, and by explorations of batch sizes that an earlier
-round already showed to be expensive. The rules (docs/SPEC.md, section 9):
+round already showed to be expensive. The rules (docs/SPEC.md, section 10):
 
 - *epochs still needed*: the job's converged trials bound from below how many
   more epochs a run needs (:func:`epochs_needed`);
