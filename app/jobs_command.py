@@ -100,11 +100,12 @@ def list_jobs(
     if as_json:
         typer.echo(json.dumps(items, indent=2))
         return
-    table = Table("JOB ID", "STAGE", "TRIALS", "BEST BATCH SIZE", "MIN COST", "CREATED")
+    table = Table("JOB ID", "STAGE", "POLICY", "TRIALS", "BEST BATCH SIZE", "MIN COST", "CREATED")
     for job in items:
         table.add_row(
             job["job_id"],
             job["stage"],
+            str(job.get("policy", "-")),  # a server from before policies: none
             str(job["num_trials"]),
             str(job["min_cost_batch_size"]),
             _number(job["min_cost"]),
@@ -145,6 +146,7 @@ def _job_table(job: dict[str, Any]) -> Table:
     table = Table("FIELD", "VALUE", title=f"Job {job['job_id']}", title_justify="left")
     rows = {
         "stage": job["stage"],
+        "policy": job.get("policy", "-"),
         "trials": job["num_trials"],
         "best batch size": job["min_cost_batch_size"],
         "min cost": _number(job["min_cost"]),
