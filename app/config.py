@@ -13,6 +13,7 @@ from pydantic import AliasChoices, BeforeValidator, Field, field_validator, mode
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+AuthMode = Literal["off", "required"]
 
 _LEVEL_ALIASES = {"WARN": "WARNING", "FATAL": "CRITICAL"}
 
@@ -22,6 +23,10 @@ def _normalise_level(value: object) -> object:
         upper = value.strip().upper()
         return _LEVEL_ALIASES.get(upper, upper)
     return value
+
+
+def _lower(value: object) -> object:
+    return value.strip().lower() if isinstance(value, str) else value
 
 
 def normalise_database_url(url: str) -> str:
@@ -78,6 +83,22 @@ class Settings(BaseSettings):
         description="Seconds after which a pruning exploration still running without a "
         "final report counts as Failed and is explored again (its client died without "
         "ending it). 0 never expires one.",
+    )
+
+    # Off by default, so that a Zeus deployment switches by changing only the
+    # image; docker-compose.yml turns it on.
+    auth: Annotated[AuthMode, BeforeValidator(_lower)] = Field(
+        default="off",
+        description="off: anyone may call anything (as the Zeus server). required: every "
+        "call but the probes and docs needs a token (bso tokens create).",
+    )
+    auth_cache_s: float = Field(
+        default=2.0,
+        ge=0,
+        le=4,
+        description="Seconds a server process trusts a token it has checked before reading "
+        "its row again: a revoked token is refused within this long (at most 4, so that "
+        "revocation holds within 5 s). 0 reads the row on every request.",
     )
 
     @field_validator("database_url")

@@ -20,6 +20,7 @@ from app.docs_ui import docs, install_static
 from app.errors import install_error_handlers
 from app.log import configure_logging
 from app.routes import health, read, zeus
+from app.tokens import TokenVerifier
 
 DESCRIPTION = """
 A drop-in, wire-compatible replacement for the Zeus batch size optimizer server
@@ -109,6 +110,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await upgrade_in_place(engine)
         app.state.settings = resolved
         app.state.engine = engine
+        # Per process: each replica trusts a checked token for auth_cache_s.
+        app.state.tokens = TokenVerifier(resolved.auth_cache_s)
         try:
             yield
         finally:

@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import migrate, reads, service
+from app.auth import NOT_A_TRAINER, NOT_AN_ADMIN, UNAUTHENTICATED, TrainerDep, admin, viewer
 from app.bandit import TrialStatus, TrialType
 from app.schemas import (
     PRINTABLE,
@@ -97,8 +98,10 @@ TRIAL_ERRORS: dict[int | str, dict[str, Any]] = {
     **BUSY,
 }
 
-zeus = APIRouter(tags=["Zeus-compatible API"])
-read = APIRouter(tags=["Read side"])
+# Guarded when BSO_AUTH=required: the Zeus API needs a trainer (DELETE an
+# admin), the read side a viewer; the dashboard copies read's dependencies.
+zeus = APIRouter(tags=["Zeus-compatible API"], responses=UNAUTHENTICATED)
+read = APIRouter(tags=["Read side"], dependencies=[Depends(viewer)], responses=UNAUTHENTICATED)
 health = APIRouter(tags=["Health"])
 
 
@@ -117,18 +120,21 @@ health = APIRouter(tags=["Health"])
             ),
             "description": "The job_id exists with a different specification.",
         },
+        **NOT_A_TRAINER,
         **INVALID,
         **TOO_LARGE,
         **UNAVAILABLE,
     },
 )
-async def register_job(spec: JobSpec, response: Response, db: DatabaseDep) -> CreatedJob:
+async def register_job(
+    spec: JobSpec, response: Response, db: DatabaseDep, caller: TrainerDep
+) -> CreatedJob:
     """Register a recurring job, or confirm that an identical one exists.
 
     With `job_id` null the server makes one: `{job_id_prefix}-{8 hex digits}`.
     Registering the same job_id again with an identical spec is a no-op (200).
     """
-    registration = await service.register_job(db, spec, now=utcnow())
+    registration = await service.register_job(db, spec, now=utcnow(), caller=caller)
     if not registration.created:
         response.status_code = status.HTTP_200_OK
     return registration.job
@@ -147,11 +153,14 @@ async def register_job(spec: JobSpec, response: Response, db: DatabaseDep) -> Cr
             ),
             "description": "Pruning ended a round with no converged batch size.",
         },
+        **NOT_A_TRAINER,
         **INVALID,
         **BUSY,
     },
 )
-async def get_batch_size(job_id: JobIdQuery, db: DatabaseDep, request: Request) -> TrialId:
+async def get_batch_size(
+    job_id: JobIdQuery, db: DatabaseDep, request: Request, caller: TrainerDep
+) -> TrialId:
     """Dispatch a new trial: the batch size to train this recurrence with.
 
     Pruning stage: the next batch size to explore, or, while an exploration is
@@ -159,45 +168,53 @@ async def get_batch_size(job_id: JobIdQuery, db: DatabaseDep, request: Request) 
     Bandit stage: Gaussian Thompson Sampling over the surviving batch sizes.
     """
     timeout = request.app.state.settings.trial_timeout_s
-    return await service.dispatch_trial(db, job_id, now=utcnow(), trial_timeout_s=timeout)
+    return await service.dispatch_trial(
+        db, job_id, now=utcnow(), trial_timeout_s=timeout, caller=caller
+    )
 
 
 @zeus.post(
     "/report",
     response_model=ReportResponse,
     summary="Report an epoch's cumulative result",
-    responses=TRIAL_ERRORS,
+    responses={**TRIAL_ERRORS, **NOT_A_TRAINER},
 )
-async def report(result: TrainingResult, db: DatabaseDep) -> ReportResponse:
+async def report(result: TrainingResult, db: DatabaseDep, caller: TrainerDep) -> ReportResponse:
     """Report cumulative time, energy and metric after an epoch; obey `stop_train`.
 
     The trial ends (Succeeded) when it reaches the target, exceeds
     `beta_knob * min_cost`, or spends `max_epochs`. A report on an ended trial
     changes nothing and gets the same answer again, so retries are safe.
     """
-    return await service.report_result(db, result, now=utcnow())
+    return await service.report_result(db, result, now=utcnow(), caller=caller)
 
 
 @zeus.patch(
     "/trials",
     response_model=TrialRead,
     summary="End a trial",
-    responses=TRIAL_ERRORS,
+    responses={**TRIAL_ERRORS, **NOT_A_TRAINER},
 )
-async def end_trial(trial: TrialId, db: DatabaseDep) -> TrialRead:
+async def end_trial(trial: TrialId, db: DatabaseDep, caller: TrainerDep) -> TrialRead:
     """End a trial (Zeus's client calls this when the training script exits).
 
     A trial still running without a final report becomes Failed, and its batch
     size will be explored again; an already ended trial is left as it is.
     """
-    return await service.end_trial(db, trial, now=utcnow())
+    return await service.end_trial(db, trial, now=utcnow(), caller=caller)
 
 
 @zeus.delete(
     "/jobs",
     response_model=Message,
     summary="Delete a job",
-    responses={404: {**UNKNOWN_JOB, "description": "No such job."}, **INVALID, **BUSY},
+    responses={
+        404: {**UNKNOWN_JOB, "description": "No such job."},
+        **NOT_AN_ADMIN,
+        **INVALID,
+        **BUSY,
+    },
+    dependencies=[Depends(admin)],
 )
 async def delete_job(job_id: JobIdQuery, db: DatabaseDep) -> Message:
     """Delete a job with its trials and arms."""

@@ -29,6 +29,7 @@ from app.errors import (
     TrialNotFoundError,
 )
 from app.repository import JobRow, TrialState
+from app.roles import ANYONE, Principal
 from app.schemas import (
     JOB_SPEC_FIELDS,
     CreatedJob,
@@ -74,13 +75,16 @@ def _new_job(spec: JobSpec, job_id: str, now: datetime) -> dict[str, Any]:
     }
 
 
-async def register_job(engine: AsyncEngine, spec: JobSpec, *, now: datetime) -> Registration:
+async def register_job(
+    engine: AsyncEngine, spec: JobSpec, *, now: datetime, caller: Principal = ANYONE
+) -> Registration:
     """Create a job, or confirm that an identical one exists (idempotent).
 
     Zeus's client registers at the start of every recurrence, so the common
     case is a job that exists: answered from one lock-free read. Registered
     specs never change, so that read cannot be stale in a way that matters.
     """
+    caller.require_prefix(spec.job_id_prefix, spec.job_id)
     if spec.job_id is not None:
         async with autocommit(engine) as conn:
             existing = await repo.load_job(conn, spec.job_id)
@@ -147,7 +151,12 @@ def _generator(job: JobRow) -> np.random.Generator:
 
 
 async def dispatch_trial(
-    engine: AsyncEngine, job_id: str, *, now: datetime, trial_timeout_s: int = 0
+    engine: AsyncEngine,
+    job_id: str,
+    *,
+    now: datetime,
+    trial_timeout_s: int = 0,
+    caller: Principal = ANYONE,
 ) -> TrialId:
     """Choose the next batch size and record it as a new trial.
 
@@ -159,6 +168,7 @@ async def dispatch_trial(
         if state is None:
             raise JobNotFoundError(job_id)
         job = state.job
+        caller.require_prefix(job.job_id_prefix, job_id)  # on the row we read anyway
         in_bandit = job.stage == Stage.MAB
         explorations = {}
         arms: tuple[bandit.ArmPosterior, ...] = ()
@@ -211,9 +221,11 @@ async def dispatch_trial(
 
 
 async def _load_trial(
-    conn: AsyncConnection, key: TrialId, *, lock: bool = False
+    conn: AsyncConnection, key: TrialId, caller: Principal, *, lock: bool = False
 ) -> tuple[TrialState, TrialRead]:
-    """The job and trial a request names, checked against the dispatched batch size.
+    """The job and trial a request names, checked against caller and batch size.
+
+    The caller's job prefixes are checked on the job row read here anyway.
 
     ``lock``: take the job's row lock first, and read what it guards after.
     """
@@ -222,6 +234,7 @@ async def _load_trial(
     state = await repo.load_trial(conn, key.job_id, key.trial_number)
     if state is None:
         raise JobNotFoundError(key.job_id)
+    caller.require_prefix(state.job.job_id_prefix, key.job_id)  # on the row we read anyway
     if state.trial is None:
         raise TrialNotFoundError(key.job_id, key.trial_number)
     if state.trial.batch_size != key.batch_size:
@@ -260,7 +273,7 @@ def _judge(job: JobRow, trial: TrialRead, result: TrainingResult) -> Verdict:
 
 
 async def report_result(
-    engine: AsyncEngine, result: TrainingResult, *, now: datetime
+    engine: AsyncEngine, result: TrainingResult, *, now: datetime, caller: Principal = ANYONE
 ) -> ReportResponse:
     """Judge one epoch report; a final one records the result and teaches the bandit.
 
@@ -269,7 +282,7 @@ async def report_result(
     the job's lock, and is judged again on what it finds under the lock.
     """
     async with autocommit(engine) as conn:
-        state, trial = await _load_trial(conn, result)
+        state, trial = await _load_trial(conn, result, caller)
     if trial.status != TrialStatus.DISPATCHED:
         return _answer_for_ended(trial)  # ended trials never change again
     verdict = _judge(state.job, trial, result)
@@ -277,7 +290,7 @@ async def report_result(
         return ReportResponse(stop_train=False, converged=False, message=verdict.message)
 
     async with engine.begin() as conn:
-        state, trial = await _load_trial(conn, result, lock=True)
+        state, trial = await _load_trial(conn, result, caller, lock=True)
         if trial.status != TrialStatus.DISPATCHED:  # another request ended it meanwhile
             return _answer_for_ended(trial)
         verdict = _judge(state.job, trial, result)
@@ -320,18 +333,20 @@ async def _record_result(
 # --------------------------------------------------------------------- end
 
 
-async def end_trial(engine: AsyncEngine, trial_id: TrialId, *, now: datetime) -> TrialRead:
+async def end_trial(
+    engine: AsyncEngine, trial_id: TrialId, *, now: datetime, caller: Principal = ANYONE
+) -> TrialRead:
     """Mark a trial Failed unless a final report already ended it (idempotent).
 
     Zeus's client sends this at exit, usually after the final report ended
     the trial: that case is answered from one lock-free read.
     """
     async with autocommit(engine) as conn:
-        _, trial = await _load_trial(conn, trial_id)
+        _, trial = await _load_trial(conn, trial_id, caller)
     if trial.status != TrialStatus.DISPATCHED:
         return trial  # ended trials never change again
     async with engine.begin() as conn:
-        _, trial = await _load_trial(conn, trial_id, lock=True)
+        _, trial = await _load_trial(conn, trial_id, caller, lock=True)
         if trial.status != TrialStatus.DISPATCHED:
             return trial
         await repo.fail_trial(conn, trial, now)
