@@ -31,6 +31,11 @@ sizes, then Gaussian Thompson Sampling.
 
 Errors are JSON `{"message": ...}`; 422 also carries FastAPI's `detail` list.
 Infinite precisions are shown as `null`.
+
+With `BSO_AUTH=required`, every operation but the probes needs a token from
+`bso tokens create`: `Authorization: Bearer <token>`, or HTTP Basic with any
+user name and the token as the password. Viewers may read, trainers also
+train the jobs of their prefixes, admins may do everything.
 """
 
 
