@@ -1,0 +1,119 @@
+"""What authentication costs a request: in-process requests/s with BSO_AUTH off and required.
+
+The app runs in this process behind httpx's ASGI transport (no sockets), one
+request at a time, so the numbers are the request path's own cost. Measured
+per database on the hot loop's most frequent call, a "keep training" POST
+/report (one lock-free read), and on GET /jobs/{job_id} (a viewer's read):
+
+- ``off``: no credentials read;
+- ``required``: a trainer token with a prefix, its row cached (BSO_AUTH_CACHE_S=2);
+- ``required, no cache``: BSO_AUTH_CACHE_S=0, the token's row read on every request.
+
+Best of 3 runs of ``--n`` requests each, the modes taking turns.
+
+Example::
+
+    .venv/bin/python -m bench.authcost --n 2000
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
+from functools import partial
+from typing import Any
+
+import httpx
+
+from app import tokens
+from app.config import AuthMode, Settings
+from app.main import create_app
+from app.roles import Role
+from app.service import utcnow
+from bench.common import fresh_database, markdown_table, wait_until_quiet
+from bench.hotloop import job_spec
+
+MODES: list[tuple[str, AuthMode, float]] = [
+    ("off", "off", 2.0),
+    ("required", "required", 2.0),
+    ("required, no cache", "required", 0.0),
+]
+
+
+async def _timed(n: int, call: Callable[[], Awaitable[httpx.Response]]) -> float:
+    start = time.perf_counter()
+    for _ in range(n):
+        response = await call()
+    assert response.status_code == 200, response.text
+    return n / (time.perf_counter() - start)
+
+
+async def run(kind: str, url: str, n: int) -> list[list[str]]:
+    """Every mode's app at once, measured in turns, so that drift hits each alike."""
+    async with AsyncExitStack() as stack:
+        clients = []
+        token = ""
+        for _, auth, cache_s in MODES:
+            settings = Settings(
+                database_url=url, log_level="WARNING", auth=auth, auth_cache_s=cache_s
+            )
+            app = create_app(settings)
+            await stack.enter_async_context(app.router.lifespan_context(app))
+            if not token:  # the first app is the one without auth: set up through it
+                made = await tokens.create_token(
+                    app.state.engine, "bench", Role.TRAINER, ["cost"], now=utcnow()
+                )
+                token = made.token
+            http = await stack.enter_async_context(
+                httpx.AsyncClient(
+                    transport=httpx.ASGITransport(app=app),
+                    base_url="http://test",
+                    headers={"Authorization": f"Bearer {token}"},
+                )
+            )
+            clients.append(http)
+        setup = clients[0]
+        assert (await setup.post("/jobs", json=job_spec("cost-1", "cost", None))).status_code == 201
+        trial = (await setup.get("/jobs/batch_size", params={"job_id": "cost-1"})).json()
+        report: dict[str, Any] = {
+            **trial, "time": 1.0, "energy": 1.0, "metric": 0.0, "current_epoch": 1,
+        }  # fmt: skip
+        calls = [
+            [partial(http.post, "/report", json=report) for http in clients],
+            [partial(http.get, "/jobs/cost-1") for http in clients],
+        ]
+        best = [[0.0] * len(MODES) for _ in calls]
+        for call_rates, per_mode in zip(best, calls, strict=True):
+            for call in per_mode:
+                await _timed(n // 10, call)  # warm up
+            for _ in range(3):
+                for i, call in enumerate(per_mode):
+                    call_rates[i] = max(call_rates[i], await _timed(n, call))
+    rows = []
+    for i, (label, _, _) in enumerate(MODES):
+        cells = [f"{rates[i]:,.0f} ({rates[i] / rates[0]:.2f})" for rates in best]
+        rows.append([kind, label, *cells])
+        print(rows[-1], flush=True)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--n", type=int, default=2000, help="requests per run")
+    parser.add_argument("--db", choices=["sqlite", "postgres", "both"], default="both")
+    parser.add_argument("--quiet-wait", type=float, default=30.0)
+    args = parser.parse_args()
+    rows = []
+    for kind in ("sqlite", "postgres") if args.db == "both" else (args.db,):
+        wait_until_quiet(args.quiet_wait)
+        with fresh_database(kind) as url:
+            rows += asyncio.run(run(kind, url, args.n))
+    header = ["db", "BSO_AUTH", "POST /report req/s (vs off)", "GET /jobs/{job_id} req/s (vs off)"]
+    print(markdown_table(header, rows))
+
+
+if __name__ == "__main__":
+    main()
