@@ -69,9 +69,11 @@ class NoConvergedBatchSizeError(DomainError):
 class UnauthorizedError(DomainError):
     """No credentials, or none that name a live token (BSO_AUTH=required).
 
-    The challenges go in two header lines, which mean the same as the one
-    line ``Bearer, Basic realm="bso"`` (RFC 9110 5.3) but leave browsers no
-    doubt that Basic is offered: the dashboard then shows their login prompt.
+    The challenges go in two header lines, which HTTP defines as the same as
+    the one line ``Bearer, Basic realm="bso"`` (RFC 9110 5.3); Chromium
+    ignores Basic in the one-line form, and shows its login prompt (or sends
+    URL credentials) for the dashboard only with a line of its own
+    (tests/dashboard/test_browser.py).
     """
 
     status_code = 401

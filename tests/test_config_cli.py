@@ -83,6 +83,13 @@ def test_server_settings_come_from_bso_names(monkeypatch: pytest.MonkeyPatch) ->
     assert (settings.lock_timeout_ms, settings.max_body_bytes) == (250, 2048)
 
 
+def test_auth_is_off_by_default_and_required_when_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert (Settings().auth, Settings().auth_cache_s) == ("off", 2.0)
+    monkeypatch.setenv("BSO_AUTH", " Required ")
+    monkeypatch.setenv("BSO_AUTH_CACHE_S", "0")
+    assert (Settings().auth, Settings().auth_cache_s) == ("required", 0.0)
+
+
 def test_a_dotenv_file_in_the_working_directory_is_read(tmp_path: Path) -> None:
     (tmp_path / ".env").write_text("BSO_LOG_LEVEL=ERROR\n")
     assert Settings().log_level == "ERROR"
@@ -163,6 +170,10 @@ def test_an_unknown_log_level_is_rejected(monkeypatch: pytest.MonkeyPatch, given
         ("BSO_LOCK_TIMEOUT_MS", "0"),
         ("BSO_MAX_BODY_BYTES", "10"),
         ("BSO_ECHO_SQL", "perhaps"),
+        ("BSO_AUTH", "on"),
+        ("BSO_AUTH", "true"),
+        ("BSO_AUTH_CACHE_S", "5"),  # revocation must hold within 5 s
+        ("BSO_AUTH_CACHE_S", "-1"),
     ],
 )
 def test_out_of_range_server_settings_are_rejected(
@@ -184,10 +195,10 @@ def bso(
     )
 
 
-def test_bso_help_lists_serve_migrate_and_simulate(tmp_path: Path) -> None:
+def test_bso_help_lists_serve_migrate_tokens_and_simulate(tmp_path: Path) -> None:
     result = bso("--help", env=clean_env(), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    for command in ("serve", "migrate", "simulate"):
+    for command in ("serve", "migrate", "tokens", "simulate"):
         assert command in result.stdout, f"{command!r} missing from:\n{result.stdout}"
 
 
