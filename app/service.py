@@ -234,7 +234,7 @@ async def _load_trial(
     state = await repo.load_trial(conn, key.job_id, key.trial_number)
     if state is None:
         raise JobNotFoundError(key.job_id)
-    caller.require_prefix(state.job.job_id_prefix, key.job_id)  # on the row we read anyway
+    caller.require_prefix(state.job.job_id_prefix, key.job_id)
     if state.trial is None:
         raise TrialNotFoundError(key.job_id, key.trial_number)
     if state.trial.batch_size != key.batch_size:

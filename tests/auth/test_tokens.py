@@ -139,3 +139,15 @@ async def test_a_token_created_while_a_server_runs_works_at_once(
     assert (await auth_client.get("/jobs", headers=bearer(unknown))).status_code == 401
     token = await new_token(auth_app, "late", Role.VIEWER)  # unknown ids are never cached
     assert (await auth_client.get("/jobs", headers=bearer(token))).status_code == 200
+
+
+async def test_an_unreachable_database_answers_503_not_500_when_checking_a_token() -> None:
+    unreachable = "postgresql+asyncpg://postgres@127.0.0.1:1/nowhere"
+    settings = Settings(database_url=unreachable, log_level="CRITICAL", auth="required")
+    application = create_app(settings)
+    async with application.router.lifespan_context(application):
+        transport = httpx.ASGITransport(app=application)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+            response = await http.get("/jobs", headers=bearer("bso_0123456789ab_" + "A" * 43))
+    assert response.status_code == 503, response.text
+    assert response.headers["retry-after"] == "1"
