@@ -23,7 +23,7 @@ from fastapi import Depends, Request
 from fastapi.security.http import HTTPBase
 from starlette.requests import HTTPConnection
 
-from app.errors import UnauthorizedError
+from app.errors import ForbiddenError, UnauthorizedError
 from app.roles import ANYONE, Principal, Role
 from app.schemas import error_example
 from app.tokens import TokenVerifier
@@ -89,9 +89,7 @@ async def caller(
         return ANYONE
     verifier: TokenVerifier = request.app.state.tokens
     token = presented_token(request.headers.get("authorization"))
-    principal = await verifier.verify(request.app.state.engine, token)
-    request.state.token_name = principal.name  # for access logs
-    return principal
+    return await verifier.verify(request.app.state.engine, token)
 
 
 def requires(role: Role) -> Callable[..., Awaitable[Principal]]:
@@ -101,7 +99,9 @@ def requires(role: Role) -> Callable[..., Awaitable[Principal]]:
         request: Request, principal: Annotated[Principal, Depends(caller)]
     ) -> Principal:
         route = request.scope.get("route")
-        principal.require(role, f"{request.method} {getattr(route, 'path', request.url.path)}")
+        action = f"{request.method} {getattr(route, 'path', request.url.path)}"
+        if (refusal := principal.role_refusal(role, action)) is not None:
+            raise ForbiddenError(refusal)
         return principal
 
     dependency.__name__ = f"requires_{role}"

@@ -1,25 +1,27 @@
-"""The ``bso`` command: serve, migrate, tokens, simulate."""
+"""The ``bso`` command: serve, migrate, tokens, simulate, jobs.
+
+Nothing imported here imports prometheus-client: ``bso serve`` must set
+PROMETHEUS_MULTIPROC_DIR before it is first imported (see app/metrics.py).
+"""
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import Awaitable, Callable
-from datetime import datetime
-from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+import os
+import signal
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import FrameType
+from typing import Annotated, Any
 
 import typer
 from pydantic import ValidationError
 
 from app.config import Settings, get_settings
-from app.roles import Role
+from app.jobs_command import register as register_jobs
 from app.sim.command import register as register_simulate
-
-if TYPE_CHECKING:
-    from sqlalchemy.ext.asyncio import AsyncEngine
-
-T = TypeVar("T")
+from app.tokens_command import register as register_tokens
 
 cli = typer.Typer(
     name="bso",
@@ -81,7 +83,9 @@ def serve(
 ) -> None:
     """Serve the API. The embedded SQLite default is migrated automatically first."""
     import uvicorn
+    from uvicorn.config import LOGGING_CONFIG
 
+    from app.log import configure_logging, uvicorn_log_config
     from app.migrate import upgrade_head
 
     settings = _settings()
@@ -89,123 +93,49 @@ def serve(
         typer.echo("An in-memory database lives in one process: serve it with one worker.",
                    err=True)  # fmt: skip
         raise typer.Exit(2)
+    configure_logging(settings.log_level, settings.log_format)
+    # uvicorn shuts down gracefully on SIGTERM, then raises it again: as SystemExit
+    # (not the default handler's instant death) it lets the cleanup below run.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     if settings.is_embedded_default and not settings.is_in_memory:
         logger.info("%s", upgrade_head(settings.database_url).describe())
-    uvicorn.run(
-        "app.main:app",
-        host=host or settings.host,
-        port=port or settings.port,
-        workers=workers or settings.workers,
-        log_level=settings.log_level.lower(),
-        proxy_headers=True,
-    )
+    with _metrics_directory():
+        uvicorn.run(
+            "app.main:app",
+            host=host or settings.host,
+            port=port or settings.port,
+            workers=workers or settings.workers,
+            log_level=settings.log_level.lower(),
+            log_config=uvicorn_log_config(settings.log_level, settings.log_format)
+            or LOGGING_CONFIG,
+            access_log=False,  # app.access logs each request once (app/observe.py)
+            proxy_headers=True,
+        )
 
 
-# ------------------------------------------------------------------ tokens
-
-tokens = typer.Typer(
-    help="API tokens for BSO_AUTH=required, on BSO_DATABASE_URL (as `bso migrate`).",
-    no_args_is_help=True,
-)
-cli.add_typer(tokens, name="tokens")
+def _exit_on_signal(signum: int, _: FrameType | None) -> None:
+    raise SystemExit(128 + signum)
 
 
-def _on_database(work: Callable[[AsyncEngine], Awaitable[T]]) -> T:
-    """Run ``work`` on the configured database, once it is at the latest schema.
+@contextmanager
+def _metrics_directory() -> Iterator[None]:
+    """PROMETHEUS_MULTIPROC_DIR for the workers: the operator's, or a fresh one removed after.
 
-    Exits with a message (never a traceback) when it is not there yet, cannot
-    be reached, or refuses the request.
+    Every worker writes its metrics there, so /metrics counts all of them.
     """
-    from app.db import DATABASE_ERRORS, create_engine
-    from app.errors import DomainError
-    from app.migrate import current_revision, head_revision
-
-    settings = _settings()
-    if settings.is_in_memory:
-        typer.echo("An in-memory database lives in the server that holds it: no tokens here.",
-                   err=True)  # fmt: skip
-        raise typer.Exit(2)
-    if settings.is_sqlite and not Path(settings.sqlite_path).exists():
-        typer.echo(f"No database at {settings.sqlite_path}: set BSO_DATABASE_URL, or run "
-                   "`bso migrate` first.", err=True)  # fmt: skip
-        raise typer.Exit(2)
-
-    async def run() -> T:
-        engine = create_engine(settings)
+    given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if given:
+        os.makedirs(given, exist_ok=True)
+        logger.info("metrics of all workers are collected in %s", given)
+        yield
+        return
+    with tempfile.TemporaryDirectory(prefix="bso-metrics-") as directory:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+        logger.info("metrics of all workers are collected in %s", directory)
         try:
-            current, head = await current_revision(engine), head_revision()
-            if current != head:
-                typer.echo(f"The database schema is at {current or 'nothing'}, not {head}: "
-                           "run `bso migrate` first.", err=True)  # fmt: skip
-                raise typer.Exit(2)
-            return await work(engine)
+            yield
         finally:
-            await engine.dispose()
-
-    try:
-        return asyncio.run(run())
-    except DomainError as exc:
-        typer.echo(exc.message, err=True)
-        raise typer.Exit(1) from exc
-    except DATABASE_ERRORS as exc:
-        typer.echo(f"The database cannot be reached: {type(exc).__name__}.", err=True)
-        raise typer.Exit(1) from exc
-
-
-def _when(moment: datetime | None) -> str:
-    return "-" if moment is None else moment.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-@tokens.command("create")
-def create_token(
-    name: Annotated[str, typer.Argument(help="A unique name, e.g. team-a or ci.")],
-    role: Annotated[Role, typer.Option(help="viewer: reads; trainer: also train; admin: all.")],
-    prefix: Annotated[
-        list[str] | None,
-        typer.Option(help="Trainer only: a job_id_prefix it may train (repeat; none: every)."),
-    ] = None,
-) -> None:
-    """Create a token; its secret is the last line of stdout, shown only this once."""
-    from app import tokens as token_store
-    from app.service import utcnow
-
-    created = _on_database(
-        lambda engine: token_store.create_token(engine, name, role, prefix or (), now=utcnow())
-    )
-    scope = ""
-    if role is Role.TRAINER:
-        scope = f", job_id_prefixes {', '.join(created.info.prefixes) or 'all'}"
-    typer.echo(f"Created token {name!r} ({role}{scope}). Only its hash is stored: copy it now. "
-               "Send it as `Authorization: Bearer <token>`, or as the password of HTTP Basic.",
-               err=True)  # fmt: skip
-    typer.echo(created.token)
-
-
-@tokens.command("list")
-def list_tokens() -> None:
-    """List tokens: name, role, prefixes, created, revoked (never their secrets)."""
-    from app import tokens as token_store
-
-    rows = [("NAME", "ROLE", "PREFIXES", "CREATED", "REVOKED")]
-    for info in _on_database(token_store.list_tokens):
-        scope = ",".join(info.prefixes) or ("(all)" if info.role is Role.TRAINER else "-")
-        rows.append((info.name, info.role, scope, _when(info.created_at), _when(info.revoked_at)))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
-    for row in rows:
-        typer.echo("  ".join([*(c.ljust(w) for c, w in zip(row, widths, strict=False)), row[-1]]))
-
-
-@tokens.command("revoke")
-def revoke_token(name: Annotated[str, typer.Argument(help="The token's name.")]) -> None:
-    """Revoke a token: every server refuses it within BSO_AUTH_CACHE_S seconds."""
-    from app import tokens as token_store
-    from app.service import utcnow
-
-    revocation = _on_database(lambda engine: token_store.revoke_token(engine, name, now=utcnow()))
-    if revocation.already:
-        typer.echo(f"Token {name!r} was already revoked at {_when(revocation.info.revoked_at)}.")
-    else:
-        typer.echo(f"Revoked token {name!r}; servers refuse it within a few seconds.")
+            del os.environ["PROMETHEUS_MULTIPROC_DIR"]
 
 
 def main() -> None:
@@ -213,7 +143,9 @@ def main() -> None:
     cli()
 
 
+register_tokens(cli, _settings)
 register_simulate(cli)
+register_jobs(cli)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 AuthMode = Literal["off", "required"]
+LogFormat = Literal["text", "json"]
 
 _LEVEL_ALIASES = {"WARN": "WARNING", "FATAL": "CRITICAL"}
 
@@ -61,6 +62,11 @@ class Settings(BaseSettings):
     log_level: Annotated[LogLevel, BeforeValidator(_normalise_level)] = Field(
         default="INFO",
         validation_alias=AliasChoices("BSO_LOG_LEVEL", "ZEUS_BSO_LOG_LEVEL", "log_level"),
+    )
+    log_format: Annotated[LogFormat, BeforeValidator(_lower)] = Field(
+        default="text",
+        description="text: one human-readable line per event; json: one JSON object per "
+        "line, uvicorn's lines included (for log collectors).",
     )
     echo_sql: bool = Field(
         default=False,

@@ -15,6 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from app import metrics
 from app.db import DATABASE_ERRORS, DatabaseFault, classify
 
 logger = logging.getLogger(__name__)
@@ -151,6 +152,7 @@ def install_error_handlers(app: FastAPI) -> None:
         fault = classify(exc)
         if fault is None:
             return _internal_error(request, exc)
+        metrics.database_error(fault.value)
         if fault is DatabaseFault.UNAVAILABLE:
             logger.error("database unavailable on %s %s: %r", request.method, request.url.path,
                          exc)  # fmt: skip

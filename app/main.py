@@ -19,6 +19,7 @@ from app.db import create_engine
 from app.docs_ui import docs, install_static
 from app.errors import install_error_handlers
 from app.log import configure_logging
+from app.observe import ObserveRequests
 from app.routes import health, read, zeus
 from app.tokens import TokenVerifier
 
@@ -100,13 +101,24 @@ async def _refuse(send: Send, max_bytes: int) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+class BsoApp(FastAPI):
+    """FastAPI with ``ObserveRequests`` around everything, Starlette's error middleware too.
+
+    ``add_middleware`` would put it inside that middleware, where the 500 and
+    503 answers of the catch-all error handler are never seen.
+    """
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return ObserveRequests(super().build_middleware_stack())
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app; settings are read from the environment when not given."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         resolved = settings or get_settings()
-        configure_logging(resolved.log_level)
+        configure_logging(resolved.log_level, resolved.log_format)
         engine = create_engine(resolved)
         if resolved.is_in_memory:
             # Nobody else can reach this database to migrate it.
@@ -122,7 +134,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             await engine.dispose()
 
-    app = FastAPI(
+    app = BsoApp(
         title="Batch Size Optimizer",
         version="0.1.0",
         description=DESCRIPTION,

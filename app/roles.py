@@ -1,16 +1,16 @@
 """Who may do what: the three roles, and the caller a request acts for.
 
-Pure rules, no I/O: the HTTP layer (auth.py) finds the caller from its
-token, the routes demand a role, and the write use cases check a trainer's
-job prefixes on the job row they read anyway (service.py).
+Pure rules that import nothing of the app (app/models.py builds a CHECK
+constraint from :class:`Role`): the HTTP layer (auth.py) finds the caller
+from its token and demands a role, and the write use cases check a
+trainer's job prefixes on the job row they read anyway (service.py). Both
+turn a refusal into a 403.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
-
-from app.errors import ForbiddenError
 
 
 class Role(StrEnum):
@@ -36,20 +36,19 @@ class Principal:
     role: Role
     prefixes: frozenset[str] = frozenset()
 
-    def require(self, role: Role, action: str) -> None:
-        """Refuse (403) unless this caller's role includes ``role``."""
-        if _RANK[self.role] < _RANK[role]:
-            allowed = " or ".join(r for r in Role if _RANK[r] >= _RANK[role])
-            raise ForbiddenError(
-                f"Token {self.name!r} has the {self.role} role; {action} needs {allowed}."
-            )
+    def role_refusal(self, role: Role, action: str) -> str | None:
+        """Why this caller may not do what needs ``role`` (None: it may)."""
+        if _RANK[self.role] >= _RANK[role]:
+            return None
+        allowed = " or ".join(r for r in Role if _RANK[r] >= _RANK[role])
+        return f"Token {self.name!r} has the {self.role} role; {action} needs {allowed}."
 
-    def require_prefix(self, job_id_prefix: str, job_id: str | None) -> None:
-        """Refuse (403) a trainer acting on a job outside its prefixes."""
+    def prefix_refusal(self, job_id_prefix: str, job_id: str | None) -> str | None:
+        """Why this caller may not train a job with this prefix (None: it may)."""
         if self.role is Role.ADMIN or not self.prefixes or job_id_prefix in self.prefixes:
-            return
+            return None
         job = f"job {job_id!r}" if job_id is not None else "a job"
-        raise ForbiddenError(
+        return (
             f"Token {self.name!r} may act only on jobs with job_id_prefix "
             f"{', '.join(map(repr, sorted(self.prefixes)))}; {job} has job_id_prefix "
             f"{job_id_prefix!r}."

@@ -13,9 +13,10 @@ from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
 from fastapi.responses import JSONResponse
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app import migrate, reads, service
+from app import metrics, migrate, reads, service
 from app.auth import NOT_A_TRAINER, NOT_AN_ADMIN, UNAUTHENTICATED, TrainerDep, admin, viewer
 from app.bandit import TrialStatus, TrialType
+from app.request_context import bind_job
 from app.schemas import (
     PRINTABLE,
     ArmRead,
@@ -134,6 +135,7 @@ async def register_job(
     With `job_id` null the server makes one: `{job_id_prefix}-{8 hex digits}`.
     Registering the same job_id again with an identical spec is a no-op (200).
     """
+    bind_job(spec.job_id)
     registration = await service.register_job(db, spec, now=utcnow(), caller=caller)
     if not registration.created:
         response.status_code = status.HTTP_200_OK
@@ -186,6 +188,7 @@ async def report(result: TrainingResult, db: DatabaseDep, caller: TrainerDep) ->
     `beta_knob * min_cost`, or spends `max_epochs`. A report on an ended trial
     changes nothing and gets the same answer again, so retries are safe.
     """
+    bind_job(result.job_id)
     return await service.report_result(db, result, now=utcnow(), caller=caller)
 
 
@@ -201,6 +204,7 @@ async def end_trial(trial: TrialId, db: DatabaseDep, caller: TrainerDep) -> Tria
     A trial still running without a final report becomes Failed, and its batch
     size will be explored again; an already ended trial is left as it is.
     """
+    bind_job(trial.job_id)
     return await service.end_trial(db, trial, now=utcnow(), caller=caller)
 
 
@@ -315,3 +319,14 @@ async def readyz(request: Request) -> Any:
         detail = f"schema at revision {current}, expected {head}: run `bso migrate`"
         return JSONResponse(Health(status="unavailable", detail=detail).model_dump(), 503)
     return Health(status="ok", detail=f"schema at {head}")
+
+
+# A viewer's, like every other GET but the probes (BSO_AUTH=required).
+@health.get("/metrics", include_in_schema=False, dependencies=[Depends(viewer)])
+def prometheus_metrics() -> Response:
+    """Prometheus text format, summed over every worker process (README, Metrics).
+
+    A plain ``def``: FastAPI runs it on a thread, so reading the workers'
+    files never blocks the event loop.
+    """
+    return Response(metrics.exposition(), media_type=metrics.CONTENT_TYPE)

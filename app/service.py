@@ -17,12 +17,13 @@ from typing import Any
 import numpy as np
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from app import bandit
+from app import bandit, metrics
 from app import repository as repo
 from app.bandit import Stage, TrialStatus, TrialType, Verdict
 from app.db import autocommit
 from app.errors import (
     BatchSizeMismatchError,
+    ForbiddenError,
     JobNotFoundError,
     JobSpecMismatchError,
     NoConvergedBatchSizeError,
@@ -50,6 +51,16 @@ def utcnow() -> datetime:
 def created_job(job: JobRow, batch_sizes: tuple[int, ...]) -> CreatedJob:
     values = {name: getattr(job, name) for name in JOB_SPEC_FIELDS}
     return CreatedJob.model_construct(job_id=job.job_id, batch_sizes=list(batch_sizes), **values)
+
+
+def _authorize(caller: Principal, job_id_prefix: str, job_id: str | None) -> None:
+    """403 unless the caller may train jobs of this prefix.
+
+    Called on the job row each use case reads anyway (the body's prefix for a
+    registration), so checking a trainer's prefixes costs no query.
+    """
+    if (refusal := caller.prefix_refusal(job_id_prefix, job_id)) is not None:
+        raise ForbiddenError(refusal)
 
 
 # ------------------------------------------------------------ registration
@@ -84,7 +95,7 @@ async def register_job(
     case is a job that exists: answered from one lock-free read. Registered
     specs never change, so that read cannot be stale in a way that matters.
     """
-    caller.require_prefix(spec.job_id_prefix, spec.job_id)
+    _authorize(caller, spec.job_id_prefix, spec.job_id)
     if spec.job_id is not None:
         async with autocommit(engine) as conn:
             existing = await repo.load_job(conn, spec.job_id)
@@ -168,7 +179,7 @@ async def dispatch_trial(
         if state is None:
             raise JobNotFoundError(job_id)
         job = state.job
-        caller.require_prefix(job.job_id_prefix, job_id)  # on the row we read anyway
+        _authorize(caller, job.job_id_prefix, job_id)
         in_bandit = job.stage == Stage.MAB
         explorations = {}
         arms: tuple[bandit.ArmPosterior, ...] = ()
@@ -212,6 +223,7 @@ async def dispatch_trial(
         )  # fmt: skip
     logger.info("job %s trial %d: %s batch size %d", job_id, number, decision.trial_type,
                 decision.batch_size)  # fmt: skip
+    metrics.trial_dispatched(decision.trial_type)
     return TrialId.model_construct(
         job_id=job_id, batch_size=decision.batch_size, trial_number=number
     )
@@ -234,7 +246,7 @@ async def _load_trial(
     state = await repo.load_trial(conn, key.job_id, key.trial_number)
     if state is None:
         raise JobNotFoundError(key.job_id)
-    caller.require_prefix(state.job.job_id_prefix, key.job_id)
+    _authorize(caller, state.job.job_id_prefix, key.job_id)
     if state.trial is None:
         raise TrialNotFoundError(key.job_id, key.trial_number)
     if state.trial.batch_size != key.batch_size:
@@ -284,21 +296,26 @@ async def report_result(
     async with autocommit(engine) as conn:
         state, trial = await _load_trial(conn, result, caller)
     if trial.status != TrialStatus.DISPATCHED:
+        metrics.report_answered(metrics.ALREADY_ENDED)
         return _answer_for_ended(trial)  # ended trials never change again
     verdict = _judge(state.job, trial, result)
     if not verdict.stop_train:
+        metrics.report_answered(verdict.reason)
         return ReportResponse(stop_train=False, converged=False, message=verdict.message)
 
     async with engine.begin() as conn:
         state, trial = await _load_trial(conn, result, caller, lock=True)
         if trial.status != TrialStatus.DISPATCHED:  # another request ended it meanwhile
+            metrics.report_answered(metrics.ALREADY_ENDED)
             return _answer_for_ended(trial)
         verdict = _judge(state.job, trial, result)
         if not verdict.stop_train:  # min_cost moved meanwhile: a rare race
+            metrics.report_answered(verdict.reason)
             return ReportResponse(stop_train=False, converged=False, message=verdict.message)
         await _record_result(conn, state, trial, result, verdict, now)
     logger.info("job %s trial %d ended: converged=%s cost=%.6g", trial.job_id, trial.trial_number,
                 verdict.converged, verdict.cost)  # fmt: skip
+    metrics.report_answered(verdict.reason)
     return ReportResponse(stop_train=True, converged=verdict.converged, message=verdict.message)
 
 
@@ -352,5 +369,6 @@ async def end_trial(
         await repo.fail_trial(conn, trial, now)
         await repo.touch_job(conn, trial.job_id, now)
     logger.info("job %s trial %d ended without a result", trial.job_id, trial.trial_number)
+    metrics.trial_ended(TrialStatus.FAILED)
     ended = max(now, trial.start_timestamp)
     return trial.model_copy(update={"status": TrialStatus.FAILED, "end_timestamp": ended})

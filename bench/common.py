@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -325,36 +326,44 @@ def bso_server(
     log_level: str = "WARNING",
     checkout: Path = ROOT,
     name: str = "bso",
+    python: Path | None = None,
 ) -> Server:
     """``bso serve`` exactly as deployed: its uvicorn settings, access log included.
 
     ``checkout``: serve that checkout's code, with its own ``.venv`` (this
-    interpreter's venv for this checkout), from its own folder.
+    interpreter's venv for this checkout), from its own folder. ``python``:
+    instead, ``python -m app.cli serve`` with that interpreter (a venv that
+    holds the dependencies) and the checkout first on ``PYTHONPATH``, e.g.
+    to serve this checkout on another Python version.
     """
     port = free_port()
     here = checkout.resolve() == ROOT
     exe = VENV_BIN / "bso" if here else checkout / ".venv" / "bin" / "bso"
+    command = [str(exe)] if python is None else [str(python), "-m", "app.cli"]
+    env = {
+        "BSO_DATABASE_URL": database_url,
+        "BSO_LOG_LEVEL": log_level,
+        "BSO_HOST": "127.0.0.1",
+    }
+    if python is not None:
+        env["PYTHONPATH"] = str(checkout)
     return Server(
         name=name,
-        argv=[str(exe), "serve", "--port", str(port), "--workers", str(workers)],
+        argv=[*command, "serve", "--port", str(port), "--workers", str(workers)],
         cwd=checkout,
         port=port,
-        env={
-            "BSO_DATABASE_URL": database_url,
-            "BSO_LOG_LEVEL": log_level,
-            "BSO_HOST": "127.0.0.1",
-        },
+        env=env,
         ready_path="/readyz",
         workers=workers,
     )
 
 
-def hello_server(*, workers: int, log_level: str = "WARNING", access_log: bool = True) -> Server:
+def hello_server(*, workers: int, log_level: str = "WARNING", access_log: bool = False) -> Server:
     """bench/hello_app.py under uvicorn with the options ``bso serve`` passes.
 
-    ``bso serve`` calls ``uvicorn.run(..., log_level=..., proxy_headers=True)``
-    and leaves uvicorn's access log at its default (on), so this does too
-    unless told otherwise.
+    ``bso serve`` calls ``uvicorn.run(..., log_level=..., access_log=False,
+    proxy_headers=True)`` (the app logs each request itself, at INFO), so this
+    runs without uvicorn's access log too unless told otherwise.
     """
     port = free_port()
     argv = [
@@ -551,14 +560,28 @@ class RawClient:
             f"content-type: application/json\r\ncontent-length: {len(body)}\r\n\r\n"
         ).encode()
         async with self.slots:
-            reader, writer = self.idle.pop() if self.idle else await self._connect()
+            reused = bool(self.idle)
+            reader, writer = self.idle.pop() if reused else await self._connect()
             try:
                 writer.write(head + body)
                 status, content, keep = await _read_response(reader)
             except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
                 writer.close()
                 self.everyone.discard(writer)
-                raise RawClientError(f"{type(exc).__name__}: {exc}") from exc
+                stale = isinstance(exc, asyncio.IncompleteReadError) and not exc.partial
+                if not (reused and stale):
+                    raise RawClientError(f"{type(exc).__name__}: {exc}") from exc
+                # The server closed this idle keep-alive connection (uvicorn's
+                # keep-alive timeout) before reading the request: send it again
+                # on a fresh one, as HTTP clients do.
+                reader, writer = await self._connect()
+                try:
+                    writer.write(head + body)
+                    status, content, keep = await _read_response(reader)
+                except (OSError, asyncio.IncompleteReadError, ValueError) as again:
+                    writer.close()
+                    self.everyone.discard(writer)
+                    raise RawClientError(f"{type(again).__name__}: {again}") from again
             if keep:
                 self.idle.append((reader, writer))
             else:
@@ -614,7 +637,7 @@ async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes, bool
 EVENT_LOOP = "event loop (uvloop C code: socket I/O, asyncpg/httptools protocol callbacks)"
 EVENT_LOOP_LEAVES = ("Runner.run ", "run_until_complete ", "run (uvloop/", "run_forever ")
 PROFILE_RULES: list[tuple[str, tuple[str, ...]]] = [
-    ("asyncpg pool acquire / release", ("asyncpg/pool.py",)),
+    ("asyncpg pool acquire / release (driver path)", ("asyncpg/pool.py",)),
     ("BEGIN (asyncpg transaction start)", ("Transaction.start", "Transaction.__aenter__")),
     (
         "COMMIT / ROLLBACK",
@@ -622,10 +645,22 @@ PROFILE_RULES: list[tuple[str, tuple[str, ...]]] = [
     ),
     ("asyncpg statement execution (bind, send, decode)", ("asyncpg/",)),
     ("aiosqlite / sqlite3", ("aiosqlite/", "sqlite3")),
-    ("SQLAlchemy (none expected on the request path)", ("sqlalchemy/",)),
+    ("SQLAlchemy pool checkout / checkin / reset", ("sqlalchemy/pool/",)),
     (
-        "app code (service, repository, database adapter, bandit)",
-        ("app/service", "app/repository", "app/database", "app/bandit", "app/reads"),
+        "SQLAlchemy result (cursor, rows, type processors)",
+        ("sqlalchemy/engine/result.py", "sqlalchemy/engine/cursor.py", "sqlalchemy/engine/row"),
+    ),
+    (
+        "SQLAlchemy asyncpg adapter, greenlet bridge",
+        ("sqlalchemy/dialects/postgresql/asyncpg.py", "_concurrency_py3k", "greenlet"),
+    ),
+    (
+        "SQLAlchemy execute (compiled cache, parameters, events, transactions)",
+        ("sqlalchemy/",),
+    ),
+    (
+        "app code (service, repository, db, bandit, reads)",
+        ("app/service", "app/repository", "app/database", "app/db.py", "app/bandit", "app/reads"),
     ),
     ("pydantic", ("pydantic",)),
     (
@@ -735,14 +770,15 @@ def top_frames(path: str | Path, limit: int = 25) -> list[tuple[str, float]]:
 @contextlib.contextmanager
 def py_spy(pids: Sequence[int], output_prefix: str, rate: int = 200) -> Iterator[list[str]]:
     """Sample ``pids`` with py-spy (``pip install py-spy``) while the block runs."""
-    exe = VENV_BIN / "py-spy"
-    if not exe.exists():
+    found = VENV_BIN / "py-spy"
+    exe = str(found) if found.exists() else shutil.which("py-spy")
+    if exe is None:
         raise SystemExit("--profile needs py-spy: .venv/bin/pip install py-spy")
     outputs = [f"{output_prefix}.{pid}.txt" for pid in pids]
     procs = [
         subprocess.Popen(
             [
-                str(exe),
+                exe,
                 "record",
                 "--pid",
                 str(pid),

@@ -33,6 +33,8 @@ import contextlib
 import json
 import os
 import statistics
+import subprocess
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -53,6 +55,16 @@ RSS_TARGET_MIB = 130
 RATIO_TARGET = 0.8
 
 
+def python_version(python: Path) -> str:
+    found = subprocess.run(
+        [str(python), "-c", "import platform; print(platform.python_version())"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return found.stdout.strip() or "?"
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Hot-loop throughput of this checkout against another, in one run.",
@@ -63,6 +75,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=Path,
         default=ROOT.parent / "wt-old",
         help="the other checkout (with its own .venv), e.g. a worktree of 1b1cd18",
+    )
+    parser.add_argument(
+        "--new-python",
+        type=Path,
+        help="serve this checkout with this interpreter instead of .venv's "
+        "(python -m app.cli; a venv with the dependencies), e.g. a Python 3.11 one "
+        "so that both paths run on the same Python",
     )
     parser.add_argument("--rounds", type=int, default=5, help="runs of each path, alternating")
     parser.add_argument("--workers", type=int, default=1, help="uvicorn workers, both servers")
@@ -91,7 +110,11 @@ def main(argv: list[str] | None = None) -> None:
     old = args.old.resolve()
     if not (old / ".venv" / "bin" / "bso").exists():
         raise SystemExit(f"{old}/.venv/bin/bso not found: create the other checkout's venv first")
-    labels = {"new": f"new ({checkout_label(ROOT)})", "old": f"old ({checkout_label(old)})"}
+    new_python = args.new_python or Path(sys.executable)
+    labels = {
+        "new": f"new ({checkout_label(ROOT)}, Python {python_version(new_python)})",
+        "old": f"old ({checkout_label(old)}, Python {python_version(old / '.venv/bin/python')})",
+    }
     tag = f"cmp{os.getpid()}"
     base = Workload(
         jobs=args.jobs,
@@ -111,8 +134,11 @@ def main(argv: list[str] | None = None) -> None:
             url = stack.enter_context(
                 fresh_database("postgres", prefix=f"bso_bench_{key}", checkout=checkout)
             )
+            python = args.new_python if key == "new" else None
             servers[key] = stack.enter_context(
-                bso_server(url, workers=args.workers, checkout=checkout, name=f"bso-{key}")
+                bso_server(
+                    url, workers=args.workers, checkout=checkout, name=f"bso-{key}", python=python
+                )
             )
         hello = stack.enter_context(hello_server(workers=args.workers)) if args.hello else None
         print(

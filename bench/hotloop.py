@@ -10,7 +10,7 @@ with a pool sized to the concurrency).
 
 In the same run a FastAPI hello-world (bench/hello_app.py), served by uvicorn
 with the very options ``bso serve`` uses (worker count, log level, access log
-on, proxy headers), gets the same request shape: the same bodies, GETs to a
+off, proxy headers), gets the same request shape: the same bodies, GETs to a
 GET and POSTs/PATCHes to a POST, same concurrency, same number of requests.
 Our throughput as a fraction of that ceiling is the headline number.
 
@@ -416,9 +416,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--log-level", default="WARNING", help="BSO_LOG_LEVEL / uvicorn level")
     parser.add_argument("--no-hello", action="store_true", help="skip the hello-world ceiling")
     parser.add_argument(
-        "--hello-no-access-log",
+        "--hello-access-log",
         action="store_true",
-        help="serve hello-world without uvicorn's access log (bso serve cannot turn it off)",
+        help="serve hello-world with uvicorn's access log (bso serve turns it off)",
     )
     parser.add_argument(
         "--hello-scale",
@@ -439,6 +439,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=60.0,
         help="before each measurement, wait up to this many seconds for "
         "other processes to leave the CPUs idle (0: don't)",
+    )
+    parser.add_argument(
+        "--python",
+        type=Path,
+        help="serve with this interpreter (python -m app.cli, this checkout on PYTHONPATH; "
+        "a venv with the dependencies) instead of .venv's bso",
     )
     parser.add_argument("--json", type=Path, help="also write the results here")
     return parser.parse_args(argv)
@@ -465,7 +471,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     else:
         with (
             fresh_database(args.db) as database_url,
-            bso_server(database_url, workers=args.workers, log_level=args.log_level) as server,
+            bso_server(
+                database_url, workers=args.workers, log_level=args.log_level, python=args.python
+            ) as server,
         ):
             results["bso"] = measure(
                 f"bso ({args.db}, {args.workers} worker(s))",
@@ -483,7 +491,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         with hello_server(
             workers=args.workers,
             log_level=args.log_level,
-            access_log=not args.hello_no_access_log,
+            access_log=args.hello_access_log,
         ) as server:
             results["hello"] = measure(
                 f"hello-world ({args.workers} worker(s))",

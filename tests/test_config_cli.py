@@ -161,6 +161,23 @@ def test_an_unknown_log_level_is_rejected(monkeypatch: pytest.MonkeyPatch, given
 
 
 @pytest.mark.parametrize(
+    ("given", "log_format"), [("json", "json"), (" JSON ", "json"), ("Text", "text")]
+)
+def test_the_log_format_is_text_by_default_and_json_on_request(
+    monkeypatch: pytest.MonkeyPatch, given: str, log_format: str
+) -> None:
+    assert Settings().log_format == "text"
+    monkeypatch.setenv("BSO_LOG_FORMAT", given)
+    assert Settings().log_format == log_format
+
+
+def test_an_unknown_log_format_is_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BSO_LOG_FORMAT", "xml")
+    with pytest.raises(ValidationError, match=r"(?i)log_format"):
+        Settings()
+
+
+@pytest.mark.parametrize(
     ("name", "value"),
     [
         ("BSO_PORT", "0"),
@@ -195,10 +212,10 @@ def bso(
     )
 
 
-def test_bso_help_lists_serve_migrate_tokens_and_simulate(tmp_path: Path) -> None:
+def test_bso_help_lists_every_command(tmp_path: Path) -> None:
     result = bso("--help", env=clean_env(), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    for command in ("serve", "migrate", "tokens", "simulate"):
+    for command in ("serve", "migrate", "tokens", "simulate", "jobs"):
         assert command in result.stdout, f"{command!r} missing from:\n{result.stdout}"
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from app.bandit.cost import zeus_cost
-from app.bandit.types import JobParams, Verdict
+from app.bandit.types import JobParams, StopReason, Verdict
 
 
 def reached_target(params: JobParams, metric: float) -> bool:
@@ -44,9 +44,13 @@ def judge_report(
     reached = reached_target(params, metric)
 
     if within_bound and current_epoch < params.max_epochs and not reached:
-        return Verdict(False, False, cost, "Stop condition not met, keep training.")
+        return Verdict(
+            False, False, cost, "Stop condition not met, keep training.", StopReason.KEEP_TRAINING
+        )
     if reached and within_bound:
-        return Verdict(True, True, cost, "Train succeeded: reached the target metric.")
+        return Verdict(
+            True, True, cost, "Train succeeded: reached the target metric.", StopReason.CONVERGED
+        )
     if not within_bound:
         return Verdict(
             True,
@@ -54,10 +58,12 @@ def judge_report(
             cost,
             f"Batch size {batch_size} exceeded the cost upper bound: cost {cost:.6g} > "
             f"beta_knob {params.beta_knob} * min_cost {min_cost:.6g}.",
+            StopReason.STOPPED_EARLY,
         )
     return Verdict(
         True,
         False,
         cost,
         f"Train failed to reach the target metric within max_epochs ({params.max_epochs}).",
+        StopReason.MAX_EPOCHS,
     )

@@ -22,6 +22,15 @@ class TrialType(StrEnum):
     MAB = "MAB"
 
 
+class StopReason(StrEnum):
+    """Why a report was answered as it was: what operators count (metrics)."""
+
+    KEEP_TRAINING = "keep_training"
+    CONVERGED = "converged"
+    STOPPED_EARLY = "stopped_early"  # the cost exceeded beta * min_cost
+    MAX_EPOCHS = "max_epochs"  # the epoch budget ran out before the target
+
+
 class TrialStatus(StrEnum):
     """Life cycle of a trial (Zeus's names)."""
 
@@ -136,3 +145,4 @@ class Verdict:
     converged: bool
     cost: float
     message: str
+    reason: StopReason

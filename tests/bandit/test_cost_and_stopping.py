@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from app.bandit import JobParams, Verdict, judge_report, zeus_cost
+from app.bandit import JobParams, StopReason, Verdict, judge_report, zeus_cost
 from app.bandit.stopping import cost_upper_bound
 
 PARAMS = JobParams(batch_sizes=(32, 64), default_batch_size=64, max_epochs=5, max_power=300.0)
@@ -67,3 +67,11 @@ def test_lower_is_better_metrics_reach_the_target_from_above() -> None:
     )  # fmt: skip
     assert verdict(params, metric=41.0).stop_train is False
     assert verdict(params, metric=40.0).converged is True
+
+
+def test_every_verdict_names_its_reason() -> None:
+    assert verdict(metric=0.1, epoch=1).reason is StopReason.KEEP_TRAINING
+    assert verdict(metric=0.6, epoch=2).reason is StopReason.CONVERGED
+    assert verdict(metric=0.1, epoch=5).reason is StopReason.MAX_EPOCHS
+    # Over the bound wins over the spent budget: the cost is why it stopped.
+    assert verdict(min_cost=900.0, metric=0.1, epoch=5).reason is StopReason.STOPPED_EARLY

@@ -19,9 +19,10 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
-import asyncpg
 import httpx
 from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.pool import NullPool
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
@@ -42,30 +43,29 @@ def free_port() -> int:
 
 
 def clean_env(**overrides: str) -> dict[str, str]:
-    """This process's environment without any BSO_/ZEUS_BSO_ setting, plus overrides."""
+    """This process's environment without any BSO_/ZEUS_BSO_ setting, plus overrides.
+
+    PROMETHEUS_MULTIPROC_DIR goes too: ``bso serve`` makes its own unless told.
+    """
     env = {
         key: value
         for key, value in os.environ.items()
-        if not key.startswith(("BSO_", "ZEUS_BSO_")) or key == "BSO_TEST_POSTGRES_URL"
+        if not key.startswith(("BSO_", "ZEUS_BSO_", "PROMETHEUS_MULTIPROC_DIR"))
+        or key == "BSO_TEST_POSTGRES_URL"
     }
     env.update(overrides)
     return env
 
 
 async def _admin(statements: Sequence[str]) -> None:
-    url = make_url(ADMIN_URL)
-    connection = await asyncpg.connect(
-        host=url.host,
-        port=url.port or 5432,
-        user=url.username,
-        password=url.password,
-        database=url.database,
-    )
+    # CREATE/DROP DATABASE cannot run inside a transaction block.
+    engine = create_async_engine(ADMIN_URL, isolation_level="AUTOCOMMIT", poolclass=NullPool)
     try:
-        for statement in statements:
-            await connection.execute(statement)
+        async with engine.connect() as connection:
+            for statement in statements:
+                await connection.exec_driver_sql(statement)
     finally:
-        await connection.close()
+        await engine.dispose()
 
 
 def _run_admin(*statements: str) -> None:
