@@ -8,7 +8,6 @@ talking HTTP to our server.
 from __future__ import annotations
 
 import re
-import subprocess
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -24,8 +23,8 @@ from zeus.optimizer.batch_size.exceptions import ZeusBSORuntimError, ZeusBSOTrai
 from app.migrate import upgrade_head
 from tests.support.server import (
     Server,
-    bso_args,
     clean_env,
+    create_tokens,
     free_port,
     running_server,
     uvicorn_args,
@@ -377,17 +376,13 @@ def auth_server(
     url = f"sqlite+aiosqlite:///{folder / 'bso.db'}"
     upgrade_head(url)
     env = clean_env(BSO_DATABASE_URL=url, BSO_LOG_LEVEL="WARNING", BSO_AUTH="required")
-    made = {}
-    for name, *options in (
-        ("trainer", "--role", "trainer", "--prefix", "zeus"),
-        ("other-team", "--role", "trainer", "--prefix", "other"),
-        ("viewer", "--role", "viewer"),
-    ):
-        created = subprocess.run(
-            bso_args("tokens", "create", name, *options),
-            env=env, cwd=folder, capture_output=True, text=True, timeout=60, check=True,
-        )  # fmt: skip
-        made[name] = created.stdout.splitlines()[-1]
+    made = create_tokens(
+        env,
+        folder,
+        trainer=["--role", "trainer", "--prefix", "zeus"],
+        other=["--role", "trainer", "--prefix", "other"],
+        viewer=["--role", "viewer"],
+    )
     port = free_port()
     with running_server(uvicorn_args(port), port=port, env=env, log_dir=folder, cwd=folder) as s:
         yield s, made
@@ -415,7 +410,7 @@ def test_zeus_client_authenticates_with_a_token_in_its_server_url(
             (server.base_url, r"401.*Authentication required"),
             (url("bso_0123456789ab_" + "A" * 43), r"401.*not valid"),
             (url(made["viewer"]), r"403.*viewer role"),
-            (url(made["other-team"]), r"403.*job_id_prefix 'other'"),
+            (url(made["other"]), r"403.*job_id_prefix 'other'"),
         ]
         for server_url, refusal in refusals:
             with pytest.raises(ZeusBSORuntimError, match=refusal):
