@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.auth import install_openapi_security
 from app.config import Settings, get_settings
 from app.dashboard.routes import dashboard
 from app.db import create_engine
@@ -152,6 +153,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(dashboard)
     install_static(app)
     install_error_handlers(app)
+    install_openapi_security(app)
     app.add_middleware(BodySizeLimit)
     return app
 

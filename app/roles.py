@@ -36,10 +36,12 @@ class Principal:
     role: Role
     prefixes: frozenset[str] = frozenset()
 
-    def role_refusal(self, role: Role, action: str) -> str | None:
-        """Why this caller may not do what needs ``role`` (None: it may)."""
-        if _RANK[self.role] >= _RANK[role]:
-            return None
+    def has(self, role: Role) -> bool:
+        """Whether this caller's role includes ``role``."""
+        return _RANK[self.role] >= _RANK[role]
+
+    def role_refusal(self, role: Role, action: str) -> str:
+        """Why this caller may not do ``action``, which needs ``role``."""
         allowed = " or ".join(r for r in Role if _RANK[r] >= _RANK[role])
         return f"Token {self.name!r} has the {self.role} role; {action} needs {allowed}."
 
