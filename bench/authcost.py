@@ -9,6 +9,10 @@ per database on the hot loop's most frequent call, a "keep training" POST
 - ``required``: a trainer token with a prefix, its row cached (BSO_AUTH_CACHE_S=2);
 - ``required, no cache``: BSO_AUTH_CACHE_S=0, the token's row read on every request.
 
+Then the guard alone, without a database: one route of a bare FastAPI app
+with and without the viewer dependency, so that its own CPU cost shows
+through the noise of a shared machine.
+
 Best of ``--rounds`` runs of ``--n`` requests each, the modes taking turns: requests per
 second, and this process's CPU time per request (the app and the client).
 
@@ -111,6 +115,50 @@ async def run(kind: str, url: str, n: int, rounds: int) -> list[list[str]]:
     return rows
 
 
+async def guard_alone(url: str, n: int, rounds: int) -> list[list[str]]:
+    """CPU per request of a route without a database: no guard, guard with auth off, on."""
+    from fastapi import Depends, FastAPI
+
+    from app.auth import viewer
+    from app.db import create_engine
+
+    engine = create_engine(Settings(database_url=url))
+    made = await tokens.create_token(engine, "guard", Role.VIEWER, [], now=utcnow())
+    cases = []
+    for label, auth, path in [
+        ("no guard", "off", "/plain"),
+        ("viewer guard, BSO_AUTH=off", "off", "/guarded"),
+        ("viewer guard, BSO_AUTH=required (cached)", "required", "/guarded"),
+    ]:
+        app = FastAPI()
+        app.state.settings = Settings(database_url=url, auth=auth)
+        app.state.engine = engine
+        app.state.tokens = tokens.TokenVerifier(2.0)
+
+        @app.get("/plain")
+        async def plain() -> dict[str, str]:
+            return {}
+
+        @app.get("/guarded", dependencies=[Depends(viewer)])
+        async def guarded() -> dict[str, str]:
+            return {}
+
+        cases.append((label, app, path))
+    best = {label: float("inf") for label, _, _ in cases}
+    headers = {"Authorization": f"Bearer {made.token}"}
+    for _ in range(rounds):
+        for label, app, path in cases:
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(
+                transport=transport, base_url="http://test", headers=headers
+            ) as http:
+                _, cpu_us = await _timed(n, partial(http.get, path))
+            best[label] = min(best[label], cpu_us)
+    await engine.dispose()
+    base = best["no guard"]
+    return [[label, f"{cpu:.0f} us ({cpu - base:+.0f})"] for label, cpu in best.items()]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=2000, help="requests per run")
@@ -130,6 +178,9 @@ def main() -> None:
         "GET /jobs/{job_id}: req/s (vs off); CPU/request (vs off)",
     ]
     print(markdown_table(header, rows))
+    with fresh_database("sqlite") as url:
+        alone = asyncio.run(guard_alone(url, args.n, args.rounds))
+    print(markdown_table(["the guard alone, no database", "CPU/request (vs no guard)"], alone))
 
 
 if __name__ == "__main__":
