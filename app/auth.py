@@ -7,12 +7,13 @@ sends for ``server_url="http://trainer:<token>@bso:8000"`` (httpx turns URL
 credentials into Basic auth), and what a browser's login prompt sends for
 the dashboard.
 
-Routes take :data:`ViewerDep`, :data:`TrainerDep` or :data:`AdminDep` (or
-the matching ``dependencies=``); a trainer's job prefixes are checked by the
-write use cases, on the job row they read anyway (service.py). Each is one
-plain dependency: FastAPI's security classes, as sub-dependencies, cost
-about 45 us more per request; :func:`install_openapi_security` declares the
-schemes in the OpenAPI document instead.
+Routes take :data:`TrainerDep` (the caller goes on to the use case), or
+``dependencies=[Depends(viewer)]`` / ``[Depends(admin)]``; a trainer's job
+prefixes are checked by the write use cases, on the job row they read
+anyway (service.py). Each guard is one plain dependency: FastAPI's security
+classes, as sub-dependencies, cost about 45 us more per request, so
+:func:`install_openapi_security` declares the schemes in the OpenAPI
+document instead.
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ MISSING = (
     "with the token as the password."
 )
 MALFORMED = "Malformed Authorization header: expected `Bearer <token>` or `Basic <base64>`."
-
 
 SCHEMES: dict[str, dict[str, Any]] = {
     "bearer": {
@@ -113,9 +113,7 @@ def install_openapi_security(app: FastAPI) -> None:
 viewer = requires(Role.VIEWER)
 trainer = requires(Role.TRAINER)
 admin = requires(Role.ADMIN)
-ViewerDep = Annotated[Principal, Depends(viewer)]
 TrainerDep = Annotated[Principal, Depends(trainer)]
-AdminDep = Annotated[Principal, Depends(admin)]
 
 # OpenAPI answers of guarded operations (BSO_AUTH=required).
 UNAUTHENTICATED: dict[int | str, dict[str, Any]] = {
