@@ -110,6 +110,9 @@ def serve(
             or LOGGING_CONFIG,
             access_log=False,  # app.access logs each request once (app/observe.py)
             proxy_headers=True,
+            # Bounds on header size and on the time to send a request (app/http_limits.py).
+            http="app.http_limits:LimitedHttpToolsProtocol",
+            h11_max_incomplete_event_size=settings.max_header_bytes,
         )
 
 

@@ -6,11 +6,14 @@ too, so a Zeus deployment switches by changing only the image.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from functools import lru_cache
 from typing import Annotated, Literal
 
 from pydantic import AliasChoices, BeforeValidator, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from app.bandit.lease import Lease
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 AuthMode = Literal["off", "required"]
@@ -83,12 +86,28 @@ class Settings(BaseSettings):
         "(PostgreSQL lock_timeout, SQLite busy timeout) before answering 503.",
     )
     max_body_bytes: int = Field(default=65_536, ge=1024)
-    trial_timeout_s: int = Field(
-        default=0,
+    trial_lease_s: int = Field(
+        default=7200,
         ge=0,
-        description="Seconds after which a pruning exploration still running without a "
-        "final report counts as Failed and is explored again (its client died without "
-        "ending it). 0 never expires one.",
+        le=10 * 365 * 86400,
+        # BSO_TRIAL_TIMEOUT_S: the deprecated name (see deprecated_settings).
+        validation_alias=AliasChoices("BSO_TRIAL_LEASE_S", "BSO_TRIAL_TIMEOUT_S", "trial_lease_s"),
+        description="Seconds a Dispatched trial may go without a dispatch or report before "
+        "it is marked Failed (its client died without ending it) and, if an exploration, "
+        "explored again. 0: trials never expire.",
+    )
+    max_header_bytes: int = Field(
+        default=16_384,
+        ge=1024,
+        le=1 << 24,
+        description="Largest request line plus headers; larger ones are answered 431.",
+    )
+    request_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="Seconds a client may take from opening a connection (or starting its "
+        "next request) to sending the whole request; then it is answered 408 and closed.",
     )
 
     # Off by default, so that a Zeus deployment switches by changing only the
@@ -122,6 +141,10 @@ class Settings(BaseSettings):
         return self
 
     @property
+    def lease(self) -> Lease:
+        return Lease(self.trial_lease_s)
+
+    @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
 
@@ -141,6 +164,21 @@ class Settings(BaseSettings):
     def is_embedded_default(self) -> bool:
         """The laptop default: a local SQLite file the service may migrate itself."""
         return self.is_sqlite
+
+
+DEPRECATED_NAMES = {
+    "BSO_TRIAL_TIMEOUT_S": "BSO_TRIAL_LEASE_S (a lease renewed by every report, for every "
+    "trial type; the old name still sets it)",
+}
+
+
+def deprecated_settings(environ: Mapping[str, str]) -> list[str]:
+    """Warnings for deprecated setting names found in ``environ``."""
+    return [
+        f"{name} is deprecated: use {instead}"
+        for name, instead in DEPRECATED_NAMES.items()
+        if name in environ
+    ]
 
 
 @lru_cache

@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from enum import StrEnum
 from typing import Any
+from weakref import WeakKeyDictionary
 
 import asyncpg
 from sqlalchemy import event
@@ -98,12 +97,19 @@ def _sqlite_engine(settings: Settings) -> AsyncEngine:
     return engine
 
 
-@asynccontextmanager
-async def autocommit(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
-    """A connection for lock-free reads: each statement commits alone."""
-    async with engine.connect() as connection:
-        await connection.execution_options(**_AUTOCOMMIT[engine.dialect.name])
-        yield connection
+_readers: WeakKeyDictionary[AsyncEngine, AsyncEngine] = WeakKeyDictionary()
+
+
+def autocommit(engine: AsyncEngine) -> AsyncConnection:
+    """A connection for lock-free reads: each statement commits alone.
+
+    ``async with autocommit(engine) as connection: ...``. The engine's pool,
+    with the options set once (an option engine), not on every checkout.
+    """
+    reader = _readers.get(engine)
+    if reader is None:
+        reader = _readers[engine] = engine.execution_options(**_AUTOCOMMIT[engine.dialect.name])
+    return reader.connect()
 
 
 # ------------------------------------------------------------------ faults

@@ -14,6 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from app import metrics
 from app.db import DATABASE_ERRORS, DatabaseFault, classify
@@ -114,6 +115,27 @@ def validation_message(errors: list[Any]) -> str:
     return "; ".join(_describe(e) for e in errors)
 
 
+UNREADABLE_BODY = "body: not readable as JSON text (send UTF-8 encoded JSON)"
+
+
+_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+
+
+def allowed_methods(request: Request) -> str:
+    """Every method some route serves at the request's path, for a 405's ``Allow``.
+
+    Starlette names only the methods of the first route whose path matches,
+    but each FastAPI route serves one method: ``/jobs`` has POST, GET and
+    DELETE. So ask the router, method by method.
+    """
+    routes = request.app.router.routes
+    return ", ".join(
+        method
+        for method in _METHODS
+        if any(r.matches({**request.scope, "method": method})[0] is Match.FULL for r in routes)
+    )
+
+
 _FAULT_MESSAGES = {
     DatabaseFault.BUSY: "The job is busy with another request; retry shortly.",
     DatabaseFault.UNAVAILABLE: "The database is unavailable; retry shortly.",
@@ -143,7 +165,16 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse({"message": validation_message(errors), "detail": detail}, 422)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400:
+            # FastAPI could not decode the body (not UTF-8, say): invalid input like
+            # any other malformed JSON, answered with the documented 422.
+            detail = [{"loc": ["body"], "msg": UNREADABLE_BODY, "type": "json_invalid"}]
+            return JSONResponse({"message": UNREADABLE_BODY, "detail": detail}, 422)
+        if exc.status_code == 405:
+            return JSONResponse(
+                {"message": str(exc.detail)}, 405, headers={"Allow": allowed_methods(request)}
+            )
         return JSONResponse(
             {"message": str(exc.detail)}, exc.status_code, headers=getattr(exc, "headers", None)
         )

@@ -7,6 +7,8 @@ algorithm in bandit/ is pure.
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -14,7 +16,7 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.auth import install_openapi_security
-from app.config import Settings, get_settings
+from app.config import Settings, deprecated_settings, get_settings
 from app.dashboard.routes import dashboard
 from app.db import create_engine
 from app.docs_ui import docs, install_static
@@ -22,7 +24,10 @@ from app.errors import install_error_handlers
 from app.log import configure_logging
 from app.observe import ObserveRequests
 from app.routes import health, read, zeus
+from app.sweeper import sweeping
 from app.tokens import TokenVerifier
+
+logger = logging.getLogger(__name__)
 
 DESCRIPTION = """
 A drop-in, wire-compatible replacement for the Zeus batch size optimizer server
@@ -120,6 +125,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         resolved = settings or get_settings()
         configure_logging(resolved.log_level, resolved.log_format)
+        for warning in deprecated_settings(os.environ):
+            logger.warning("%s", warning)
         engine = create_engine(resolved)
         if resolved.is_in_memory:
             # Nobody else can reach this database to migrate it.
@@ -131,7 +138,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # Per process: each replica trusts a checked token for auth_cache_s.
         app.state.tokens = TokenVerifier(resolved.auth_cache_s)
         try:
-            yield
+            async with sweeping(engine, resolved.lease):
+                yield
         finally:
             await engine.dispose()
 

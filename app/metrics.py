@@ -119,7 +119,7 @@ def report_answered(outcome: str) -> None:
 
 
 def leases_expired(count: int = 1) -> None:
-    """Trials whose lease ran out; they end Failed. Called by the lease expiry (issue 7)."""
+    """Trials whose lease ran out; they end Failed (service.py, after the expiry committed)."""
     if count > 0:
         LEASES_EXPIRED.inc(count)
         TRIALS_ENDED.labels(TrialStatus.FAILED.value).inc(count)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from enum import StrEnum
+from typing import Any
 
 from sqlalchemy import (
     JSON,
@@ -29,7 +30,7 @@ from sqlalchemy import (
     TypeDecorator,
 )
 
-from app.bandit import Stage, TrialStatus, TrialType
+from app.bandit import FailureReason, Stage, TrialStatus, TrialType
 from app.roles import Role
 
 # Deterministic constraint names, so that migrations can drop and rename them.
@@ -68,6 +69,12 @@ class UTCDateTime(TypeDecorator[datetime]):
             return value.replace(tzinfo=UTC)
         return value
 
+    def result_processor(self, dialect: Dialect, coltype: object) -> Any:
+        # asyncpg already returns aware UTC datetimes for timestamptz.
+        if dialect.name == "postgresql":
+            return None
+        return super().result_processor(dialect, coltype)
+
 
 class EnumText(TypeDecorator[StrEnum]):
     """A StrEnum stored as its text: rows read back as the enum's members."""
@@ -84,6 +91,12 @@ class EnumText(TypeDecorator[StrEnum]):
 
     def process_result_value(self, value: str | None, dialect: Dialect) -> StrEnum | None:
         return None if value is None else self.enum(value)
+
+    def result_processor(self, dialect: Dialect, coltype: object) -> Any:
+        # One dict lookup per value; NULL comes from outer joins.
+        members: dict[str | None, StrEnum | None] = {m.value: m for m in self.enum}
+        members[None] = None
+        return members.__getitem__
 
 
 def _one_of(column: str, enum: type[StrEnum]) -> str:
@@ -186,6 +199,10 @@ trial = Table(
     Column("energy", Float),
     Column("cost", Float),
     Column("converged", Boolean),
+    # The trial's lease (app/bandit/lease.py): its dispatch or a later report.
+    Column("lease_renewed_at", UTCDateTime(), nullable=False),
+    # Why a Failed trial failed (null for trials failed before this was kept).
+    Column("failure_reason", EnumText(FailureReason)),
     # A trial's batch size is one of its job's.
     ForeignKeyConstraint(
         ["job_id", "batch_size"],
@@ -199,6 +216,11 @@ trial = Table(
         "end_timestamp IS NULL OR end_timestamp >= start_timestamp", name="end_after_start"
     ),
     CheckConstraint(_result_matches_status(), name="result_matches_status"),
+    CheckConstraint(
+        f"failure_reason IS NULL OR (status = '{TrialStatus.FAILED}'"
+        f" AND {_one_of('failure_reason', FailureReason)})",
+        name="failure_reason",
+    ),
     CheckConstraint("time IS NULL OR time >= 0", name="time"),
     CheckConstraint("energy IS NULL OR energy >= 0", name="energy"),
     # The pruning walk: non-Failed explorations of a job, in trial order.
@@ -206,6 +228,8 @@ trial = Table(
     # Arm refits with a window, and listing trials by status.
     Index("ix_trial_job_id_batch_size_status", "job_id", "batch_size", "status", "trial_number"),
     Index("ix_trial_job_id_status", "job_id", "status", "trial_number"),
+    # The lease sweep: Dispatched trials renewed before a cutoff, across jobs.
+    Index("ix_trial_status_lease_renewed_at", "status", "lease_renewed_at"),
 )
 
 # The bandit's belief about one surviving batch size of a job.

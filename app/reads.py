@@ -97,12 +97,20 @@ async def list_trials(
     trial_type: TrialType | None,
     after: int | None,
     limit: int,
+    lease: bandit.Lease | None = None,
 ) -> TrialPage:
+    """A page of a job's trials; with ``lease``, each Dispatched one's lease expiry."""
     async with autocommit(engine) as conn:
         if not await repo.job_exists(conn, job_id):
             raise JobNotFoundError(job_id)
         trials = await repo.list_trials(
-            conn, job_id, status=status, trial_type=trial_type, after=after, limit=limit + 1
+            conn,
+            job_id,
+            status=status,
+            trial_type=trial_type,
+            after=after,
+            limit=limit + 1,
+            lease=lease,
         )
     items = trials[:limit]
     return TrialPage(
@@ -112,9 +120,9 @@ async def list_trials(
 
 async def list_arms(engine: AsyncEngine, job_id: str) -> list[ArmRead]:
     async with autocommit(engine) as conn:
-        state = await repo.load_job(conn, job_id)
-    if state is None:
-        raise JobNotFoundError(job_id)
+        if not await repo.job_exists(conn, job_id):
+            raise JobNotFoundError(job_id)
+        arms = await repo.arms(conn, job_id)
     return [
         ArmRead(
             batch_size=a.batch_size,
@@ -123,5 +131,5 @@ async def list_arms(engine: AsyncEngine, job_id: str) -> list[ArmRead]:
             reward_precision=_finite(a.reward_precision),
             num_observations=a.num_observations,
         )
-        for a in state.arms
+        for a in arms
     ]

@@ -29,7 +29,9 @@ from sqlalchemy import (
     String,
     and_,
     bindparam,
+    case,
     delete,
+    func,
     insert,
     literal,
     select,
@@ -41,7 +43,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from app.bandit import (
     ArmPosterior,
     Exploration,
+    FailureReason,
     JobParams,
+    Lease,
     RewardStats,
     Stage,
     TrialStatus,
@@ -52,7 +56,8 @@ from app.schemas import TrialRead
 
 JobRow = Row[Any]  # a row of the job table (attributes named as its columns)
 
-_PARAM_FIELDS = tuple(f.name for f in fields(JobParams) if f.name != "batch_sizes")
+# policy: not stored yet, every stored job runs the paper's algorithm (the default).
+_PARAM_FIELDS = tuple(f.name for f in fields(JobParams) if f.name not in {"batch_sizes", "policy"})
 
 
 def job_params(row: JobRow, batch_sizes: Sequence[int] = ()) -> JobParams:
@@ -60,8 +65,15 @@ def job_params(row: JobRow, batch_sizes: Sequence[int] = ()) -> JobParams:
     return JobParams(batch_sizes=tuple(batch_sizes), **{f: getattr(row, f) for f in _PARAM_FIELDS})
 
 
-def _trial_read(mapping: RowMapping, prefix: str = "") -> TrialRead:
-    return TrialRead.model_construct(**{c.name: mapping[prefix + c.name] for c in trial.c})
+_TRIAL_READ_COLUMNS = tuple(c.name for c in trial.c if c.name != "lease_renewed_at")
+
+
+def _trial_read(mapping: RowMapping, prefix: str = "", lease: Lease | None = None) -> TrialRead:
+    """A trial row as the read API shows it; with ``lease``, a running one's expiry."""
+    values = {name: mapping[prefix + name] for name in _TRIAL_READ_COLUMNS}
+    if lease is not None and values["status"] == TrialStatus.DISPATCHED:
+        values["lease_expires_at"] = lease.expires_at(mapping[prefix + "lease_renewed_at"])
+    return TrialRead.model_construct(**values)
 
 
 def _arm(mapping: RowMapping) -> ArmPosterior:
@@ -83,7 +95,7 @@ class JobState:
 
     job: JobRow
     batch_sizes: tuple[int, ...]
-    arms: tuple[ArmPosterior, ...]  # ascending; empty while pruning
+    arms: tuple[ArmPosterior, ...]  # ascending, when read (empty while pruning)
 
     @property
     def params(self) -> JobParams:
@@ -102,9 +114,6 @@ _JOB_AND_BATCH_SIZES = (
     .where(job.c.job_id == bindparam("job_id"))
     .order_by(batch_size.c.batch_size)
 )
-_JOB_STATE = _JOB_AND_BATCH_SIZES.add_columns(*_ARM_VALUES).outerjoin(
-    arm, and_(arm.c.job_id == batch_size.c.job_id, arm.c.batch_size == batch_size.c.batch_size)
-)
 # Locked, a statement sees the job row as the lock holder left it, but the
 # rows it joins as they were when it started (PostgreSQL, READ COMMITTED): a
 # locked read joins only what never changes (the batch sizes), and what may
@@ -118,19 +127,15 @@ _ARMS = (
 
 
 async def load_job(conn: AsyncConnection, job_id: str) -> JobState | None:
-    """A job, its batch sizes and its arms, in one round trip."""
-    rows = (await conn.execute(_JOB_STATE, {"job_id": job_id})).all()
+    """A job and its batch sizes in one round trip (not its arms: see :func:`arms`)."""
+    rows = (await conn.execute(_JOB_AND_BATCH_SIZES, {"job_id": job_id})).all()
     if not rows:
         return None
-    arms = tuple(_arm(r._mapping) for r in rows if r.param_mean is not None)
-    return JobState(rows[0], tuple(r.batch_size for r in rows), arms)
+    return JobState(rows[0], tuple(r.batch_size for r in rows), ())
 
 
 async def lock_job(conn: AsyncConnection, job_id: str) -> JobState | None:
-    """Lock a job's row until the transaction ends; the job and its batch sizes.
-
-    Its ``arms`` are not read (see :func:`arms`).
-    """
+    """Lock a job's row until the transaction ends; the job and its batch sizes."""
     rows = (await conn.execute(_JOB_LOCKED, {"job_id": job_id})).all()
     if not rows:
         return None
@@ -287,19 +292,29 @@ _INSERT_TRIAL = insert(trial).values(
     type=bindparam("type"),
     status=TrialStatus.DISPATCHED.value,
     start_timestamp=_NOW,
+    lease_renewed_at=_NOW,
 )
 # PostgreSQL runs both in one statement (a data-modifying CTE); SQLite has none.
 _bumped = _BUMP_JOB.returning(job.c.job_id).cte("bumped")
 _BUMP_AND_INSERT = (
     insert(trial)
     .from_select(
-        ["job_id", "trial_number", "batch_size", "type", "status", "start_timestamp"],
+        [
+            "job_id",
+            "trial_number",
+            "batch_size",
+            "type",
+            "status",
+            "start_timestamp",
+            "lease_renewed_at",
+        ],
         select(
             _bumped.c.job_id,
             bindparam("k_number", type_=Integer),
             bindparam("batch_size", type_=Integer),
             bindparam("type", type_=String),
             literal(TrialStatus.DISPATCHED.value),
+            _NOW,
             _NOW,
         ),
     )
@@ -340,15 +355,31 @@ async def add_trial(
 class TrialState:
     """A job, one of its trials, and what a final report of it needs."""
 
-    job: JobRow
+    job: JobRow  # the job's columns that reports need
     trial: TrialRead | None
     stats: RewardStats  # the trial's batch size's running statistics
     is_arm: bool  # the trial's batch size is an arm of the job
+    lease_renewed_at: datetime | None = None  # as read, before any renewal by this read
+    renewed: bool = False  # this read renewed the trial's lease
 
 
+# What judging and recording a report read of the job (not its timestamps,
+# counters or generator state), and its prefix, which a trainer's token is
+# checked against (app/service.py).
+_JOB_FOR_REPORTS = [
+    job.c[name]
+    for name in (
+        "job_id",
+        "job_id_prefix",
+        "stage",
+        "min_cost",
+        "min_cost_batch_size",
+        *_PARAM_FIELDS,
+    )
+]
 _TRIAL_STATE = (
     select(
-        job,
+        *_JOB_FOR_REPORTS,
         *[c.label(f"t_{c.name}") for c in trial.c],
         batch_size.c.reward_count,
         batch_size.c.reward_mean,
@@ -373,20 +404,70 @@ _TRIAL_STATE = (
     .where(job.c.job_id == bindparam("k_job_id"))
 )
 
+# A report renews its trial's lease when the stored renewal is old enough:
+# one row by primary key, no job lock (it changes nothing a decision reads).
+_RENEW_LEASE = (
+    update(trial)
+    .where(
+        _KEY,
+        trial.c.batch_size == bindparam("k_batch_size"),
+        trial.c.status == TrialStatus.DISPATCHED.value,
+        trial.c.lease_renewed_at <= bindparam("renew_before", type_=UTCDateTime()),
+    )
+    .values(lease_renewed_at=_NOW)
+)
+# PostgreSQL folds the renewal into the read: one round trip. The read sees
+# the row as it was before the renewal (one snapshot per statement).
+_renewed = _RENEW_LEASE.returning(trial.c.trial_number).cte("renewed")
+_TRIAL_STATE_RENEWING = _TRIAL_STATE.add_columns(
+    select(func.count()).select_from(_renewed).scalar_subquery().label("renewed")
+).add_cte(_renewed)
 
-async def load_trial(conn: AsyncConnection, job_id: str, trial_number: int) -> TrialState | None:
+
+@dataclass(frozen=True, slots=True)
+class Renewal:
+    """Renew the lease of the trial read if it is last renewed at or before ``before``."""
+
+    batch_size: int
+    before: datetime
+    now: datetime
+
+
+async def load_trial(
+    conn: AsyncConnection, job_id: str, trial_number: int, *, renew: Renewal | None = None
+) -> TrialState | None:
     """A job and one of its trials in one round trip; None if there is no such job.
+
+    With ``renew``, a Dispatched trial of that batch size whose lease was last
+    renewed at or before ``renew.before`` gets its lease renewed to
+    ``renew.now``, in the same statement on PostgreSQL. ``renewed`` says
+    whether it was; the state is as read before the renewal.
 
     Under the job's lock, call it after :func:`lock_job`: a locked read of
     this join could see the trial as it was before the lock holder ended it.
     """
-    statement = _TRIAL_STATE
-    row = (await conn.execute(statement, {"k_job_id": job_id, "k_number": trial_number})).first()
+    values: dict[str, Any] = {"k_job_id": job_id, "k_number": trial_number}
+    folded = renew is not None and conn.dialect.name == "postgresql"
+    if renew is not None:
+        values |= {"k_batch_size": renew.batch_size, "renew_before": renew.before,
+                   "now": renew.now}  # fmt: skip
+    statement = _TRIAL_STATE_RENEWING if folded else _TRIAL_STATE
+    row = (await conn.execute(statement, values)).first()
     if row is None:
         return None
     found = None if row.t_trial_number is None else _trial_read(row._mapping, "t_")
+    renewed = bool(row.renewed) if folded else False
+    if renew is not None and not folded and found is not None:
+        due = (
+            found.status == TrialStatus.DISPATCHED
+            and found.batch_size == renew.batch_size
+            and row.t_lease_renewed_at <= renew.before
+        )
+        renewed = due and (await conn.execute(_RENEW_LEASE, values)).rowcount > 0
     stats = RewardStats(row.reward_count or 0, row.reward_mean or 0.0, row.reward_m2 or 0.0)
-    return TrialState(row, found, stats, row.arm_batch_size is not None)
+    return TrialState(
+        row, found, stats, row.arm_batch_size is not None, row.t_lease_renewed_at, renewed
+    )
 
 
 _FINISH_TRIAL = (
@@ -404,43 +485,104 @@ _FINISH_TRIAL = (
 _FAIL_TRIAL = (
     update(trial)
     .where(_KEY)
-    .values(status=TrialStatus.FAILED.value, end_timestamp=bindparam("end_timestamp"))
+    .values(
+        status=TrialStatus.FAILED.value,
+        end_timestamp=bindparam("end_timestamp"),
+        failure_reason=bindparam("failure_reason"),
+    )
 )
 
 
-async def fail_trial(conn: AsyncConnection, ended: TrialRead, now: datetime) -> None:
+async def fail_trial(
+    conn: AsyncConnection, ended: TrialRead, now: datetime, reason: FailureReason
+) -> None:
     await conn.execute(
         _FAIL_TRIAL,
         {"k_job_id": ended.job_id, "k_number": ended.trial_number,
-         "end_timestamp": max(now, ended.start_timestamp)},
+         "end_timestamp": max(now, ended.start_timestamp), "failure_reason": reason.value},
     )  # fmt: skip
 
 
-_EXPIRE_EXPLORATIONS = (
+@dataclass(frozen=True, slots=True)
+class ExpiredTrial:
+    job_id: str
+    trial_number: int
+    batch_size: int
+    type: TrialType
+
+
+_LAPSED = and_(
+    trial.c.status == TrialStatus.DISPATCHED.value,
+    trial.c.lease_renewed_at < bindparam("renewed_before", type_=UTCDateTime()),
+)
+_EXPIRE = (
     update(trial)
-    .where(
-        trial.c.job_id == bindparam("k_job_id"),
-        trial.c.type == TrialType.EXPLORATION.value,
-        trial.c.status == TrialStatus.DISPATCHED.value,
-        trial.c.start_timestamp < bindparam("started_before", type_=UTCDateTime()),
+    .values(
+        status=TrialStatus.FAILED.value,
+        # Never before the start (clocks of replicas may disagree).
+        end_timestamp=case((trial.c.start_timestamp > _NOW, trial.c.start_timestamp), else_=_NOW),
+        failure_reason=FailureReason.LEASE_EXPIRED.value,
     )
-    .values(status=TrialStatus.FAILED.value, end_timestamp=bindparam("end_timestamp"))
+    .returning(trial.c.job_id, trial.c.trial_number, trial.c.batch_size, trial.c.type)
+)
+_EXPIRE_JOB_TRIALS = _EXPIRE.where(trial.c.job_id == bindparam("k_job_id"), _LAPSED)
+_EXPIRE_TRIALS_OF_JOBS = _EXPIRE.where(
+    trial.c.job_id.in_(bindparam("job_ids", expanding=True)), _LAPSED
+)
+# Jobs with a lapsed trial, locked; jobs another transaction holds (a request
+# on the job, or another replica's sweep) are skipped, not waited for.
+_JOBS_WITH_LAPSED_TRIALS = (
+    select(job.c.job_id)
+    .where(job.c.job_id.in_(select(trial.c.job_id).where(_LAPSED)))
+    .order_by(job.c.job_id)
+    .limit(bindparam("limit"))
+    .with_for_update(of=job, skip_locked=True)
+)
+_TOUCH_JOBS = (
+    update(job)
+    .where(job.c.job_id.in_(bindparam("job_ids", expanding=True)))
+    .values(updated_at=_NOW)
 )
 
 
-async def expire_explorations(
-    conn: AsyncConnection, job_id: str, *, started_before: datetime, now: datetime
-) -> int:
-    """Fail running explorations started before a time; their clients are gone.
+def _expired(rows: Sequence[Row[Any]]) -> list[ExpiredTrial]:
+    return [ExpiredTrial(r.job_id, r.trial_number, r.batch_size, TrialType(r.type)) for r in rows]
 
-    An exploration that never ends blocks its pruning round forever (every
-    request gets a Concurrent trial instead), so a stale one is given up.
+
+async def expire_job_trials(
+    conn: AsyncConnection, job_id: str, *, renewed_before: datetime, now: datetime
+) -> list[ExpiredTrial]:
+    """Fail a locked job's Dispatched trials last renewed before a time: their clients are gone.
+
+    Any type: an exploration that never ends blocks its pruning round forever
+    (every request gets a Concurrent trial instead), and a bandit trial's
+    result would never arrive either.
     """
-    result = await conn.execute(
-        _EXPIRE_EXPLORATIONS,
-        {"k_job_id": job_id, "started_before": started_before, "end_timestamp": now},
+    values = {"k_job_id": job_id, "renewed_before": renewed_before, "now": now}
+    return _expired((await conn.execute(_EXPIRE_JOB_TRIALS, values)).all())
+
+
+async def expire_lapsed_trials(
+    conn: AsyncConnection, *, renewed_before: datetime, now: datetime, max_jobs: int
+) -> tuple[int, list[ExpiredTrial]]:
+    """Lock up to ``max_jobs`` jobs with lapsed trials and expire those trials.
+
+    Returns how many jobs were locked (fewer than ``max_jobs``: no more to do
+    now) and the trials expired. PostgreSQL skips jobs locked elsewhere
+    (``FOR UPDATE SKIP LOCKED``), so replicas sweeping at once share the work
+    and each trial is expired once; SQLite has one writer at a time.
+    """
+    locked = await conn.execute(
+        _JOBS_WITH_LAPSED_TRIALS, {"renewed_before": renewed_before, "limit": max_jobs}
     )
-    return result.rowcount
+    job_ids = [r.job_id for r in locked]
+    if not job_ids:
+        return 0, []
+    # A new statement, so it sees every commit made before the locks were taken.
+    values = {"job_ids": job_ids, "renewed_before": renewed_before, "now": now}
+    expired = _expired((await conn.execute(_EXPIRE_TRIALS_OF_JOBS, values)).all())
+    await conn.execute(_TOUCH_JOBS, {"job_ids": job_ids, "now": now})
+    return len(job_ids), expired
 
 
 async def list_trials(
@@ -451,6 +593,7 @@ async def list_trials(
     trial_type: TrialType | None,
     after: int | None,
     limit: int,
+    lease: Lease | None = None,
 ) -> list[TrialRead]:
     # A filter on status uses ix_trial_job_id_status, one on type
     # ix_trial_job_id_type_status, none the primary key; all in trial order.
@@ -460,7 +603,7 @@ async def list_trials(
         (trial.c.type, operator.eq, trial_type),
         (trial.c.trial_number, operator.gt, after),
     )
-    return [_trial_read(r._mapping) for r in await conn.execute(statement)]
+    return [_trial_read(r._mapping, lease=lease) for r in await conn.execute(statement)]
 
 
 _EXPLORATIONS = (

@@ -36,6 +36,11 @@ class Principal:
     role: Role
     prefixes: frozenset[str] = frozenset()
 
+    @property
+    def limited_to_prefixes(self) -> bool:
+        """Whether some job prefixes are refused to this caller."""
+        return self.role is not Role.ADMIN and bool(self.prefixes)
+
     def has(self, role: Role) -> bool:
         """Whether this caller's role includes ``role``."""
         return _RANK[self.role] >= _RANK[role]

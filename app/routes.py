@@ -15,9 +15,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import metrics, migrate, reads, service
 from app.auth import NOT_A_TRAINER, NOT_AN_ADMIN, UNAUTHENTICATED, TrainerDep, admin, viewer
-from app.bandit import TrialStatus, TrialType
+from app.bandit import Lease, TrialStatus, TrialType
 from app.request_context import bind_job
 from app.schemas import (
+    JOB_SPEC_EXAMPLE,
     PRINTABLE,
     ArmRead,
     CreatedJob,
@@ -47,13 +48,36 @@ async def get_database(request: Request) -> AsyncEngine:
 
 
 DatabaseDep = Annotated[AsyncEngine, Depends(get_database)]
+
+
+async def get_lease(request: Request) -> Lease:
+    """The configured trial lease (BSO_TRIAL_LEASE_S)."""
+    settings = request.app.state.settings
+    lease: Lease = settings.lease
+    return lease
+
+
+LeaseDep = Annotated[Lease, Depends(get_lease)]
+JOB_ID_EXAMPLES = [JOB_SPEC_EXAMPLE["job_id"]]
 JobIdQuery = Annotated[
     str,
-    Query(min_length=1, max_length=256, pattern=PRINTABLE, description="The job."),
+    Query(
+        min_length=1,
+        max_length=256,
+        pattern=PRINTABLE,
+        description="The job.",
+        examples=JOB_ID_EXAMPLES,
+    ),
 ]
 JobIdPath = Annotated[
     str,
-    Path(min_length=1, max_length=256, pattern=PRINTABLE, description="The job."),
+    Path(
+        min_length=1,
+        max_length=256,
+        pattern=PRINTABLE,
+        description="The job.",
+        examples=JOB_ID_EXAMPLES,
+    ),
 ]
 
 UNKNOWN_TRIAL = error_example(
@@ -161,18 +185,16 @@ async def register_job(
     },
 )
 async def get_batch_size(
-    job_id: JobIdQuery, db: DatabaseDep, request: Request, caller: TrainerDep
+    job_id: JobIdQuery, db: DatabaseDep, lease: LeaseDep, caller: TrainerDep
 ) -> TrialId:
     """Dispatch a new trial: the batch size to train this recurrence with.
 
     Pruning stage: the next batch size to explore, or, while an exploration is
     still running, a Concurrent trial of the cheapest batch size so far.
     Bandit stage: Gaussian Thompson Sampling over the surviving batch sizes.
+    The job's trials whose lease ran out are marked Failed first.
     """
-    timeout = request.app.state.settings.trial_timeout_s
-    return await service.dispatch_trial(
-        db, job_id, now=utcnow(), trial_timeout_s=timeout, caller=caller
-    )
+    return await service.dispatch_trial(db, job_id, now=utcnow(), lease=lease, caller=caller)
 
 
 @zeus.post(
@@ -181,15 +203,19 @@ async def get_batch_size(
     summary="Report an epoch's cumulative result",
     responses={**TRIAL_ERRORS, **NOT_A_TRAINER},
 )
-async def report(result: TrainingResult, db: DatabaseDep, caller: TrainerDep) -> ReportResponse:
+async def report(
+    result: TrainingResult, db: DatabaseDep, lease: LeaseDep, caller: TrainerDep
+) -> ReportResponse:
     """Report cumulative time, energy and metric after an epoch; obey `stop_train`.
 
     The trial ends (Succeeded) when it reaches the target, exceeds
     `beta_knob * min_cost`, or spends `max_epochs`. A report on an ended trial
-    changes nothing and gets the same answer again, so retries are safe.
+    changes nothing and gets the same answer again, so retries are safe; one
+    on a trial whose lease expired answers `stop_train: true` saying so.
+    Every report renews the trial's lease.
     """
     bind_job(result.job_id)
-    return await service.report_result(db, result, now=utcnow(), caller=caller)
+    return await service.report_result(db, result, now=utcnow(), lease=lease, caller=caller)
 
 
 @zeus.patch(
@@ -268,6 +294,7 @@ async def get_job(job_id: JobIdPath, db: DatabaseDep) -> JobRead:
 async def list_trials(
     job_id: JobIdPath,
     db: DatabaseDep,
+    lease: LeaseDep,
     status: Annotated[TrialStatus | None, Query(description="Filter.")] = None,
     type: Annotated[TrialType | None, Query(description="Filter.")] = None,
     after: Annotated[
@@ -275,9 +302,9 @@ async def list_trials(
     ] = None,
     limit: Annotated[int, Query(ge=1, le=500, description="Page size.")] = 50,
 ) -> TrialPage:
-    """Trials in trial-number order, a page at a time."""
+    """Trials in trial-number order, a page at a time, with running ones' lease expiry."""
     return await reads.list_trials(
-        db, job_id, status=status, trial_type=type, after=after, limit=limit
+        db, job_id, status=status, trial_type=type, after=after, limit=limit, lease=lease
     )
 
 

@@ -10,9 +10,16 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    model_validator,
+)
 
-from app.bandit import Stage, TrialStatus, TrialType
+from app.bandit import FailureReason, Stage, TrialStatus, TrialType
 
 INT32_MAX = 2**31 - 1
 MAX_BATCH_SIZES = 256
@@ -25,14 +32,30 @@ MAX_POWER_W = 1e9
 PRINTABLE = r"^[^\x00-\x1f\x7f-\x9f]*$"
 Identifier = Annotated[str, StringConstraints(min_length=1, max_length=256, pattern=PRINTABLE)]
 Prefix = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=PRINTABLE)]
-PositiveInt32 = Annotated[int, Field(gt=0, le=INT32_MAX)]
+
+
+def _whole_number(value: object) -> object:
+    """64.0 is 64: JSON Schema's ``integer`` is any number with no fraction.
+
+    A schema-driven client may send one; "64" (a string), true and 64.5
+    are still refused, by the strict validation that follows.
+    """
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+Int = Annotated[int, BeforeValidator(_whole_number)]
+PositiveInt32 = Annotated[Int, Field(gt=0, le=INT32_MAX)]
 
 
 class WireModel(BaseModel):
     """Ignore unknown fields; refuse NaN, infinities and values of the wrong JSON type.
 
-    Strict: "64" is not a batch size and true is not a GPU count (an int is
-    still accepted where a float is expected). Zeus's client sends exact types.
+    Strict: "64" is not a batch size and true is not a GPU count. Numbers go
+    by their JSON Schema type, not their spelling: an int is accepted where a
+    float is expected, and a whole-number float (64.0) where an integer is.
+    Zeus's client sends exact types.
     """
 
     model_config = ConfigDict(extra="ignore", allow_inf_nan=False, strict=True)
@@ -66,11 +89,11 @@ class JobParams(WireModel):
     higher_is_better_metric: bool = Field(
         default=True, description="Whether the target is reached from below (accuracy)."
     )
-    max_epochs: int = Field(default=100, gt=0, le=INT32_MAX, description="Epoch budget.")
-    num_pruning_rounds: int = Field(
+    max_epochs: Int = Field(default=100, gt=0, le=INT32_MAX, description="Epoch budget.")
+    num_pruning_rounds: Int = Field(
         default=2, ge=0, le=100, description="Rounds of pruning exploration before the bandit."
     )
-    window_size: int = Field(
+    window_size: Int = Field(
         default=0,
         ge=0,
         le=MAX_WINDOW_SIZE,
@@ -82,10 +105,10 @@ class JobParams(WireModel):
     mab_prior_precision: float = Field(
         default=0.0, ge=0, le=1e30, description="Precision of the arms' prior; 0 is uninformative."
     )
-    mab_num_explorations: int = Field(
+    mab_num_explorations: Int = Field(
         default=2, ge=0, le=10_000, description="Pulls of every arm before sampling."
     )
-    mab_seed: int | None = Field(
+    mab_seed: Int | None = Field(
         default=None,
         ge=0,
         le=2**63 - 1,
@@ -111,7 +134,7 @@ class GpuConfig(WireModel):
     max_power: float = Field(
         gt=0, le=MAX_POWER_W, description="Power limit in watts, times the number of GPUs."
     )
-    number_of_gpus: int = Field(gt=0, le=1_000_000)
+    number_of_gpus: Int = Field(gt=0, le=1_000_000)
     gpu_model: Identifier
 
 
@@ -188,7 +211,7 @@ class TrainingResult(TrialId):
     time: float = Field(ge=0, le=MAX_TIME_S, description="Seconds since the trial started.")
     energy: float = Field(ge=0, le=MAX_ENERGY_J, description="Joules since the trial started.")
     metric: float = Field(description="Validation metric after this epoch.")
-    current_epoch: int = Field(ge=1, le=INT32_MAX, description="1-based epoch just finished.")
+    current_epoch: Int = Field(ge=1, le=INT32_MAX, description="1-based epoch just finished.")
 
     model_config = ConfigDict(
         json_schema_extra={
@@ -283,6 +306,8 @@ TRIAL_EXAMPLE: dict[str, Any] = {
     "energy": 60500.0,
     "cost": 66400.0,
     "converged": True,
+    "failure_reason": None,
+    "lease_expires_at": None,
 }
 
 
@@ -385,6 +410,18 @@ class TrialRead(BaseModel):
     energy: float | None
     cost: float | None
     converged: bool | None
+    failure_reason: FailureReason | None = Field(
+        default=None,
+        description="Why a Failed trial failed: `Ended` by PATCH /trials before a final "
+        "report, or `LeaseExpired` (no dispatch or report within BSO_TRIAL_LEASE_S). "
+        "Null otherwise, and for trials that failed before reasons were kept.",
+    )
+    lease_expires_at: datetime | None = Field(
+        default=None,
+        description="When a Dispatched trial's lease runs out unless a report renews it "
+        "(reports renew it at most once a minute, so this may lag the last report by up "
+        "to min(lease/20, 60 s)). Null when the trial is not Dispatched or leases are off.",
+    )
 
     model_config = ConfigDict(json_schema_extra={"examples": [TRIAL_EXAMPLE]})
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import secrets
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app import bandit, metrics
 from app import repository as repo
-from app.bandit import Stage, TrialStatus, TrialType, Verdict
+from app.bandit import FailureReason, Lease, Stage, TrialStatus, TrialType, Verdict
 from app.db import autocommit
 from app.errors import (
     BatchSizeMismatchError,
@@ -29,7 +29,7 @@ from app.errors import (
     NoConvergedBatchSizeError,
     TrialNotFoundError,
 )
-from app.repository import JobRow, TrialState
+from app.repository import ExpiredTrial, JobRow, Renewal, TrialState
 from app.roles import ANYONE, Principal
 from app.schemas import (
     JOB_SPEC_FIELDS,
@@ -161,38 +161,45 @@ def _generator(job: JobRow) -> np.random.Generator:
     return rng
 
 
+def _log_expired(expired: list[ExpiredTrial], lease: Lease) -> None:
+    """Log and count trials whose lease expired (once their transaction committed)."""
+    metrics.leases_expired(len(expired))
+    for t in expired:
+        logger.warning("job %s trial %d (%s, batch size %d): lease of %d s expired, marked "
+                       "Failed", t.job_id, t.trial_number, t.type, t.batch_size,
+                       lease.seconds)  # fmt: skip
+
+
 async def dispatch_trial(
     engine: AsyncEngine,
     job_id: str,
     *,
     now: datetime,
-    trial_timeout_s: int = 0,
+    lease: Lease = Lease(0),
     caller: Principal = ANYONE,
 ) -> TrialId:
     """Choose the next batch size and record it as a new trial.
 
-    With ``trial_timeout_s``, pruning explorations running longer than that
-    are marked Failed first (under the job's lock), so they are explored again.
+    With a lease, the job's trials whose lease ran out are marked Failed
+    first (under the job's lock), so that lost explorations are explored again.
     """
     async with engine.begin() as conn:
         state = await repo.lock_job(conn, job_id)
         if state is None:
             raise JobNotFoundError(job_id)
         job = state.job
-        _authorize(caller, job.job_id_prefix, job_id)
+        _authorize(caller, job.job_id_prefix, job_id)  # before anything is written
+        expired: list[ExpiredTrial] = []
+        if (renewed_before := lease.expired_before(now)) is not None:
+            expired = await repo.expire_job_trials(
+                conn, job_id, renewed_before=renewed_before, now=now
+            )
         in_bandit = job.stage == Stage.MAB
         explorations = {}
         arms: tuple[bandit.ArmPosterior, ...] = ()
         if in_bandit:
             arms = await repo.arms(conn, job_id)
         else:
-            if trial_timeout_s > 0:
-                stale_before = now - timedelta(seconds=trial_timeout_s)
-                if await repo.expire_explorations(
-                    conn, job_id, started_before=stale_before, now=now
-                ):
-                    logger.warning("job %s: explorations started before %s expired", job_id,
-                                   stale_before.isoformat())  # fmt: skip
             explorations = await repo.explorations(conn, job_id)
         rng = _generator(job)
         try:
@@ -221,6 +228,7 @@ async def dispatch_trial(
             conn, job, number=number, batch_size=decision.batch_size,
             trial_type=decision.trial_type, stage=stage, rng_state=rng_state, now=now,
         )  # fmt: skip
+    _log_expired(expired, lease)
     logger.info("job %s trial %d: %s batch size %d", job_id, number, decision.trial_type,
                 decision.batch_size)  # fmt: skip
     metrics.trial_dispatched(decision.trial_type)
@@ -233,17 +241,23 @@ async def dispatch_trial(
 
 
 async def _load_trial(
-    conn: AsyncConnection, key: TrialId, caller: Principal, *, lock: bool = False
+    conn: AsyncConnection,
+    key: TrialId,
+    caller: Principal,
+    *,
+    lock: bool = False,
+    renew: Renewal | None = None,
 ) -> tuple[TrialState, TrialRead]:
     """The job and trial a request names, checked against caller and batch size.
 
     The caller's job prefixes are checked on the job row read here anyway.
 
     ``lock``: take the job's row lock first, and read what it guards after.
+    ``renew``: renew the trial's lease if it is due (see repository.load_trial).
     """
     if lock and not await repo.lock_job_row(conn, key.job_id):
         raise JobNotFoundError(key.job_id)
-    state = await repo.load_trial(conn, key.job_id, key.trial_number)
+    state = await repo.load_trial(conn, key.job_id, key.trial_number, renew=renew)
     if state is None:
         raise JobNotFoundError(key.job_id)
     _authorize(caller, state.job.job_id_prefix, key.job_id)
@@ -265,6 +279,14 @@ def _answer_for_ended(trial: TrialRead) -> ReportResponse:
             converged=bool(trial.converged),
             message=f"The result of trial {trial.trial_number} was already reported.",
         )
+    if trial.failure_reason == FailureReason.LEASE_EXPIRED:
+        return ReportResponse(
+            stop_train=True,
+            converged=False,
+            message=f"Trial {trial.trial_number}'s lease expired: no report arrived within "
+            "the lease (BSO_TRIAL_LEASE_S), so it was marked Failed and this result is not "
+            "recorded. Get a new trial from GET /jobs/batch_size.",
+        )
     return ReportResponse(
         stop_train=True,
         converged=False,
@@ -285,16 +307,36 @@ def _judge(job: JobRow, trial: TrialRead, result: TrainingResult) -> Verdict:
 
 
 async def report_result(
-    engine: AsyncEngine, result: TrainingResult, *, now: datetime, caller: Principal = ANYONE
+    engine: AsyncEngine,
+    result: TrainingResult,
+    *,
+    now: datetime,
+    lease: Lease = Lease(0),
+    caller: Principal = ANYONE,
 ) -> ReportResponse:
     """Judge one epoch report; a final one records the result and teaches the bandit.
 
     Most reports only say "keep training" and change nothing, so they are
-    judged on one lock-free read. Only a report that ends the trial takes
-    the job's lock, and is judged again on what it finds under the lock.
+    judged on one lock-free read. That read also renews the trial's lease
+    when the stored renewal is at least ``lease.renew_every`` old (one row,
+    no job lock; on PostgreSQL in the same statement). Only a report that
+    ends the trial takes the job's lock, and is judged again on what it
+    finds under the lock.
     """
+    renew = None
+    if (before := lease.renewal_due_before(now)) is not None:
+        renew = Renewal(result.batch_size, before, now)
     async with autocommit(engine) as conn:
-        state, trial = await _load_trial(conn, result, caller)
+        # A trainer held to some prefixes must not renew another team's trial:
+        # its first read writes nothing, and renews (one more round trip) only
+        # once its prefix passed and a renewal is due.
+        deferred = renew is not None and caller.limited_to_prefixes
+        state, trial = await _load_trial(conn, result, caller, renew=None if deferred else renew)
+        if deferred and _was_due(state, lease, now):
+            state, trial = await _load_trial(conn, result, caller, renew=renew)
+        if renew is not None and not state.renewed and _was_due(state, lease, now):
+            # Due but not renewed: another request ended it meanwhile. Read what it left.
+            state, trial = await _load_trial(conn, result, caller)
     if trial.status != TrialStatus.DISPATCHED:
         metrics.report_answered(metrics.ALREADY_ENDED)
         return _answer_for_ended(trial)  # ended trials never change again
@@ -317,6 +359,16 @@ async def report_result(
                 verdict.converged, verdict.cost)  # fmt: skip
     metrics.report_answered(verdict.reason)
     return ReportResponse(stop_train=True, converged=verdict.converged, message=verdict.message)
+
+
+def _was_due(state: TrialState, lease: Lease, now: datetime) -> bool:
+    """The read saw a Dispatched trial whose lease renewal was due."""
+    return (
+        state.trial is not None
+        and state.trial.status == TrialStatus.DISPATCHED
+        and state.lease_renewed_at is not None
+        and lease.renewal_due(state.lease_renewed_at, now)
+    )
 
 
 async def _record_result(
@@ -366,9 +418,42 @@ async def end_trial(
         _, trial = await _load_trial(conn, trial_id, caller, lock=True)
         if trial.status != TrialStatus.DISPATCHED:
             return trial
-        await repo.fail_trial(conn, trial, now)
+        await repo.fail_trial(conn, trial, now, FailureReason.ENDED)
         await repo.touch_job(conn, trial.job_id, now)
     logger.info("job %s trial %d ended without a result", trial.job_id, trial.trial_number)
     metrics.trial_ended(TrialStatus.FAILED)
     ended = max(now, trial.start_timestamp)
-    return trial.model_copy(update={"status": TrialStatus.FAILED, "end_timestamp": ended})
+    return trial.model_copy(
+        update={
+            "status": TrialStatus.FAILED,
+            "end_timestamp": ended,
+            "failure_reason": FailureReason.ENDED,
+        }
+    )
+
+
+# ------------------------------------------------------------ lease sweep
+
+SWEEP_BATCH = 100  # jobs locked per transaction
+
+
+async def expire_leases(engine: AsyncEngine, *, now: datetime, lease: Lease) -> int:
+    """Mark every trial whose lease ran out Failed, across all jobs; how many were.
+
+    Each batch of jobs is one transaction holding their row locks. Jobs that
+    another request or replica holds are skipped: a dispatch of that job
+    expires its trials under the lock, and the next sweep takes the rest.
+    """
+    renewed_before = lease.expired_before(now)
+    if renewed_before is None:
+        return 0
+    total = 0
+    while True:
+        async with engine.begin() as conn:
+            locked, expired = await repo.expire_lapsed_trials(
+                conn, renewed_before=renewed_before, now=now, max_jobs=SWEEP_BATCH
+            )
+        _log_expired(expired, lease)
+        total += len(expired)
+        if locked < SWEEP_BATCH:
+            return total

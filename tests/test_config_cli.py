@@ -13,7 +13,7 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
-from app.config import Settings
+from app.config import Settings, deprecated_settings
 from app.migrate import head_revision
 from tests.support.server import (
     bso_args,
@@ -191,6 +191,9 @@ def test_an_unknown_log_format_is_rejected(monkeypatch: pytest.MonkeyPatch) -> N
         ("BSO_AUTH", "true"),
         ("BSO_AUTH_CACHE_S", "5"),  # revocation must hold within 5 s
         ("BSO_AUTH_CACHE_S", "-1"),
+        ("BSO_TRIAL_LEASE_S", "-1"),
+        ("BSO_MAX_HEADER_BYTES", "100"),
+        ("BSO_REQUEST_TIMEOUT_S", "0"),
     ],
 )
 def test_out_of_range_server_settings_are_rejected(
@@ -199,6 +202,25 @@ def test_out_of_range_server_settings_are_rejected(
     monkeypatch.setenv(name, value)
     with pytest.raises(ValidationError):
         Settings()
+
+
+def test_the_trial_lease_defaults_to_two_hours_and_zero_turns_it_off(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert Settings().trial_lease_s == 7200 and Settings().lease.enabled
+    monkeypatch.setenv("BSO_TRIAL_LEASE_S", "0")
+    assert not Settings().lease.enabled
+
+
+def test_the_deprecated_trial_timeout_name_still_sets_the_lease(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("BSO_TRIAL_TIMEOUT_S", "900")
+    assert Settings().trial_lease_s == 900
+    (warning,) = deprecated_settings(os.environ)
+    assert "BSO_TRIAL_TIMEOUT_S is deprecated" in warning and "BSO_TRIAL_LEASE_S" in warning
+    monkeypatch.setenv("BSO_TRIAL_LEASE_S", "1800")  # the new name wins
+    assert Settings().trial_lease_s == 1800
 
 
 # --------------------------------------------------------------------- CLI

@@ -11,6 +11,7 @@ import json
 import subprocess
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -106,7 +107,9 @@ def test_trials_dispatched_total_counts_the_trials_of_both_workers_exactly(
         await asyncio.gather(*(dispatch(i) for i in range(count)))
 
     n = 60
-    asyncio.run(dispatch_all(n))
+    # On a thread: asyncio.run here would unset the tests' shared event loop.
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, dispatch_all(n)).result()
     pids = {access_line(server, f"ops-count-{i}")["pid"] for i in range(n)}
     assert len(pids) == 2, f"all {n} dispatches went to one worker: {pids}"
     assert dispatched_total(server) - before == n

@@ -33,8 +33,13 @@ async def _job_with_one_trial(client: httpx.AsyncClient) -> tuple[str, datetime]
     return job_id, datetime.fromisoformat(trial["start_timestamp"].replace("Z", "+00:00"))
 
 
-async def _insert(app: FastAPI, *values: object) -> None:
-    row = dict(zip((c.name for c in trial.c), values, strict=True))
+COLUMNS = ("job_id", "trial_number", "batch_size", "type", "status", "start_timestamp",
+           "end_timestamp", "time", "energy", "cost", "converged")  # fmt: skip
+
+
+async def _insert(app: FastAPI, *values: object, failure_reason: str | None = None) -> None:
+    row = dict(zip(COLUMNS, values, strict=True))
+    row |= {"lease_renewed_at": row["start_timestamp"], "failure_reason": failure_reason}
     async with app.state.engine.begin() as conn:
         await conn.execute(insert(trial).values(row))
 
@@ -50,6 +55,24 @@ async def test_invalid_trials_cannot_be_stored(
         await _insert(
             app, job_id, 99, batch_size, kind, status, started, end, time, energy, cost, converged
         )
+
+
+@pytest.mark.parametrize(
+    ("status", "reason"),
+    [("Succeeded", "Ended"), ("Dispatched", "LeaseExpired"), ("Failed", "Crashed")],
+)
+async def test_a_failure_reason_is_one_of_the_known_and_only_on_failed_trials(
+    app: FastAPI, client: httpx.AsyncClient, status: str, reason: str
+) -> None:
+    job_id, started = await _job_with_one_trial(client)
+    succeeded = status == "Succeeded"
+    result = (1.0, 1.0, 1.0, True) if succeeded else (None, None, None, None)
+    end = None if status == "Dispatched" else started
+    with pytest.raises(REFUSED):
+        await _insert(app, job_id, 99, 64, "MAB", status, started, end, *result,
+                      failure_reason=reason)  # fmt: skip
+    await _insert(app, job_id, 98, 64, "MAB", "Failed", started, started, None, None, None, None,
+                  failure_reason="LeaseExpired")  # fmt: skip
 
 
 async def test_trial_numbers_are_unique_per_job(app: FastAPI, client: httpx.AsyncClient) -> None:

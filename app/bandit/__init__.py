@@ -7,19 +7,36 @@ State in, decision out: nothing here touches a database, HTTP, the clock or
 global randomness. The service builds the inputs from rows, passes a numpy
 ``Generator`` in, and persists what comes out; the offline simulator drives the
 very same functions without a service at all.
+
+Two policies, chosen per job: ``zeus``, the paper's algorithm exactly, and
+``predictive``, the same with rules that stop doomed runs sooner and drop
+clearly expensive batch sizes after each pruning round
+(:mod:`app.bandit.predictive`).
 """
 
 from app.bandit.cost import reward, zeus_cost
 from app.bandit.gaussian_ts import choose_arm, fit_arm, fit_arm_from_stats
 from app.bandit.learning import Lesson, learn
+from app.bandit.lease import Lease
 from app.bandit.policy import decide
+from app.bandit.predictive import (
+    SURVIVOR_RATIO,
+    LastReport,
+    PredictiveVerdict,
+    epochs_needed,
+    judge_report_predictive,
+    last_epoch_cost,
+    survivors,
+)
 from app.bandit.pruning import NoConvergedBatchSizeError, pruning_walk
 from app.bandit.stopping import judge_report
 from app.bandit.types import (
     ArmPosterior,
     Decision,
     Exploration,
+    FailureReason,
     JobParams,
+    Policy,
     PruningState,
     RewardStats,
     Stage,
@@ -30,12 +47,18 @@ from app.bandit.types import (
 )
 
 __all__ = [
+    "SURVIVOR_RATIO",
     "ArmPosterior",
     "Decision",
     "Exploration",
+    "FailureReason",
     "JobParams",
+    "LastReport",
+    "Lease",
     "Lesson",
     "NoConvergedBatchSizeError",
+    "Policy",
+    "PredictiveVerdict",
     "PruningState",
     "RewardStats",
     "Stage",
@@ -45,11 +68,15 @@ __all__ = [
     "Verdict",
     "choose_arm",
     "decide",
+    "epochs_needed",
     "fit_arm",
     "fit_arm_from_stats",
     "judge_report",
+    "judge_report_predictive",
+    "last_epoch_cost",
     "learn",
     "pruning_walk",
     "reward",
+    "survivors",
     "zeus_cost",
 ]

@@ -58,7 +58,12 @@ def decide(
     if not in_bandit_stage:
         step = pruning_walk(params, explorations, min_cost_batch_size=min_cost_batch_size)
         if step.batch_size is not None and step.trial_type is not None:
-            return Decision(step.batch_size, step.trial_type)
+            explores = step.trial_type is TrialType.EXPLORATION
+            return Decision(
+                step.batch_size,
+                step.trial_type,
+                pruning_round=step.state.round if explores else None,
+            )
         new_arms = initial_arms(params, step.arms, explorations)
         chosen = choose_arm(new_arms, num_explorations=params.mab_num_explorations, rng=rng)
         return Decision(chosen, TrialType.MAB, new_arms)

@@ -5,7 +5,9 @@ first down (default included, descending), then up (ascending). A batch size
 that fails to converge ends its direction, since smaller (or larger) ones are
 assumed to fare no better. The converged ones are the next round's
 candidates, the cheapest of them its default. After the last round the
-survivors become the bandit's arms.
+survivors become the bandit's arms. Under the predictive policy, a round's
+survivors that cost more than 1.5 times its cheapest are dropped: neither
+explored again nor made arms.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from app.bandit.types import Exploration, JobParams, PruningState, TrialType
+from app.bandit.predictive import survivors
+from app.bandit.types import Exploration, JobParams, Policy, PruningState, TrialType
 
 
 class NoConvergedBatchSizeError(Exception):
@@ -64,7 +67,7 @@ def pruning_walk(
     default = params.default_batch_size
     for round_index in range(params.num_pruning_rounds):
         state = PruningState(round_index, default, candidates)
-        kept: list[int] = []
+        kept: dict[int, float] = {}  # batch size -> its exploration's cost
         cheapest, cheapest_cost = default, math.inf
         for direction in _directions(candidates, default):
             for bs in direction:
@@ -76,12 +79,14 @@ def pruning_walk(
                     return PruningStep(state, min_cost_batch_size, TrialType.CONCURRENT)
                 if not trial.converged:
                     break
-                kept.append(bs)
                 cost = trial.cost if trial.cost is not None else math.inf
+                kept[bs] = cost
                 if cost < cheapest_cost:
                     cheapest, cheapest_cost = bs, cost
         if not kept:
             raise NoConvergedBatchSizeError(round_index)
         candidates, default = tuple(sorted(kept)), cheapest
+        if params.policy is Policy.PREDICTIVE:
+            candidates = survivors(kept)
     final = PruningState(params.num_pruning_rounds, default, candidates)
     return PruningStep(final, arms=candidates)

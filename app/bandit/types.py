@@ -39,6 +39,20 @@ class TrialStatus(StrEnum):
     FAILED = "Failed"
 
 
+class FailureReason(StrEnum):
+    """Why a trial ended Failed, without a result."""
+
+    ENDED = "Ended"  # PATCH /trials before any final report
+    LEASE_EXPIRED = "LeaseExpired"  # no dispatch or report within the lease
+
+
+class Policy(StrEnum):
+    """Which algorithm a job runs: the paper's, or the paper's with the predictive rules."""
+
+    ZEUS = "zeus"
+    PREDICTIVE = "predictive"
+
+
 @dataclass(frozen=True, slots=True)
 class JobParams:
     """The part of a job's specification that the algorithm reads."""
@@ -56,6 +70,7 @@ class JobParams:
     mab_prior_precision: float = 0.0
     mab_num_explorations: int = 2
     max_power: float = 300.0
+    policy: Policy = Policy.ZEUS
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,11 +145,14 @@ class Decision:
 
     ``new_arms`` is set only on the request that ends the pruning stage: the
     caller persists those arms and switches the job to the bandit stage.
+    ``pruning_round`` (0-based) is set for an Exploration trial; the predictive
+    policy's round stop reads it back when the trial reports.
     """
 
     batch_size: int
     trial_type: TrialType
     new_arms: tuple[ArmPosterior, ...] | None = None
+    pruning_round: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

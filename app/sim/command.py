@@ -29,10 +29,11 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
+from app.bandit import Policy
 from app.sim.engines import Engine, HttpEngine, in_process_service
 from app.sim.pure_engine import PureEngine
 from app.sim.replay import replay
-from app.sim.results import CaseResult, ReplaySettings
+from app.sim.results import CaseResult, MetricCurve, ReplaySettings
 from app.sim.summary import render_summary
 from app.sim.traces import GPUS, Case, TraceError, all_cases, build_case, find_workload
 
@@ -127,6 +128,14 @@ def simulate(
         bool, typer.Option("--no-early-stop", help="Send beta_knob null (no early stopping).")
     ] = False,
     window_size: Annotated[int, typer.Option(min=0, help="Bandit window (0: all history).")] = 0,
+    policy: Annotated[
+        Policy,
+        typer.Option(help="zeus: the paper's algorithm; predictive: stops doomed runs sooner."),
+    ] = Policy.ZEUS,
+    metric_curve: Annotated[
+        MetricCurve,
+        typer.Option(help="How the metric nears the target: linear, or concave (fast, then flat)."),
+    ] = MetricCurve.LINEAR,
     seed: Annotated[int, typer.Option(help="The job's mab_seed and the path sampling seed.")] = 1,
     recurrences: Annotated[
         int | None, typer.Option("--recurrences", "-n", min=1, help="Default: 2 x |B| x |P|.")
@@ -153,6 +162,9 @@ def simulate(
         raise typer.BadParameter("--url talks to a server; it cannot go with --engine pure.")
     if beta <= 0 and not no_early_stop:
         raise typer.BadParameter("--beta must be > 0 (or use --no-early-stop).")
+    if policy is not Policy.ZEUS and (url is not None or engine is not EngineKind.PURE):
+        # The service does not read `policy` yet and would silently run zeus.
+        raise typer.BadParameter(f"--policy {policy} needs --engine pure for now.")
     cases = _cases(workload, gpu, everything, power_limit)
     settings = ReplaySettings(
         eta_knob=eta,
@@ -160,6 +172,8 @@ def simulate(
         window_size=window_size,
         seed=seed,
         recurrences=recurrences,
+        policy=policy,
+        metric_curve=metric_curve,
     )
     stderr = Console(stderr=True)
     kind = url if url is not None else engine.value

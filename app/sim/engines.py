@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 import httpx
 
-from app.bandit import JobParams
+from app.bandit import JobParams, Policy
 
 
 class EngineError(Exception):
@@ -55,10 +55,14 @@ class JobSpec:
     mab_num_explorations: int = 2
     mab_seed: int | None = None
     job_id: str | None = None
+    policy: Policy | None = None  # None: the server's default (BSO_DEFAULT_POLICY)
 
     def to_wire(self) -> dict[str, Any]:
+        """The POST /jobs body; without ``policy`` when it is None (a Zeus client's body)."""
         body = asdict(self)
         body["batch_sizes"] = sorted(self.batch_sizes)
+        if self.policy is None:
+            del body["policy"]
         return body
 
     def params(self) -> JobParams:
@@ -77,6 +81,7 @@ class JobSpec:
             mab_prior_precision=self.mab_prior_precision,
             mab_num_explorations=self.mab_num_explorations,
             max_power=self.max_power,
+            policy=self.policy if self.policy is not None else Policy.ZEUS,
         )
 
 

@@ -11,14 +11,20 @@ seeded generator) and applies the same rules (SPEC sections 3 to 6):
   arm, if it is one: from running statistics of all that batch size's
   Succeeded trials (any type, either stage) when ``window_size`` is 0, from
   its last ``window_size`` ones otherwise;
-- a seeded job keeps one ``numpy.random.default_rng(mab_seed)`` for its life.
+- a seeded job keeps one ``numpy.random.default_rng(mab_seed)`` for its life;
+- a job's ``policy`` (None: the engine's default, like BSO_DEFAULT_POLICY) is
+  part of its spec. Under ``predictive`` a report is judged by
+  ``judge_report_predictive``: each running trial keeps its previous report
+  and its pruning round, each batch size the fewest epochs a converged trial
+  of it needed, and a trial stopped by a prediction counts with its predicted
+  cost (in the pruning walk's costs and the arms alike).
 """
 
 from __future__ import annotations
 
 import itertools
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -26,7 +32,9 @@ from app.bandit import (
     ArmPosterior,
     Exploration,
     JobParams,
+    LastReport,
     NoConvergedBatchSizeError,
+    Policy,
     RewardStats,
     TrialType,
     Verdict,
@@ -34,6 +42,7 @@ from app.bandit import (
     fit_arm,
     fit_arm_from_stats,
     judge_report,
+    judge_report_predictive,
     reward,
 )
 from app.bandit.types import TrialStatus
@@ -46,8 +55,10 @@ class _Trial:
     batch_size: int
     trial_type: TrialType
     status: TrialStatus = TrialStatus.DISPATCHED
-    cost: float | None = None
+    cost: float | None = None  # predictive: the predicted cost when a prediction stopped it
     converged: bool | None = None
+    pruning_round: int | None = None  # of an Exploration
+    last_report: LastReport | None = None  # predictive: the previous report
 
 
 @dataclass(slots=True)
@@ -62,6 +73,7 @@ class _Job:
     trials: list[_Trial] = field(default_factory=list)
     stats: defaultdict[int, RewardStats] = field(default_factory=lambda: defaultdict(RewardStats))
     rewards: defaultdict[int, list[float]] = field(default_factory=lambda: defaultdict(list))
+    fewest_epochs: dict[int, int] = field(default_factory=dict)  # predictive: per batch size
 
     def explorations(self) -> dict[int, list[Exploration]]:
         by_batch_size: dict[int, list[Exploration]] = defaultdict(list)
@@ -94,11 +106,13 @@ class _Job:
 class PureEngine:
     """The service's semantics in memory: no HTTP, no database, fast for sweeps."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, default_policy: Policy = Policy.ZEUS) -> None:
         self._jobs: dict[str, _Job] = {}
         self._ids = itertools.count(1)
+        self._default_policy = default_policy
 
     async def register(self, spec: JobSpec) -> str:
+        spec = replace(spec, policy=spec.policy or self._default_policy)
         job_id = spec.job_id or f"{spec.job_id_prefix}-{next(self._ids):08x}"
         existing = self._jobs.get(job_id)
         if existing is not None:
@@ -147,7 +161,12 @@ class PureEngine:
         if decision.new_arms is not None:
             job.arms = {arm.batch_size: arm for arm in decision.new_arms}
             job.in_bandit_stage = True
-        trial = _Trial(len(job.trials) + 1, decision.batch_size, decision.trial_type)
+        trial = _Trial(
+            len(job.trials) + 1,
+            decision.batch_size,
+            decision.trial_type,
+            pruning_round=decision.pruning_round,
+        )
         job.trials.append(trial)
         return TrialId(job_id, trial.batch_size, trial.number)
 
@@ -159,28 +178,42 @@ class PureEngine:
             return ReportAnswer(True, bool(found.converged), "The trial already ended.")
         if found.status is TrialStatus.FAILED:
             return ReportAnswer(True, False, "The trial was ended without a result.")
-        verdict = judge_report(
-            job.params,
-            min_cost=job.min_cost,
-            batch_size=found.batch_size,
-            time=time,
-            energy=energy,
-            metric=metric,
-            current_epoch=current_epoch,
-        )
+        verdict, recorded = self._judge(job, found, time, energy, metric, current_epoch)
         if verdict.stop_train:
-            self._succeed(job, found, verdict)
+            self._succeed(job, found, verdict, recorded)
         return ReportAnswer(verdict.stop_train, verdict.converged, verdict.message)
 
     @staticmethod
-    def _succeed(job: _Job, trial: _Trial, verdict: Verdict) -> None:
+    def _judge(
+        job: _Job, trial: _Trial, time: float, energy: float, metric: float, current_epoch: int
+    ) -> tuple[Verdict, float]:
+        """The verdict on a report, and the cost the trial counts as if it stops."""
+        bs = trial.batch_size
+        if job.params.policy is not Policy.PREDICTIVE:
+            verdict = judge_report(
+                job.params, min_cost=job.min_cost, batch_size=bs, time=time, energy=energy,
+                metric=metric, current_epoch=current_epoch,
+            )  # fmt: skip
+            return verdict, verdict.cost
+        judged = judge_report_predictive(
+            job.params, min_cost=job.min_cost, batch_size=bs, time=time, energy=energy,
+            metric=metric, current_epoch=current_epoch, last=trial.last_report,
+            fewest_epochs=job.fewest_epochs, pruning_round=trial.pruning_round,
+        )  # fmt: skip
+        trial.last_report = judged.last_report
+        if judged.fewest_epochs is not None:
+            job.fewest_epochs[bs] = judged.fewest_epochs
+        return judged.verdict, judged.recorded_cost
+
+    @staticmethod
+    def _succeed(job: _Job, trial: _Trial, verdict: Verdict, recorded: float) -> None:
         trial.status = TrialStatus.SUCCEEDED
-        trial.cost, trial.converged = verdict.cost, verdict.converged
+        trial.cost, trial.converged = recorded, verdict.converged
         bs = trial.batch_size
         if verdict.converged and (job.min_cost is None or verdict.cost < job.min_cost):
             job.min_cost, job.min_cost_batch_size = verdict.cost, bs
-        job.stats[bs] = job.stats[bs].add(reward(verdict.cost))
-        job.rewards[bs].append(reward(verdict.cost))
+        job.stats[bs] = job.stats[bs].add(reward(recorded))
+        job.rewards[bs].append(reward(recorded))
         if job.in_bandit_stage and bs in job.arms:
             job.refit(bs)
 

@@ -30,26 +30,31 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from app.sim.engines import Engine, EngineError, JobSpec, TrialId
-from app.sim.results import Baseline, CaseResult, ReplaySettings, TryRecord
+from app.sim.results import Baseline, CaseResult, MetricCurve, ReplaySettings, TryRecord
 from app.sim.traces import Case, PathSampler, converges, expected_costs, oracle_batch_size
 
 MAX_TRIES = 20
 
 
-def metric_at(case: Case, epoch: int, reach_epoch: int | None) -> float:
+def metric_at(
+    case: Case, epoch: int, reach_epoch: int | None, curve: MetricCurve = MetricCurve.LINEAR
+) -> float:
     """The validation metric reported after ``epoch``.
 
     The trace only records when a run first reached the target, so the metric
-    is on the wrong side of the target before the reach epoch (closing in
-    linearly) and exactly the target from it on; a run that never reaches it
-    closes in towards ``max_epochs + 1``.
+    is on the wrong side of the target before the reach epoch and exactly the
+    target from it on; a run that never reaches it closes in towards
+    ``max_epochs + 1``. The remaining gap shrinks linearly with the epochs
+    left, or (``concave``) with their square: fast at first, then flat, so
+    that a rule extrapolating the metric cannot lean on a straight line.
     """
     workload = case.workload
     target = workload.target_metric
     if reach_epoch is not None and epoch >= reach_epoch:
         return target
     horizon = reach_epoch if reach_epoch is not None else workload.max_epochs + 1
-    gap = max(abs(target), 1.0) * (horizon - epoch) / horizon
+    left = (horizon - epoch) / horizon
+    gap = max(abs(target), 1.0) * (left if curve is MetricCurve.LINEAR else left * left)
     return target - gap if workload.higher_is_better_metric else target + gap
 
 
@@ -70,11 +75,16 @@ def job_spec(case: Case, settings: ReplaySettings) -> JobSpec:
         max_epochs=workload.max_epochs,
         window_size=settings.window_size,
         mab_seed=settings.seed,
+        policy=settings.policy,
     )
 
 
 async def train(
-    engine: Engine, case: Case, trial: TrialId, reach_epoch: int | None
+    engine: Engine,
+    case: Case,
+    trial: TrialId,
+    reach_epoch: int | None,
+    curve: MetricCurve = MetricCurve.LINEAR,
 ) -> tuple[int, bool]:
     """Train ``trial`` along a path until told to stop; returns (epochs, converged)."""
     epoch, converged = 0, False
@@ -85,7 +95,7 @@ async def train(
             trial,
             time=time,
             energy=energy,
-            metric=metric_at(case, epoch, reach_epoch),
+            metric=metric_at(case, epoch, reach_epoch, curve),
             current_epoch=epoch,
         )
         if answer.stop_train:
@@ -107,14 +117,20 @@ class _Played:
 
 
 async def _recurrence(
-    engine: Engine, case: Case, job_id: str, eta_knob: float, sampler: PathSampler, out: _Played
+    engine: Engine,
+    case: Case,
+    job_id: str,
+    settings: ReplaySettings,
+    sampler: PathSampler,
+    out: _Played,
 ) -> None:
     index = len(out.per_recurrence) + 1
     for attempt in range(1, MAX_TRIES + 1):
         trial = await engine.next_trial(job_id)
-        epochs, converged = await train(engine, case, trial, sampler.sample(trial.batch_size))
+        reach = sampler.sample(trial.batch_size)
+        epochs, converged = await train(engine, case, trial, reach, settings.metric_curve)
         time, energy = case.time_energy(trial.batch_size, epochs)
-        cost = case.run_cost(trial.batch_size, epochs, eta_knob)
+        cost = case.run_cost(trial.batch_size, epochs, settings.eta_knob)
         out.tries.append(
             TryRecord(index, attempt, trial.trial_number, trial.batch_size, epochs, time,
                       energy, cost, converged)
@@ -145,7 +161,7 @@ async def replay(
     try:
         job_id = await engine.register(job_spec(case, settings))
         for index in range(1, recurrences + 1):
-            await _recurrence(engine, case, job_id, settings.eta_knob, sampler, played)
+            await _recurrence(engine, case, job_id, settings, sampler, played)
             if on_recurrence is not None:
                 on_recurrence(index)
     except EngineError as exc:

@@ -3,9 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from enum import StrEnum
 from typing import Any
 
+from app.bandit import Policy
 from app.sim.traces import Case
+
+
+class MetricCurve(StrEnum):
+    """How the simulated validation metric approaches the target before the reach epoch."""
+
+    LINEAR = "linear"  # closes the gap by the same amount every epoch
+    CONCAVE = "concave"  # closes most of it early, then flattens (as real curves do)
 
 
 @dataclass(frozen=True, slots=True)
@@ -17,6 +26,8 @@ class ReplaySettings:
     window_size: int = 0
     seed: int = 1
     recurrences: int | None = None  # None: the case's default (2 x |B| x |P|)
+    policy: Policy = Policy.ZEUS
+    metric_curve: MetricCurve = MetricCurve.LINEAR
 
     def recurrences_for(self, case: Case) -> int:
         return self.recurrences if self.recurrences is not None else case.default_recurrences

@@ -297,6 +297,8 @@ MALFORMED_BODIES = [
     b'"job-1"',
     b"null",
     b"\xff\xfe\x00{",
+    b'{"job_id": "job-\xff"}',  # not UTF-8
+    b"\xa5\xc7`#",
     b'{"job_id": "job-1"}garbage',
 ]
 
@@ -661,6 +663,24 @@ async def test_an_unsupported_method_is_a_405_with_a_message(api: httpx.AsyncCli
     await assert_no_jobs(api)
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "allow"),
+    [
+        ("OPTIONS", "/jobs", "DELETE, GET, POST"),  # three routes share the path
+        ("PUT", "/jobs", "DELETE, GET, POST"),
+        ("DELETE", "/report", "POST"),
+        ("PUT", "/jobs/batch_size", "GET"),
+        ("POST", "/jobs/job-1/trials", "GET"),
+    ],
+)
+async def test_a_405_names_every_method_of_the_path_in_allow(
+    api: httpx.AsyncClient, method: str, path: str, allow: str
+) -> None:
+    response = await api.request(method, path)
+    assert_rejected(response, 405)
+    assert response.headers["allow"] == allow
+
+
 # ----------------------------------------------------- unknown fields
 
 
@@ -683,6 +703,30 @@ async def test_unknown_extra_fields_and_query_params_are_ignored(api: httpx.Asyn
     assert ended.json()["status"] == "Failed"
     listed = await api.get("/jobs/job-1/trials", params={"colour": "blue"})
     assert listed.status_code == 200 and len(listed.json()["items"]) == 1
+
+
+async def test_whole_number_floats_are_accepted_where_integers_are_expected(
+    api: httpx.AsyncClient,
+) -> None:
+    # JSON Schema's integer is any number without a fraction: 64.0 is 64.
+    wholes = {"batch_sizes": [16.0, 32, 64.0, 128], "default_batch_size": 64.0,
+              "max_epochs": 10.0, "num_pruning_rounds": 2.0, "window_size": 0.0,
+              "mab_num_explorations": 2.0, "mab_seed": 7.0, "number_of_gpus": 1.0}  # fmt: skip
+    created = await api.post("/jobs", json=spec(**wholes))
+    assert created.status_code == 201, created.text
+    assert created.json() == {**created.json(), **spec()}  # stored as the integers
+    assert all(
+        type(v) is int for k, v in created.json().items() if k in wholes and k != "batch_sizes"
+    )
+    again = await api.post("/jobs", json=spec())  # the same job
+    assert again.status_code == 200, again.text
+    trial = (await api.get("/jobs/batch_size", params={"job_id": "job-1"})).json()
+    floats = {**trial, "batch_size": float(trial["batch_size"]), "trial_number": 1.0}
+    report = await api.post("/report", json=_report(floats, metric=0.1) | {"current_epoch": 1.0})
+    assert report.status_code == 200, report.text
+    for field, value in [("max_epochs", 10.5), ("default_batch_size", 64.000001),
+                         ("mab_seed", 1e300), ("number_of_gpus", "1.0")]:  # fmt: skip
+        assert_rejected(await api.post("/jobs", json=spec(job_id="job-2", **{field: value})), 422)
 
 
 async def test_integers_are_accepted_where_floats_are_expected(api: httpx.AsyncClient) -> None:

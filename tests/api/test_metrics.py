@@ -7,11 +7,15 @@ compares a scrape after with a scrape before.
 from __future__ import annotations
 
 from collections import defaultdict
+from datetime import timedelta
 from typing import Any
 
 import httpx
+from fastapi import FastAPI
 from prometheus_client.parser import text_string_to_metric_families
 
+from app import service
+from app.bandit import Lease
 from tests.helpers import dispatch, finish, register, report
 
 Samples = defaultdict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -115,3 +119,21 @@ async def test_metrics_lists_every_documented_metric_from_zero(client: httpx.Asy
             assert (name, frozenset(labels.items())) in samples, (name, labels)
     # The request metrics of the scrape before this one.
     assert {"bso_http_requests_total", "bso_http_request_duration_seconds_bucket"} <= names
+
+
+async def test_expired_leases_are_counted_by_dispatch_and_by_the_sweep(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    engine, lease = app.state.engine, Lease(60)
+    job_id = await register(client)
+    dispatched = service.utcnow()
+    await service.dispatch_trial(engine, job_id, now=dispatched, lease=lease)  # 64, abandoned
+    before = await scrape(client)
+    later = dispatched + timedelta(seconds=61)
+    await service.dispatch_trial(engine, job_id, now=later, lease=lease)  # expires it, takes 64
+    after = await scrape(client)
+    assert grown(before, after, "bso_leases_expired_total") == 1
+    assert grown(before, after, "bso_trials_ended_total", status="Failed") == 1
+    assert await service.expire_leases(engine, now=later + timedelta(seconds=61), lease=lease) == 1
+    swept = await scrape(client)
+    assert grown(after, swept, "bso_leases_expired_total") == 1

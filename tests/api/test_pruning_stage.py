@@ -6,6 +6,7 @@ import httpx
 from fastapi import FastAPI
 
 from app import service
+from app.bandit import Lease
 from tests.helpers import dispatch, end, finish, register, report
 
 
@@ -125,9 +126,9 @@ async def test_a_stale_exploration_expires_and_is_explored_again(
     database = app.state.engine
     later = service.utcnow() + timedelta(hours=2)
     # Within the timeout the exploration still blocks: a Concurrent trial.
-    blocked = await service.dispatch_trial(database, job_id, now=later, trial_timeout_s=3 * 3600)
+    blocked = await service.dispatch_trial(database, job_id, now=later, lease=Lease(3 * 3600))
     assert blocked.batch_size == 64
-    again = await service.dispatch_trial(database, job_id, now=later, trial_timeout_s=3600)
+    again = await service.dispatch_trial(database, job_id, now=later, lease=Lease(3600))
     assert (again.batch_size, again.trial_number) == (64, 3)
     trials = (await client.get(f"/jobs/{job_id}/trials")).json()["items"]
     assert [(t["type"], t["status"]) for t in trials] == [
@@ -136,4 +137,4 @@ async def test_a_stale_exploration_expires_and_is_explored_again(
         ("Exploration", "Dispatched"),
     ]
     late = await finish(client, lost, cost_time=1.0)
-    assert late["converged"] is False and "without a result" in late["message"]
+    assert late["converged"] is False and "lease expired" in late["message"]

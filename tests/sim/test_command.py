@@ -86,3 +86,21 @@ def test_sequences_are_run_length_encoded_with_failed_tries_marked() -> None:
         TryRecord(2, 1, 3, 32, 1, 1, 1, 1, False)
     ]
     assert compress_sequence(tries) == "64x2 32!"
+
+
+def test_the_command_takes_a_policy_and_a_metric_curve(cli: typer.Typer) -> None:
+    args = ["simulate", "-w", "squad", "-g", "p100", "-n", "12", "--json", "--engine", "pure"]
+    result = invoke(cli, [*args, "--policy", "predictive", "--metric-curve", "concave"])
+    assert result.exit_code == 0, result.output
+    (case,) = json.loads(result.stdout)["cases"]
+    assert case["settings"]["policy"] == "predictive"
+    assert case["settings"]["metric_curve"] == "concave"
+
+
+@pytest.mark.parametrize("where", [[], ["--engine", "service"], ["--url", "http://localhost:1"]])
+def test_the_predictive_policy_needs_the_pure_engine_for_now(
+    cli: typer.Typer, where: list[str]
+) -> None:
+    result = invoke(cli, ["simulate", "-n", "2", "--policy", "predictive", *where])
+    assert result.exit_code == 2
+    assert "needs --engine pure" in result.output

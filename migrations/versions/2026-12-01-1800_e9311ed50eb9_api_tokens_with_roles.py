@@ -5,8 +5,8 @@ prefixes, and a salted hash of its secret; never the secret itself.
 Revoked tokens keep their row, so a name is never reused.
 
 Revision ID: e9311ed50eb9
-Revises: 5c0b8e1d2f47
-Create Date: 2026-12-01 17:00:00.000000+00:00
+Revises: 7d3a9c2e4b10
+Create Date: 2026-12-01 18:00:00.000000+00:00
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "e9311ed50eb9"
-down_revision: str | None = "5c0b8e1d2f47"
+down_revision: str | None = "7d3a9c2e4b10"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

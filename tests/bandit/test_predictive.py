@@ -1,0 +1,281 @@
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from app.bandit import (
+    SURVIVOR_RATIO,
+    Exploration,
+    JobParams,
+    LastReport,
+    Policy,
+    PredictiveVerdict,
+    TrialType,
+    decide,
+    epochs_needed,
+    judge_report_predictive,
+    last_epoch_cost,
+    pruning_walk,
+    survivors,
+)
+
+# eta 0.5 and no energy: cost = 0.5 * 200 W * time = 100 * time, so time t costs 100 t.
+PARAMS = JobParams(
+    batch_sizes=(16, 32, 64), default_batch_size=32, max_epochs=10, max_power=200.0,
+    policy=Policy.PREDICTIVE,
+)  # fmt: skip
+
+
+def judge(
+    cost: float,
+    epoch: int,
+    *,
+    last: LastReport | None = None,
+    min_cost: float | None = 1000.0,
+    fewest: Mapping[int, int] | None = None,
+    pruning_round: int | None = None,
+    metric: float = 0.1,
+    params: JobParams = PARAMS,
+    batch_size: int = 32,
+) -> PredictiveVerdict:
+    return judge_report_predictive(
+        params, min_cost=min_cost, batch_size=batch_size, time=cost / 100.0, energy=0.0,
+        metric=metric, current_epoch=epoch, last=last, fewest_epochs=fewest or {},
+        pruning_round=pruning_round,
+    )  # fmt: skip
+
+
+# Epochs still needed
+
+
+def test_nothing_converged_bounds_nothing() -> None:
+    assert epochs_needed(32, {}) == 0
+
+
+def test_a_batch_sizes_own_fewest_epochs_bound_it() -> None:
+    assert epochs_needed(32, {32: 7}) == 7
+
+
+def test_a_larger_batch_size_bounds_a_smaller_one_scaled_down_by_their_ratio() -> None:
+    # 64 needed 9 epochs = 9 N / 64 steps; 32 needs as many steps: >= 9 * 32 / 64 = 4.5 epochs.
+    assert epochs_needed(32, {64: 9}) == 4
+    assert epochs_needed(16, {64: 9}) == 2
+    assert epochs_needed(16, {64: 3}) == 0  # 0.75 rounds down: no bound
+
+
+def test_a_smaller_batch_size_bounds_nothing() -> None:
+    assert epochs_needed(64, {16: 40, 32: 20}) == 0
+
+
+def test_the_tightest_bound_wins() -> None:
+    assert epochs_needed(32, {32: 3, 64: 9, 128: 40, 16: 99}) == 10
+
+
+# The last epoch's cost
+
+
+def test_the_first_report_has_no_last_epoch_cost() -> None:
+    assert last_epoch_cost(500.0, 1, None) == 0.0
+    assert last_epoch_cost(500.0, 3, None) == 0.0
+
+
+def test_the_last_epoch_cost_is_per_epoch_since_the_previous_report() -> None:
+    assert last_epoch_cost(500.0, 3, LastReport(2, 350.0)) == 150.0
+    assert last_epoch_cost(500.0, 5, LastReport(2, 350.0)) == 50.0  # epochs 3-5 unreported
+
+
+def test_a_report_that_does_not_advance_or_lowers_the_cost_adds_nothing() -> None:
+    assert last_epoch_cost(500.0, 2, LastReport(2, 350.0)) == 0.0
+    assert last_epoch_cost(500.0, 1, LastReport(2, 350.0)) == 0.0
+    assert last_epoch_cost(300.0, 3, LastReport(2, 350.0)) == 0.0
+
+
+# The predictive stop
+
+
+def test_the_first_report_is_judged_by_the_papers_rule_alone() -> None:
+    # 1500 + one more epoch of 1500 would pass 2 * 1000, but the first epoch's cost is unknown.
+    v = judge(1500.0, 1)
+    assert (v.verdict.stop_train, v.verdict.converged) == (False, False)
+    assert v.recorded_cost == 1500.0
+    assert v.last_report == LastReport(1, 1500.0)
+
+
+def test_a_run_stops_when_one_more_epoch_would_pass_beta_times_min_cost() -> None:
+    going = judge(1200.0, 2, last=LastReport(1, 600.0))  # 1200 + 600 = 1800 <= 2000
+    assert going.verdict.stop_train is False
+    assert going.last_report == LastReport(2, 1200.0)
+    v = judge(1800.0, 3, last=LastReport(2, 1200.0))  # 1800 + 600 = 2400 > 2000
+    assert (v.verdict.stop_train, v.verdict.converged) == (True, False)
+    assert v.verdict.cost == 1800.0  # paid
+    assert v.recorded_cost == 2400.0  # what the arm statistics see
+    assert "predicted to exceed the cost upper bound" in v.verdict.message
+    assert v.last_report == LastReport(3, 1800.0)
+
+
+def test_a_prediction_exactly_at_the_bound_goes_on() -> None:
+    assert judge(1400.0, 2, last=LastReport(1, 800.0)).verdict.stop_train is False  # 2000
+
+
+def test_the_history_stops_a_run_sooner() -> None:
+    # After 2 epochs of 300: one more epoch makes 900; 6 more (of 8 needed) make 2400.
+    no_history = judge(600.0, 2, last=LastReport(1, 300.0))
+    assert no_history.verdict.stop_train is False  # 600 + 300 <= 2000
+    v = judge(600.0, 2, last=LastReport(1, 300.0), fewest={32: 8})  # 600 + 6 * 300 = 2400
+    assert v.verdict.stop_train is True
+    assert v.recorded_cost == 2400.0
+    within = judge(600.0, 2, last=LastReport(1, 300.0), fewest={32: 6})  # 600 + 1200 = 1800
+    assert within.verdict.stop_train is False
+
+
+def test_at_least_one_more_epoch_is_predicted_past_the_history() -> None:
+    # The history says 4 epochs; this run is at epoch 7 and still short of the target.
+    v = judge(1800.0, 7, last=LastReport(6, 1500.0), fewest={32: 4})
+    assert v.recorded_cost == 2100.0  # 1800 + max(1, 4 - 7) * 300
+    assert v.verdict.stop_train is True
+
+
+def test_no_min_cost_yet_means_no_predictive_stop() -> None:
+    v = judge(9000.0, 5, last=LastReport(4, 7000.0), min_cost=None, fewest={32: 9})
+    assert v.verdict.stop_train is False
+    assert v.last_report == LastReport(5, 9000.0)
+
+
+def test_null_beta_disables_every_early_stop() -> None:
+    params = replace(PARAMS, beta_knob=None)
+    v = judge(1900.0, 2, last=LastReport(1, 950.0), fewest={32: 9}, pruning_round=0,
+              params=params)  # fmt: skip
+    assert v.verdict.stop_train is False
+    assert v.recorded_cost == 1900.0
+
+
+def test_the_papers_answer_comes_first() -> None:
+    # Reaching the target within the bound converges, whatever a prediction would say.
+    v = judge(1500.0, 5, last=LastReport(4, 1200.0), fewest={32: 9}, metric=0.6)
+    assert (v.verdict.stop_train, v.verdict.converged) == (True, True)
+    assert v.recorded_cost == 1500.0
+    over = judge(2100.0, 5, last=LastReport(4, 1800.0))  # past the bound already
+    assert (over.verdict.stop_train, over.verdict.converged) == (True, False)
+    assert over.recorded_cost == 2100.0
+    assert "exceeded the cost upper bound" in over.verdict.message
+
+
+# The fewest epochs of a converged trial
+
+
+def test_a_converged_trial_lowers_its_batch_sizes_fewest_epochs() -> None:
+    assert judge(900.0, 5, metric=0.6).fewest_epochs == 5
+    assert judge(900.0, 5, metric=0.6, fewest={32: 7}).fewest_epochs == 5
+    assert judge(900.0, 5, metric=0.6, fewest={32: 4}).fewest_epochs == 4
+
+
+def test_other_outcomes_leave_the_fewest_epochs_alone() -> None:
+    assert judge(900.0, 5).fewest_epochs is None  # goes on
+    assert judge(900.0, 5, fewest={32: 4, 64: 2}).fewest_epochs == 4
+    assert judge(900.0, 10, fewest={32: 4}).fewest_epochs == 4  # max_epochs, not converged
+    assert judge(2100.0, 5, metric=0.6, fewest={32: 9}).fewest_epochs == 9  # over the bound
+
+
+# The round stop
+
+
+def test_an_exploration_that_cannot_survive_its_round_stops() -> None:
+    # Round 1 of 2: 1200 + (6 - 2) epochs of 100 = 1600 > 1.5 * 1000; the beta rule says go on.
+    v = judge(1200.0, 2, last=LastReport(1, 1100.0), fewest={32: 6}, pruning_round=0)
+    assert (v.verdict.stop_train, v.verdict.converged) == (True, False)
+    assert "cannot survive pruning round 1" in v.verdict.message
+    assert v.recorded_cost == 1600.0
+    assert judge(1200.0, 2, last=LastReport(1, 1100.0), fewest={32: 5},
+                 pruning_round=0).verdict.stop_train is False  # 1500: it could  # fmt: skip
+
+
+def test_the_round_stop_counts_only_the_epochs_the_history_requires() -> None:
+    # 1450 + one more epoch of 150 would pass 1.5 * 1000, but the run may reach the target then.
+    assert judge(1450.0, 2, last=LastReport(1, 1300.0), pruning_round=0).verdict.stop_train is False
+    v = judge(1510.0, 3, last=LastReport(2, 1450.0), pruning_round=0)  # already past 1500
+    assert v.verdict.stop_train is True
+    assert v.recorded_cost == 1570.0  # the predicted cost: at least one more epoch
+
+
+def test_the_round_stop_spares_the_last_round_and_other_trials() -> None:
+    for pruning_round in (1, None):
+        v = judge(1600.0, 2, last=LastReport(1, 1500.0), pruning_round=pruning_round)
+        assert v.verdict.stop_train is False
+    three_rounds = replace(PARAMS, num_pruning_rounds=3)
+    assert judge(1600.0, 2, last=LastReport(1, 1500.0), pruning_round=1,
+                 params=three_rounds).verdict.stop_train is True  # fmt: skip
+
+
+# The survivor filter
+
+
+def test_survivors_are_within_the_ratio_of_the_cheapest() -> None:
+    assert SURVIVOR_RATIO == 1.5
+    assert survivors({64: 100.0, 32: 150.0, 16: 150.01, 128: 120.0}) == (32, 64, 128)
+    assert survivors({8: 10.0}) == (8,)
+    assert survivors({}) == ()
+    assert survivors({8: 10.0, 16: 12.0}, ratio=1.1) == (8,)
+
+
+def walk(policy: Policy, costs: Mapping[int, float]) -> tuple[list[int], tuple[int, ...]]:
+    """Drive the walk over three batch sizes to the end, every exploration converging."""
+    p = replace(PARAMS, policy=policy)
+    history: dict[int, list[Exploration]] = {}
+    order: list[int] = []
+    for number in range(1, 20):
+        step = pruning_walk(p, history, min_cost_batch_size=32)
+        if step.batch_size is None:
+            return order, step.arms
+        history.setdefault(step.batch_size, []).append(
+            Exploration(number, step.batch_size, False, True, costs[step.batch_size])
+        )
+        order.append(step.batch_size)
+    raise AssertionError("the walk did not end")
+
+
+def test_the_filter_drops_expensive_survivors_before_round_two_and_from_the_arms() -> None:
+    costs = {16: 160.0, 32: 120.0, 64: 100.0}  # 16 costs 1.6 x the cheapest
+    assert walk(Policy.ZEUS, costs) == ([32, 16, 64, 64, 32, 16], (16, 32, 64))
+    # Round 2 starts from the cheapest, 64, and never sees 16 again.
+    assert walk(Policy.PREDICTIVE, costs) == ([32, 16, 64, 64, 32], (32, 64))
+
+
+def test_the_filter_also_applies_to_the_last_rounds_survivors() -> None:
+    # Round 1: all within 1.5x. Round 2 is the same walk, the same costs: nothing dropped.
+    assert walk(Policy.PREDICTIVE, {16: 140.0, 32: 120.0, 64: 100.0})[1] == (16, 32, 64)
+    p = replace(PARAMS, num_pruning_rounds=1)
+    history = {
+        bs: [Exploration(n, bs, False, True, c)]
+        for n, (bs, c) in enumerate({32: 100.0, 16: 151.0, 64: 120.0}.items(), 1)
+    }
+    assert pruning_walk(p, history, min_cost_batch_size=32).arms == (32, 64)
+    zeus = replace(p, policy=Policy.ZEUS)
+    assert pruning_walk(zeus, history, min_cost_batch_size=32).arms == (16, 32, 64)
+
+
+def test_explorations_carry_their_pruning_round() -> None:
+    rng = np.random.default_rng(0)
+    first = decide(PARAMS, in_bandit_stage=False, min_cost_batch_size=32, explorations={},
+                   arms=[], rng=rng)  # fmt: skip
+    assert (first.trial_type, first.pruning_round) == (TrialType.EXPLORATION, 0)
+    running = {32: [Exploration(1, 32, dispatched=True)]}
+    concurrent = decide(PARAMS, in_bandit_stage=False, min_cost_batch_size=32,
+                        explorations=running, arms=[], rng=rng)  # fmt: skip
+    assert (concurrent.trial_type, concurrent.pruning_round) == (TrialType.CONCURRENT, None)
+    done = {bs: [Exploration(bs, bs, False, True, 100.0)] for bs in (16, 32, 64)}
+    again = decide(PARAMS, in_bandit_stage=False, min_cost_batch_size=32, explorations=done,
+                   arms=[], rng=rng)  # fmt: skip
+    assert (again.batch_size, again.pruning_round) == (32, 1)  # round 2 from the first cheapest
+
+
+@pytest.mark.parametrize("policy", list(Policy))
+def test_the_bandit_stage_carries_no_round(policy: Policy) -> None:
+    done = {bs: [Exploration(bs + r, bs, False, True, 100.0) for r in (0, 1)] for bs in (16, 32)}
+    p = replace(PARAMS, batch_sizes=(16, 32), policy=policy)
+    decision = decide(p, in_bandit_stage=False, min_cost_batch_size=32, explorations=done,
+                      arms=[], rng=np.random.default_rng(0))  # fmt: skip
+    assert (decision.trial_type, decision.pruning_round) == (TrialType.MAB, None)
+    assert decision.new_arms is not None
