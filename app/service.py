@@ -57,7 +57,8 @@ def _authorize(caller: Principal, job_id_prefix: str, job_id: str | None) -> Non
     """403 unless the caller may train jobs of this prefix.
 
     Called on the job row each use case reads anyway (the body's prefix for a
-    registration), so checking a trainer's prefixes costs no query.
+    registration), so checking a trainer's prefixes costs no query, and
+    before the use case writes anything.
     """
     if (refusal := caller.prefix_refusal(job_id_prefix, job_id)) is not None:
         raise ForbiddenError(refusal)
