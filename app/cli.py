@@ -1,4 +1,4 @@
-"""The ``bso`` command: serve, migrate, simulate, jobs.
+"""The ``bso`` command: serve, migrate, tokens, simulate, jobs.
 
 Nothing imported here imports prometheus-client: ``bso serve`` must set
 PROMETHEUS_MULTIPROC_DIR before it is first imported (see app/metrics.py).
@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from app.config import Settings, get_settings
 from app.jobs_command import register as register_jobs
 from app.sim.command import register as register_simulate
+from app.tokens_command import register as register_tokens
 
 cli = typer.Typer(
     name="bso",
@@ -28,6 +29,8 @@ cli = typer.Typer(
     "batch sizes for recurring training jobs.",
     no_args_is_help=True,
     add_completion=False,
+    # A traceback must not print local variables: they may hold a token.
+    pretty_exceptions_show_locals=False,
 )
 logger = logging.getLogger("app.cli")
 
@@ -143,6 +146,7 @@ def main() -> None:
     cli()
 
 
+register_tokens(cli, _settings)
 register_simulate(cli)
 register_jobs(cli)
 

@@ -17,6 +17,7 @@ from app.bandit.lease import Lease
 from app.bandit.types import Policy
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+AuthMode = Literal["off", "required"]
 LogFormat = Literal["text", "json"]
 
 _LEVEL_ALIASES = {"WARN": "WARNING", "FATAL": "CRITICAL"}
@@ -114,6 +115,22 @@ class Settings(BaseSettings):
         le=3600,
         description="Seconds a client may take from opening a connection (or starting its "
         "next request) to sending the whole request; then it is answered 408 and closed.",
+    )
+
+    # Off by default, so that a Zeus deployment switches by changing only the
+    # image; docker-compose.yml turns it on.
+    auth: Annotated[AuthMode, BeforeValidator(_lower)] = Field(
+        default="off",
+        description="off: anyone may call anything (as the Zeus server). required: every "
+        "call but the probes and docs needs a token (bso tokens create).",
+    )
+    auth_cache_s: float = Field(
+        default=2.0,
+        ge=0,
+        le=4,
+        description="Seconds a server process trusts a token it has checked before reading "
+        "its row again: a revoked token is refused within this long (at most 4, so that "
+        "revocation holds within 5 s). 0 reads the row on every request.",
     )
 
     @field_validator("database_url")

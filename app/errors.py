@@ -26,6 +26,8 @@ class DomainError(Exception):
     """An error a client can act on; ``status_code`` says which kind."""
 
     status_code = 400
+    # Response headers of this kind of error; a header may repeat.
+    headers: tuple[tuple[str, str], ...] = ()
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -64,6 +66,37 @@ class NoConvergedBatchSizeError(DomainError):
     """Pruning found no batch size that reaches the target: the job cannot go on."""
 
     status_code = 409
+
+
+class UnauthorizedError(DomainError):
+    """No credentials, or none that name a live token (BSO_AUTH=required).
+
+    The challenges go in two header lines, which HTTP defines as the same as
+    the one line ``Bearer, Basic realm="bso"`` (RFC 9110 5.3); Chromium
+    ignores Basic in the one-line form, and shows its login prompt (or sends
+    URL credentials) for the dashboard only with a line of its own
+    (tests/dashboard/test_browser.py).
+    """
+
+    status_code = 401
+    headers = (("WWW-Authenticate", "Bearer"), ("WWW-Authenticate", 'Basic realm="bso"'))
+
+
+class ForbiddenError(DomainError):
+    """A valid token whose role or job prefixes do not allow the call."""
+
+    status_code = 403
+
+
+class TokenNameTakenError(DomainError):
+    status_code = 409
+
+
+class TokenNotFoundError(DomainError):
+    status_code = 404
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"No token is named {name!r}; `bso tokens list` shows them.")
 
 
 def _field(loc: tuple[Any, ...] | list[Any]) -> str:
@@ -115,7 +148,10 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(DomainError)
     async def _domain(_: Request, exc: DomainError) -> JSONResponse:
         headers = {"Retry-After": "1"} if exc.status_code == 503 else None
-        return JSONResponse({"message": exc.message}, exc.status_code, headers=headers)
+        response = JSONResponse({"message": exc.message}, exc.status_code, headers=headers)
+        for name, value in exc.headers:
+            response.headers.append(name, value)
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:

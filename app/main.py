@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.auth import install_openapi_security
 from app.config import Settings, deprecated_settings, get_settings
 from app.dashboard.routes import dashboard
 from app.db import create_engine
@@ -24,6 +25,7 @@ from app.log import configure_logging
 from app.observe import ObserveRequests
 from app.routes import health, read, zeus
 from app.sweeper import sweeping
+from app.tokens import TokenVerifier
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +38,11 @@ sizes, then Gaussian Thompson Sampling.
 
 Errors are JSON `{"message": ...}`; 422 also carries FastAPI's `detail` list.
 Infinite precisions are shown as `null`.
+
+With `BSO_AUTH=required`, every operation but the probes needs a token from
+`bso tokens create`: `Authorization: Bearer <token>`, or HTTP Basic with any
+user name and the token as the password. Viewers may read, trainers also
+train the jobs of their prefixes, admins may do everything.
 """
 
 
@@ -128,6 +135,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await upgrade_in_place(engine)
         app.state.settings = resolved
         app.state.engine = engine
+        # Per process: each replica trusts a checked token for auth_cache_s.
+        app.state.tokens = TokenVerifier(resolved.auth_cache_s)
         try:
             async with sweeping(engine, resolved.lease):
                 yield
@@ -152,6 +161,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(dashboard)
     install_static(app)
     install_error_handlers(app)
+    install_openapi_security(app)
     app.add_middleware(BodySizeLimit)
     return app
 

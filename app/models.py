@@ -31,6 +31,7 @@ from sqlalchemy import (
 )
 
 from app.bandit import FailureReason, Policy, Stage, TrialStatus, TrialType
+from app.roles import Role
 
 # Deterministic constraint names, so that migrations can drop and rename them.
 NAMING_CONVENTION = {
@@ -269,4 +270,25 @@ arm = Table(
     CheckConstraint("param_precision >= 0", name="param_precision"),
     CheckConstraint("reward_precision >= 0", name="reward_precision"),
     CheckConstraint("num_observations >= 0", name="num_observations"),
+)
+
+# An API token (BSO_AUTH=required). A token reads ``bso_<token_id>_<secret>``:
+# the id finds this one row, and only a salted hash of the secret is kept
+# (app/tokens.py says which and why). Rows are never deleted, so a name
+# names one token forever and revoked ones stay listed.
+token = Table(
+    "token",
+    metadata,
+    Column("token_id", String(16), primary_key=True),
+    Column("name", String(64), nullable=False, unique=True),
+    Column("role", EnumText(Role), nullable=False),
+    # A trainer's job_id_prefixes, a JSON list of strings; empty: every prefix.
+    Column("prefixes", JSON, nullable=False),
+    Column("salt", String(32), nullable=False),  # hex
+    Column("secret_hash", String(64), nullable=False),  # hex HMAC-SHA256
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("revoked_at", UTCDateTime()),
+    CheckConstraint(_one_of("role", Role), name="role"),
+    CheckConstraint("length(name) > 0", name="name_not_empty"),
+    CheckConstraint("revoked_at IS NULL OR revoked_at >= created_at", name="revoked_after_created"),
 )

@@ -53,7 +53,7 @@ from app.bandit import (
     TrialStatus,
     TrialType,
 )
-from app.models import UTCDateTime, arm, batch_size, job, trial
+from app.models import UTCDateTime, arm, batch_size, job, token, trial
 from app.schemas import TrialRead
 
 JobRow = Row[Any]  # a row of the job table (attributes named as its columns)
@@ -232,6 +232,48 @@ async def list_jobs(
     return list((await conn.execute(statement)).all())
 
 
+# ------------------------------------------------------------------ tokens
+
+TokenRow = Row[Any]  # a row of the token table
+
+# Any conflict (the name, or on a rare collision the random id): nothing inserted.
+_INSERT_TOKEN = {
+    "postgresql": postgresql.insert(token).on_conflict_do_nothing().returning(token.c.token_id),
+    "sqlite": sqlite.insert(token).on_conflict_do_nothing().returning(token.c.token_id),
+}
+_TOKEN_BY_ID = select(token).where(token.c.token_id == bindparam("token_id"))
+_TOKEN_BY_NAME = select(token).where(token.c.name == bindparam("name"))
+_REVOKE_TOKEN = (
+    update(token)
+    .where(token.c.name == bindparam("k_name"), token.c.revoked_at.is_(None))
+    .values(revoked_at=bindparam("now", type_=UTCDateTime()))
+)
+
+
+async def insert_token(conn: AsyncConnection, values: Mapping[str, Any]) -> bool:
+    """Insert a token row; False if its name or id is taken."""
+    statement = _INSERT_TOKEN[conn.dialect.name]
+    return (await conn.execute(statement, dict(values))).first() is not None
+
+
+async def token_by_id(conn: AsyncConnection, token_id: str) -> TokenRow | None:
+    """The one row a presented token names (its primary key): the request path's lookup."""
+    return (await conn.execute(_TOKEN_BY_ID, {"token_id": token_id})).first()
+
+
+async def token_by_name(conn: AsyncConnection, name: str) -> TokenRow | None:
+    return (await conn.execute(_TOKEN_BY_NAME, {"name": name})).first()
+
+
+async def list_tokens(conn: AsyncConnection) -> list[TokenRow]:
+    return list((await conn.execute(select(token).order_by(token.c.name))).all())
+
+
+async def revoke_token(conn: AsyncConnection, name: str, now: datetime) -> bool:
+    """Mark a live token revoked; False if there is no live token of that name."""
+    return (await conn.execute(_REVOKE_TOKEN, {"k_name": name, "now": now})).rowcount > 0
+
+
 # ------------------------------------------------------------------ trials
 
 _K = "k_"  # prefix of key parameters: a column's own name is reserved in UPDATE ... SET
@@ -338,9 +380,18 @@ class TrialState:
 
 
 # What judging and recording a report read of the job (not its timestamps,
-# counters or generator state).
+# counters or generator state), and its prefix, which a trainer's token is
+# checked against (app/service.py).
 _JOB_FOR_REPORTS = [
-    job.c[name] for name in ("job_id", "stage", "min_cost", "min_cost_batch_size", *_PARAM_FIELDS)
+    job.c[name]
+    for name in (
+        "job_id",
+        "job_id_prefix",
+        "stage",
+        "min_cost",
+        "min_cost_batch_size",
+        *_PARAM_FIELDS,
+    )
 ]
 # A predictive job's report also needs the fewest epochs of converged trials
 # of the batch sizes at least the trial's (app.bandit.epochs_needed): one row

@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import metrics, migrate, reads, service
+from app.auth import NOT_A_TRAINER, NOT_AN_ADMIN, UNAUTHENTICATED, TrainerDep, admin, viewer
 from app.bandit import Lease, TrialStatus, TrialType
 from app.request_context import bind_job
 from app.schemas import (
@@ -122,8 +123,10 @@ TRIAL_ERRORS: dict[int | str, dict[str, Any]] = {
     **BUSY,
 }
 
-zeus = APIRouter(tags=["Zeus-compatible API"])
-read = APIRouter(tags=["Read side"])
+# Guarded when BSO_AUTH=required: the Zeus API needs a trainer (DELETE an
+# admin), the read side a viewer; the dashboard copies read's dependencies.
+zeus = APIRouter(tags=["Zeus-compatible API"], responses=UNAUTHENTICATED)
+read = APIRouter(tags=["Read side"], dependencies=[Depends(viewer)], responses=UNAUTHENTICATED)
 health = APIRouter(tags=["Health"])
 
 
@@ -142,13 +145,14 @@ health = APIRouter(tags=["Health"])
             ),
             "description": "The job_id exists with a different specification.",
         },
+        **NOT_A_TRAINER,
         **INVALID,
         **TOO_LARGE,
         **UNAVAILABLE,
     },
 )
 async def register_job(
-    spec: JobSpec, request: Request, response: Response, db: DatabaseDep
+    spec: JobSpec, request: Request, response: Response, db: DatabaseDep, caller: TrainerDep
 ) -> CreatedJob:
     """Register a recurring job, or confirm that an identical one exists.
 
@@ -158,7 +162,7 @@ async def register_job(
     bind_job(spec.job_id)
     settings = request.app.state.settings
     registration = await service.register_job(
-        db, spec, now=utcnow(), default_policy=settings.default_policy
+        db, spec, now=utcnow(), default_policy=settings.default_policy, caller=caller
     )
     if not registration.created:
         response.status_code = status.HTTP_200_OK
@@ -178,11 +182,14 @@ async def register_job(
             ),
             "description": "Pruning ended a round with no converged batch size.",
         },
+        **NOT_A_TRAINER,
         **INVALID,
         **BUSY,
     },
 )
-async def get_batch_size(job_id: JobIdQuery, db: DatabaseDep, lease: LeaseDep) -> TrialId:
+async def get_batch_size(
+    job_id: JobIdQuery, db: DatabaseDep, lease: LeaseDep, caller: TrainerDep
+) -> TrialId:
     """Dispatch a new trial: the batch size to train this recurrence with.
 
     Pruning stage: the next batch size to explore, or, while an exploration is
@@ -190,16 +197,18 @@ async def get_batch_size(job_id: JobIdQuery, db: DatabaseDep, lease: LeaseDep) -
     Bandit stage: Gaussian Thompson Sampling over the surviving batch sizes.
     The job's trials whose lease ran out are marked Failed first.
     """
-    return await service.dispatch_trial(db, job_id, now=utcnow(), lease=lease)
+    return await service.dispatch_trial(db, job_id, now=utcnow(), lease=lease, caller=caller)
 
 
 @zeus.post(
     "/report",
     response_model=ReportResponse,
     summary="Report an epoch's cumulative result",
-    responses=TRIAL_ERRORS,
+    responses={**TRIAL_ERRORS, **NOT_A_TRAINER},
 )
-async def report(result: TrainingResult, db: DatabaseDep, lease: LeaseDep) -> ReportResponse:
+async def report(
+    result: TrainingResult, db: DatabaseDep, lease: LeaseDep, caller: TrainerDep
+) -> ReportResponse:
     """Report cumulative time, energy and metric after an epoch; obey `stop_train`.
 
     The trial ends (Succeeded) when it reaches the target, exceeds
@@ -209,30 +218,36 @@ async def report(result: TrainingResult, db: DatabaseDep, lease: LeaseDep) -> Re
     Every report renews the trial's lease.
     """
     bind_job(result.job_id)
-    return await service.report_result(db, result, now=utcnow(), lease=lease)
+    return await service.report_result(db, result, now=utcnow(), lease=lease, caller=caller)
 
 
 @zeus.patch(
     "/trials",
     response_model=TrialRead,
     summary="End a trial",
-    responses=TRIAL_ERRORS,
+    responses={**TRIAL_ERRORS, **NOT_A_TRAINER},
 )
-async def end_trial(trial: TrialId, db: DatabaseDep) -> TrialRead:
+async def end_trial(trial: TrialId, db: DatabaseDep, caller: TrainerDep) -> TrialRead:
     """End a trial (Zeus's client calls this when the training script exits).
 
     A trial still running without a final report becomes Failed, and its batch
     size will be explored again; an already ended trial is left as it is.
     """
     bind_job(trial.job_id)
-    return await service.end_trial(db, trial, now=utcnow())
+    return await service.end_trial(db, trial, now=utcnow(), caller=caller)
 
 
 @zeus.delete(
     "/jobs",
     response_model=Message,
     summary="Delete a job",
-    responses={404: {**UNKNOWN_JOB, "description": "No such job."}, **INVALID, **BUSY},
+    responses={
+        404: {**UNKNOWN_JOB, "description": "No such job."},
+        **NOT_AN_ADMIN,
+        **INVALID,
+        **BUSY,
+    },
+    dependencies=[Depends(admin)],
 )
 async def delete_job(job_id: JobIdQuery, db: DatabaseDep) -> Message:
     """Delete a job with its trials and arms."""
@@ -336,7 +351,8 @@ async def readyz(request: Request) -> Any:
     return Health(status="ok", detail=f"schema at {head}")
 
 
-@health.get("/metrics", include_in_schema=False)
+# A viewer's, like every other GET but the probes (BSO_AUTH=required).
+@health.get("/metrics", include_in_schema=False, dependencies=[Depends(viewer)])
 def prometheus_metrics() -> Response:
     """Prometheus text format, summed over every worker process (README, Metrics).
 

@@ -32,12 +32,14 @@ from app.bandit import (
 from app.db import autocommit
 from app.errors import (
     BatchSizeMismatchError,
+    ForbiddenError,
     JobNotFoundError,
     JobSpecMismatchError,
     NoConvergedBatchSizeError,
     TrialNotFoundError,
 )
 from app.repository import ExpiredTrial, JobRow, Renewal, TrialState
+from app.roles import ANYONE, Principal
 from app.schemas import (
     JOB_SPEC_FIELDS,
     CreatedJob,
@@ -58,6 +60,17 @@ def utcnow() -> datetime:
 def created_job(job: JobRow, batch_sizes: tuple[int, ...]) -> CreatedJob:
     values = {name: getattr(job, name) for name in JOB_SPEC_FIELDS}
     return CreatedJob.model_construct(job_id=job.job_id, batch_sizes=list(batch_sizes), **values)
+
+
+def _authorize(caller: Principal, job_id_prefix: str, job_id: str | None) -> None:
+    """403 unless the caller may train jobs of this prefix.
+
+    Called on the job row each use case reads anyway (the body's prefix for a
+    registration), so checking a trainer's prefixes costs no query, and
+    before the use case writes anything.
+    """
+    if (refusal := caller.prefix_refusal(job_id_prefix, job_id)) is not None:
+        raise ForbiddenError(refusal)
 
 
 # ------------------------------------------------------------ registration
@@ -84,7 +97,12 @@ def _new_job(spec: JobSpec, job_id: str, now: datetime) -> dict[str, Any]:
 
 
 async def register_job(
-    engine: AsyncEngine, spec: JobSpec, *, now: datetime, default_policy: Policy = Policy.ZEUS
+    engine: AsyncEngine,
+    spec: JobSpec,
+    *,
+    now: datetime,
+    default_policy: Policy = Policy.ZEUS,
+    caller: Principal = ANYONE,
 ) -> Registration:
     """Create a job, or confirm that an identical one exists (idempotent).
 
@@ -97,6 +115,7 @@ async def register_job(
     BSO_DEFAULT_POLICY affects new jobs only, and a Zeus client (which never
     sends one) keeps re-registering its job as before.
     """
+    _authorize(caller, spec.job_id_prefix, spec.job_id)
     if spec.job_id is not None:
         async with autocommit(engine) as conn:
             existing = await repo.load_job(conn, spec.job_id)
@@ -175,7 +194,12 @@ def _log_expired(expired: list[ExpiredTrial], lease: Lease) -> None:
 
 
 async def dispatch_trial(
-    engine: AsyncEngine, job_id: str, *, now: datetime, lease: Lease = Lease(0)
+    engine: AsyncEngine,
+    job_id: str,
+    *,
+    now: datetime,
+    lease: Lease = Lease(0),
+    caller: Principal = ANYONE,
 ) -> TrialId:
     """Choose the next batch size and record it as a new trial.
 
@@ -187,6 +211,7 @@ async def dispatch_trial(
         if state is None:
             raise JobNotFoundError(job_id)
         job = state.job
+        _authorize(caller, job.job_id_prefix, job_id)  # before anything is written
         expired: list[ExpiredTrial] = []
         if (renewed_before := lease.expired_before(now)) is not None:
             expired = await repo.expire_job_trials(
@@ -240,9 +265,16 @@ async def dispatch_trial(
 
 
 async def _load_trial(
-    conn: AsyncConnection, key: TrialId, *, lock: bool = False, renew: Renewal | None = None
+    conn: AsyncConnection,
+    key: TrialId,
+    caller: Principal,
+    *,
+    lock: bool = False,
+    renew: Renewal | None = None,
 ) -> tuple[TrialState, TrialRead]:
-    """The job and trial a request names, checked against the dispatched batch size.
+    """The job and trial a request names, checked against caller and batch size.
+
+    The caller's job prefixes are checked on the job row read here anyway.
 
     ``lock``: take the job's row lock first, and read what it guards after.
     ``renew``: renew the trial's lease if it is due (see repository.load_trial).
@@ -252,6 +284,7 @@ async def _load_trial(
     state = await repo.load_trial(conn, key.job_id, key.trial_number, renew=renew)
     if state is None:
         raise JobNotFoundError(key.job_id)
+    _authorize(caller, state.job.job_id_prefix, key.job_id)
     if state.trial is None:
         raise TrialNotFoundError(key.job_id, key.trial_number)
     if state.trial.batch_size != key.batch_size:
@@ -319,7 +352,12 @@ def _judge(state: TrialState, trial: TrialRead, result: TrainingResult) -> Judge
 
 
 async def report_result(
-    engine: AsyncEngine, result: TrainingResult, *, now: datetime, lease: Lease = Lease(0)
+    engine: AsyncEngine,
+    result: TrainingResult,
+    *,
+    now: datetime,
+    lease: Lease = Lease(0),
+    caller: Principal = ANYONE,
 ) -> ReportResponse:
     """Judge one epoch report; a final one records the result and teaches the bandit.
 
@@ -336,10 +374,16 @@ async def report_result(
     if (before := lease.renewal_due_before(now)) is not None:
         renew = Renewal(result.batch_size, before, now)
     async with autocommit(engine) as conn:
-        state, trial = await _load_trial(conn, result, renew=renew)
+        # A trainer held to some prefixes must not renew another team's trial:
+        # its first read writes nothing, and renews (one more round trip) only
+        # once its prefix passed and a renewal is due.
+        deferred = renew is not None and caller.limited_to_prefixes
+        state, trial = await _load_trial(conn, result, caller, renew=None if deferred else renew)
+        if deferred and _was_due(state, lease, now):
+            state, trial = await _load_trial(conn, result, caller, renew=renew)
         if renew is not None and not state.renewed and _was_due(state, lease, now):
             # Due but not renewed: another request ended it meanwhile. Read what it left.
-            state, trial = await _load_trial(conn, result)
+            state, trial = await _load_trial(conn, result, caller)
         if trial.status == TrialStatus.DISPATCHED:
             judged = _judge(state, trial, result)
             if not judged.verdict.stop_train and judged.last_report is not None:
@@ -353,7 +397,7 @@ async def report_result(
         return ReportResponse(stop_train=False, converged=False, message=verdict.message)
 
     async with engine.begin() as conn:
-        state, trial = await _load_trial(conn, result, lock=True)
+        state, trial = await _load_trial(conn, result, caller, lock=True)
         if trial.status != TrialStatus.DISPATCHED:  # another request ended it meanwhile
             metrics.report_answered(metrics.ALREADY_ENDED)
             return _answer_for_ended(trial)
@@ -416,18 +460,20 @@ async def _record_result(
 # --------------------------------------------------------------------- end
 
 
-async def end_trial(engine: AsyncEngine, trial_id: TrialId, *, now: datetime) -> TrialRead:
+async def end_trial(
+    engine: AsyncEngine, trial_id: TrialId, *, now: datetime, caller: Principal = ANYONE
+) -> TrialRead:
     """Mark a trial Failed unless a final report already ended it (idempotent).
 
     Zeus's client sends this at exit, usually after the final report ended
     the trial: that case is answered from one lock-free read.
     """
     async with autocommit(engine) as conn:
-        _, trial = await _load_trial(conn, trial_id)
+        _, trial = await _load_trial(conn, trial_id, caller)
     if trial.status != TrialStatus.DISPATCHED:
         return trial  # ended trials never change again
     async with engine.begin() as conn:
-        _, trial = await _load_trial(conn, trial_id, lock=True)
+        _, trial = await _load_trial(conn, trial_id, caller, lock=True)
         if trial.status != TrialStatus.DISPATCHED:
             return trial
         await repo.fail_trial(conn, trial, now, FailureReason.ENDED)

@@ -59,19 +59,30 @@ async def app(database_url: str) -> AsyncIterator[FastAPI]:
         yield application
 
 
+@pytest.fixture(scope="session")
+async def auth_app(database_url: str) -> AsyncIterator[FastAPI]:
+    """The real app with BSO_AUTH=required, on the same database as ``app``."""
+    settings = Settings(database_url=database_url, log_level="WARNING", auth="required")
+    application = create_app(settings)
+    async with application.router.lifespan_context(application):
+        yield application
+
+
 @pytest.fixture(autouse=True)
 async def _clean_tables(request: pytest.FixtureRequest) -> AsyncIterator[None]:
     """Every DB-backed test starts with empty tables."""
-    if "app" not in request.fixturenames:
+    used = [name for name in ("app", "auth_app") if name in request.fixturenames]
+    if not used:
         yield
         return
-    application: FastAPI = request.getfixturevalue("app")
+    application: FastAPI = request.getfixturevalue(used[0])
     engine = application.state.engine
     async with engine.begin() as conn:
         if engine.dialect.name == "postgresql":
-            await conn.exec_driver_sql("TRUNCATE job, batch_size, trial, arm")
+            await conn.exec_driver_sql("TRUNCATE job, batch_size, trial, arm, token")
         else:
             await conn.exec_driver_sql("DELETE FROM job")  # cascades
+            await conn.exec_driver_sql("DELETE FROM token")
     yield
 
 
@@ -79,6 +90,14 @@ async def _clean_tables(request: pytest.FixtureRequest) -> AsyncIterator[None]:
 async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
     """An HTTP client over the ASGI app (the real HTTP stack, in process)."""
     transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+        yield http
+
+
+@pytest.fixture
+async def auth_client(auth_app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client over the app with BSO_AUTH=required; it sends no credentials itself."""
+    transport = httpx.ASGITransport(app=auth_app)
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
         yield http
 

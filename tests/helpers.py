@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 import httpx
+from fastapi import FastAPI
+
+from app import tokens
+from app.roles import Role
+from app.service import utcnow
 
 SPEC: dict[str, Any] = {
     "job_id": "job-1",
@@ -81,3 +87,22 @@ async def finish(
 
 async def end(client: httpx.AsyncClient, trial: dict[str, Any]) -> httpx.Response:
     return await client.patch("/trials", json=trial)
+
+
+# ------------------------------------------------------------------ tokens
+
+
+async def new_token(app: FastAPI, name: str, role: Role, *prefixes: str) -> str:
+    """Create a token in the app's database (as `bso tokens create` does); the token."""
+    created = await tokens.create_token(app.state.engine, name, role, prefixes, now=utcnow())
+    return created.token
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def basic(token: str, user: str = "trainer") -> dict[str, str]:
+    """HTTP Basic with the token as password, as httpx sends URL credentials."""
+    encoded = base64.b64encode(f"{user}:{token}".encode()).decode()
+    return {"Authorization": f"Basic {encoded}"}

@@ -83,6 +83,13 @@ def test_server_settings_come_from_bso_names(monkeypatch: pytest.MonkeyPatch) ->
     assert (settings.lock_timeout_ms, settings.max_body_bytes) == (250, 2048)
 
 
+def test_auth_is_off_by_default_and_required_when_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert (Settings().auth, Settings().auth_cache_s) == ("off", 2.0)
+    monkeypatch.setenv("BSO_AUTH", " Required ")
+    monkeypatch.setenv("BSO_AUTH_CACHE_S", "0")
+    assert (Settings().auth, Settings().auth_cache_s) == ("required", 0.0)
+
+
 def test_a_dotenv_file_in_the_working_directory_is_read(tmp_path: Path) -> None:
     (tmp_path / ".env").write_text("BSO_LOG_LEVEL=ERROR\n")
     assert Settings().log_level == "ERROR"
@@ -180,6 +187,10 @@ def test_an_unknown_log_format_is_rejected(monkeypatch: pytest.MonkeyPatch) -> N
         ("BSO_LOCK_TIMEOUT_MS", "0"),
         ("BSO_MAX_BODY_BYTES", "10"),
         ("BSO_ECHO_SQL", "perhaps"),
+        ("BSO_AUTH", "on"),
+        ("BSO_AUTH", "true"),
+        ("BSO_AUTH_CACHE_S", "5"),  # revocation must hold within 5 s
+        ("BSO_AUTH_CACHE_S", "-1"),
         ("BSO_TRIAL_LEASE_S", "-1"),
         ("BSO_MAX_HEADER_BYTES", "100"),
         ("BSO_REQUEST_TIMEOUT_S", "0"),
@@ -223,10 +234,10 @@ def bso(
     )
 
 
-def test_bso_help_lists_serve_migrate_simulate_and_jobs(tmp_path: Path) -> None:
+def test_bso_help_lists_every_command(tmp_path: Path) -> None:
     result = bso("--help", env=clean_env(), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    for command in ("serve", "migrate", "simulate", "jobs"):
+    for command in ("serve", "migrate", "tokens", "simulate", "jobs"):
         assert command in result.stdout, f"{command!r} missing from:\n{result.stdout}"
 
 

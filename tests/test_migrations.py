@@ -32,7 +32,7 @@ from tests.support.server import (
     worker_name,
 )
 
-TABLES = {"job", "batch_size", "trial", "arm"}
+TABLES = {"job", "batch_size", "trial", "arm", "token"}
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -6,14 +6,16 @@ the path does not serve) and random valid and invalid requests, on both
 databases, and runs the checks below on every response. Bounded and seeded,
 so that a run is repeatable and takes well under a minute on two cores.
 
-With authentication enforced, have ``api_settings`` turn it on and
-``auth_headers`` return a token's header: ``ignored_auth`` then checks that
-every operation declaring a security scheme refuses requests without it.
+Authentication is enforced (BSO_AUTH=required) and every request carries an
+admin token, so that every operation is reachable; ``ignored_auth`` checks
+that every operation declaring a security scheme refuses requests without
+valid credentials.
 """
 
 from __future__ import annotations
 
 import asyncio
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -35,11 +37,14 @@ from schemathesis.specs.openapi.checks import (
 from schemathesis.specs.openapi.schemas import OpenApiSchema
 from sqlalchemy import delete
 
+from app import repository, tokens
 from app.config import Settings
 from app.db import create_engine
 from app.main import create_app
 from app.models import job
+from app.roles import Role
 from app.schemas import JOB_SPEC_EXAMPLE
+from app.service import utcnow
 
 CHECKS = [
     not_a_server_error,
@@ -68,15 +73,40 @@ CONFIG: dict[str, Any] = {
 
 @pytest.fixture(scope="session", params=["sqlite", "postgresql"])
 def api_settings(request: pytest.FixtureRequest) -> Settings:
-    """The app's settings: a migrated database of each kind (auth as configured: off)."""
+    """The app's settings: a migrated database of each kind, tokens required."""
     url = str(request.getfixturevalue(f"{request.param}_url"))
-    return Settings(database_url=url, log_level="CRITICAL")
+    return Settings(database_url=url, log_level="CRITICAL", auth="required")
 
 
-@pytest.fixture(scope="session")
-def auth_headers() -> dict[str, str]:
-    """Credentials sent with every request; none while authentication is off."""
-    return {}
+_TOKENS: dict[str, str] = {}  # database URL -> an admin token in it
+
+
+async def _admin_token(settings: Settings) -> str:
+    """The admin token made for this database, made (again) when its row is gone.
+
+    Other tests empty the token table of the shared databases between theirs.
+    """
+    engine = create_engine(settings)
+    try:
+        known = _TOKENS.get(settings.database_url)
+        if known is not None:
+            async with engine.connect() as conn:
+                if await repository.token_by_id(conn, known.split("_")[1]) is not None:
+                    return known
+        name = f"schemathesis-{uuid.uuid4().hex[:8]}"
+        made = await tokens.create_token(engine, name, Role.ADMIN, [], now=utcnow())
+        _TOKENS[settings.database_url] = made.token
+        return made.token
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture
+def auth_headers(api_settings: Settings) -> dict[str, str]:
+    """An admin's credentials, sent with every request."""
+    with ThreadPoolExecutor(1) as pool:  # its own event loop, whatever runs in this one
+        token = pool.submit(asyncio.run, _admin_token(api_settings)).result()
+    return {"Authorization": f"Bearer {token}"}
 
 
 async def _forget_example_job(settings: Settings) -> None:

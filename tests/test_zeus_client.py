@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
@@ -20,7 +21,14 @@ from zeus.optimizer.batch_size.common import CreatedJob, JobSpec
 from zeus.optimizer.batch_size.exceptions import ZeusBSORuntimError, ZeusBSOTrainFailError
 
 from app.migrate import upgrade_head
-from tests.support.server import Server, clean_env, free_port, running_server, uvicorn_args
+from tests.support.server import (
+    Server,
+    clean_env,
+    create_tokens,
+    free_port,
+    running_server,
+    uvicorn_args,
+)
 
 MAX_EPOCHS = 5
 MAX_POWER_W = 300  # the fake GPU's power limit: 300_000 mW
@@ -110,20 +118,31 @@ class Zeus:
             hook()
 
 
-@pytest.fixture
-def zeus(monkeypatch: pytest.MonkeyPatch, server: Server) -> Iterator[Zeus]:
-    logged = len(server.log(tail=10**9))
+def patched_client(monkeypatch: pytest.MonkeyPatch) -> Zeus:
+    """Fake GPUs, spy on HTTP, collect the exit hooks of the client module."""
     http, hooks = Http(), list[Any]()
     monkeypatch.setattr(zeus_client, "get_gpus", lambda ensure_homogeneous=True: FakeGpus())
     monkeypatch.setattr(zeus_client, "httpx", http.namespace())
     # No real atexit handlers: collect them and run them ourselves.
     monkeypatch.setattr(zeus_client, "atexit", SimpleNamespace(register=hooks.append))
-    world = Zeus(http, hooks)
+    return Zeus(http, hooks)
+
+
+@contextmanager
+def client_of(server: Server, monkeypatch: pytest.MonkeyPatch) -> Iterator[Zeus]:
+    """The patched client; afterwards, nothing it did made the server log an error."""
+    logged = len(server.log(tail=10**9))
+    world = patched_client(monkeypatch)
     yield world
     world.run_end_hooks()
-    # Nothing the client did made the server log an error.
     new_log = server.log(tail=10**9)[logged:]
     assert "Traceback" not in new_log and "ERROR" not in new_log, new_log
+
+
+@pytest.fixture
+def zeus(monkeypatch: pytest.MonkeyPatch, server: Server) -> Iterator[Zeus]:
+    with client_of(server, monkeypatch) as world:
+        yield world
 
 
 @dataclass(frozen=True)
@@ -181,10 +200,11 @@ def train(
     *,
     crash_after: int | None = None,
     metric: Callable[[Profile, int], float] | None = None,
+    server_url: str | None = None,
 ) -> Outcome:
     """One recurrence of a training script that uses Zeus's BatchSizeOptimizer."""
     monitor = FakeMonitor()
-    bso = zeus_client.BatchSizeOptimizer(monitor, server.base_url, job)
+    bso = zeus_client.BatchSizeOptimizer(monitor, server_url or server.base_url, job)
     batch_size = bso.get_batch_size()
     assert bso.get_batch_size() == batch_size  # cached: no second trial
     profile = PROFILES[batch_size]
@@ -342,3 +362,60 @@ def test_zeus_client_with_no_pruning_and_a_loss_target_goes_straight_to_the_band
     trials = read(server, "/jobs/zeus-loss/trials")["items"]
     assert [t["type"] for t in trials] == ["MAB"] * 6
     assert all(t["status"] == "Succeeded" and t["converged"] for t in trials)
+
+
+# ---------------------------------------------------------- authentication
+
+
+@pytest.fixture(scope="module")
+def auth_server(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[Server, dict[str, str]]]:
+    """The service with BSO_AUTH=required, and tokens made by `bso tokens create`."""
+    folder = tmp_path_factory.mktemp("zeus-auth")
+    url = f"sqlite+aiosqlite:///{folder / 'bso.db'}"
+    upgrade_head(url)
+    env = clean_env(BSO_DATABASE_URL=url, BSO_LOG_LEVEL="WARNING", BSO_AUTH="required")
+    made = create_tokens(
+        env,
+        folder,
+        trainer=["--role", "trainer", "--prefix", "zeus"],
+        other=["--role", "trainer", "--prefix", "other"],
+        viewer=["--role", "viewer"],
+    )
+    port = free_port()
+    with running_server(uvicorn_args(port), port=port, env=env, log_dir=folder, cwd=folder) as s:
+        yield s, made
+
+
+def test_zeus_client_authenticates_with_a_token_in_its_server_url(
+    monkeypatch: pytest.MonkeyPatch, auth_server: tuple[Server, dict[str, str]]
+) -> None:
+    server, made = auth_server
+    host = server.base_url.removeprefix("http://")
+
+    def url(token: str) -> str:
+        return f"http://trainer:{token}@{host}"
+
+    job = job_spec("zeus-auth")
+    with client_of(server, monkeypatch) as zeus:
+        outcome = train(zeus, server, job, server_url=url(made["trainer"]))
+        assert (outcome.batch_size, outcome.result) == (64, "converged")
+        assert zeus.http.statuses("POST", "/jobs") == [201]
+        assert zeus.http.statuses("GET", "/jobs/batch_size") == [200]
+        assert set(zeus.http.statuses("POST", "/report")) == {200}
+        assert zeus.http.statuses("PATCH", "/trials") == [200]
+
+        refusals = [
+            (server.base_url, r"401.*Authentication required"),
+            (url("bso_0123456789ab_" + "A" * 43), r"401.*not valid"),
+            (url(made["viewer"]), r"403.*viewer role"),
+            (url(made["other"]), r"403.*job_id_prefix 'other'"),
+        ]
+        for server_url, refusal in refusals:
+            with pytest.raises(ZeusBSORuntimError, match=refusal):
+                zeus_client.BatchSizeOptimizer(FakeMonitor(), server_url, job)
+
+    viewer = {"Authorization": f"Bearer {made['viewer']}"}
+    trials = httpx.get(server.base_url + "/jobs/zeus-auth/trials", headers=viewer).json()
+    assert [(t["batch_size"], t["status"]) for t in trials["items"]] == [(64, "Succeeded")]

@@ -9,7 +9,7 @@ start with none of those: the predictive rules then fall back to the
 paper's until the next reports and results fill them in.
 
 Revision ID: 9e4f1b7c3a21
-Revises: 7d3a9c2e4b10
+Revises: e9311ed50eb9
 Create Date: 2026-12-02 12:00:00.000000+00:00
 """
 
@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "9e4f1b7c3a21"
-down_revision: str | None = "7d3a9c2e4b10"
+down_revision: str | None = "e9311ed50eb9"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -197,3 +197,15 @@ def child_processes(pid: int) -> dict[int, str]:
 def bso_args(*args: str) -> list[str]:
     """The installed console script, as an operator runs it."""
     return [str(VENV_BIN / "bso"), *args]
+
+
+def create_tokens(env: Mapping[str, str], cwd: Path, **roles: Sequence[str]) -> dict[str, str]:
+    """``bso tokens create NAME OPTIONS...`` per keyword (``name=["--role", ...]``); the tokens."""
+    made = {}
+    for name, options in roles.items():
+        created = subprocess.run(
+            bso_args("tokens", "create", name, *options),
+            env=dict(env), cwd=cwd, capture_output=True, text=True, timeout=60, check=True,
+        )  # fmt: skip
+        made[name] = created.stdout.splitlines()[-1]
+    return made
