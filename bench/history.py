@@ -113,7 +113,15 @@ async def build_job(
     """A job in the bandit stage with exactly ``n`` finished trials."""
     from sqlalchemy import insert, select, update
 
-    from app.bandit import RewardStats, TrialStatus, TrialType, fit_arm, reward, zeus_cost
+    from app.bandit import (
+        FailureReason,
+        RewardStats,
+        TrialStatus,
+        TrialType,
+        fit_arm,
+        reward,
+        zeus_cost,
+    )
     from app.models import arm, batch_size, job
     from app.models import trial as trial_table
 
@@ -135,6 +143,8 @@ async def build_job(
             "start_timestamp": begin,
             "end_timestamp": begin + timedelta(hours=3),
             "status": TrialStatus.FAILED,
+            "failure_reason": FailureReason.ENDED,
+            "lease_renewed_at": begin,
             "time": None,
             "energy": None,
             "cost": None,
@@ -144,6 +154,7 @@ async def build_job(
             report = final_report({"batch_size": bs}, rng)
             row.update(
                 status=TrialStatus.SUCCEEDED,
+                failure_reason=None,
                 time=report["time"],
                 energy=report["energy"],
                 cost=zeus_cost(report["energy"], report["time"], ETA, MAX_POWER),
