@@ -145,6 +145,11 @@ class Settings(BaseSettings):
                 "an in-memory SQLite database lives in one process: use BSO_WORKERS=1, "
                 "or a database file (sqlite+aiosqlite:///./data/bso.db)"
             )
+        if self.is_in_memory and self.auth == "required":
+            raise ValueError(
+                "BSO_AUTH=required needs tokens that `bso tokens create` can store, which an "
+                "in-memory database (private to the server process) cannot take: use a file"
+            )
         return self
 
     @property

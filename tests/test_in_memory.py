@@ -8,6 +8,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from pydantic import ValidationError
 
 from app.config import Settings
 from app.main import create_app
@@ -48,3 +49,8 @@ def test_an_in_memory_database_cannot_be_shared_by_workers(tmp_path: Path) -> No
         bso_args("migrate"), env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60
     )
     assert migrate.returncode == 2 and "in-memory" in migrate.stderr
+
+
+def test_an_in_memory_database_cannot_require_tokens() -> None:
+    with pytest.raises(ValidationError, match="in-memory"):
+        Settings(database_url="sqlite+aiosqlite://", auth="required")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import timedelta
 from html import unescape
 from html.parser import HTMLParser
 from urllib.parse import quote
@@ -13,6 +14,8 @@ import pytest
 from fastapi import FastAPI
 from markupsafe import escape
 
+from app import service
+from app.bandit import Lease
 from app.dashboard import views
 from tests.helpers import dispatch, end, finish, register
 
@@ -195,3 +198,19 @@ async def test_the_job_page_and_the_list_show_the_policy(client: httpx.AsyncClie
     listing = await page(client, "/dashboard")
     assert '<td class="policy">predictive</td>' in listing
     assert '<td class="policy">zeus</td>' in listing
+
+
+async def test_a_trial_whose_lease_expired_is_marked_so(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    job_id = await register(client)
+    lease, at = Lease(60), service.utcnow()
+    await service.dispatch_trial(app.state.engine, job_id, now=at, lease=lease)  # abandoned
+    later = at + timedelta(seconds=61)
+    assert await service.expire_leases(app.state.engine, now=later, lease=lease) == 1
+    await end(client, await dispatch(client, job_id))  # ended by its script: no mark
+    html = await page(client, f"/dashboard/jobs/{job_id}")
+    lapsed = html.split('<tr data-trial-number="1" class="failed">', 1)[1].split("</tr>", 1)[0]
+    ended = html.split('<tr data-trial-number="2" class="failed">', 1)[1].split("</tr>", 1)[0]
+    assert "(lease expired)" in lapsed
+    assert "(lease expired)" not in ended
