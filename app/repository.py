@@ -22,11 +22,13 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
+    Column,
     Integer,
     Row,
     RowMapping,
     Select,
     String,
+    Table,
     and_,
     bindparam,
     case,
@@ -132,20 +134,21 @@ _ARMS = (
 )
 
 
-async def load_job(conn: AsyncConnection, job_id: str) -> JobState | None:
-    """A job and its batch sizes in one round trip (not its arms: see :func:`arms`)."""
-    rows = (await conn.execute(_JOB_AND_BATCH_SIZES, {"job_id": job_id})).all()
+async def _job_state(conn: AsyncConnection, statement: Select[Any], job_id: str) -> JobState | None:
+    rows = (await conn.execute(statement, {"job_id": job_id})).all()
     if not rows:
         return None
     return JobState(rows[0], tuple(r.batch_size for r in rows), ())
+
+
+async def load_job(conn: AsyncConnection, job_id: str) -> JobState | None:
+    """A job and its batch sizes in one round trip (not its arms: see :func:`arms`)."""
+    return await _job_state(conn, _JOB_AND_BATCH_SIZES, job_id)
 
 
 async def lock_job(conn: AsyncConnection, job_id: str) -> JobState | None:
     """Lock a job's row until the transaction ends; the job and its batch sizes."""
-    rows = (await conn.execute(_JOB_LOCKED, {"job_id": job_id})).all()
-    if not rows:
-        return None
-    return JobState(rows[0], tuple(r.batch_size for r in rows), ())
+    return await _job_state(conn, _JOB_LOCKED, job_id)
 
 
 _LOCK_JOB_ROW = select(job.c.job_id).where(job.c.job_id == bindparam("job_id")).with_for_update()
@@ -168,14 +171,17 @@ async def job_exists(conn: AsyncConnection, job_id: str) -> bool:
     return (await conn.execute(_JOB_EXISTS, {"job_id": job_id})).first() is not None
 
 
-_INSERT_JOB = {
-    "postgresql": postgresql.insert(job)
-    .on_conflict_do_nothing(index_elements=[job.c.job_id])
-    .returning(job.c.job_id),
-    "sqlite": sqlite.insert(job)
-    .on_conflict_do_nothing(index_elements=[job.c.job_id])
-    .returning(job.c.job_id),
-}
+def _insert_if_absent(table: Table, key: Column[Any]) -> dict[str, Any]:
+    """``INSERT ... ON CONFLICT DO NOTHING RETURNING key`` in each dialect's spelling."""
+    return {
+        dialect.__name__.rsplit(".", 1)[-1]: dialect.insert(table)
+        .on_conflict_do_nothing()
+        .returning(key)
+        for dialect in (postgresql, sqlite)
+    }
+
+
+_INSERT_JOB = _insert_if_absent(job, job.c.job_id)
 
 
 async def insert_job_if_absent(
@@ -237,10 +243,7 @@ async def list_jobs(
 TokenRow = Row[Any]  # a row of the token table
 
 # Any conflict (the name, or on a rare collision the random id): nothing inserted.
-_INSERT_TOKEN = {
-    "postgresql": postgresql.insert(token).on_conflict_do_nothing().returning(token.c.token_id),
-    "sqlite": sqlite.insert(token).on_conflict_do_nothing().returning(token.c.token_id),
-}
+_INSERT_TOKEN = _insert_if_absent(token, token.c.token_id)
 _TOKEN_BY_ID = select(token).where(token.c.token_id == bindparam("token_id"))
 _TOKEN_BY_NAME = select(token).where(token.c.name == bindparam("name"))
 _REVOKE_TOKEN = (
@@ -276,7 +279,7 @@ async def revoke_token(conn: AsyncConnection, name: str, now: datetime) -> bool:
 
 # ------------------------------------------------------------------ trials
 
-_K = "k_"  # prefix of key parameters: a column's own name is reserved in UPDATE ... SET
+# Key parameters are named k_*: a column's own name is reserved in UPDATE ... SET.
 _KEY = and_(trial.c.job_id == bindparam("k_job_id"), trial.c.trial_number == bindparam("k_number"))
 _NOW = bindparam("now", type_=UTCDateTime())
 
@@ -291,41 +294,24 @@ _BUMP_JOB = (
         updated_at=_NOW,
     )
 )
-_INSERT_TRIAL = insert(trial).values(
-    job_id=bindparam("k_job_id"),
-    trial_number=bindparam("k_number"),
-    batch_size=bindparam("batch_size"),
-    type=bindparam("type"),
-    status=TrialStatus.DISPATCHED.value,
-    start_timestamp=_NOW,
-    lease_renewed_at=_NOW,
-    pruning_round=bindparam("pruning_round"),
-)
+_NEW_TRIAL: dict[str, Any] = {
+    "job_id": bindparam("k_job_id", type_=String),
+    "trial_number": bindparam("k_number", type_=Integer),
+    "batch_size": bindparam("batch_size", type_=Integer),
+    "type": bindparam("type", type_=String),
+    "status": literal(TrialStatus.DISPATCHED.value),
+    "start_timestamp": _NOW,
+    "lease_renewed_at": _NOW,
+    "pruning_round": bindparam("pruning_round", type_=Integer),
+}
+_INSERT_TRIAL = insert(trial).values(_NEW_TRIAL)
 # PostgreSQL runs both in one statement (a data-modifying CTE); SQLite has none.
 _bumped = _BUMP_JOB.returning(job.c.job_id).cte("bumped")
 _BUMP_AND_INSERT = (
     insert(trial)
     .from_select(
-        [
-            "job_id",
-            "trial_number",
-            "batch_size",
-            "type",
-            "status",
-            "start_timestamp",
-            "lease_renewed_at",
-            "pruning_round",
-        ],
-        select(
-            _bumped.c.job_id,
-            bindparam("k_number", type_=Integer),
-            bindparam("batch_size", type_=Integer),
-            bindparam("type", type_=String),
-            literal(TrialStatus.DISPATCHED.value),
-            _NOW,
-            _NOW,
-            bindparam("pruning_round", type_=Integer),
-        ),
+        list(_NEW_TRIAL),
+        select(*{**_NEW_TRIAL, "job_id": _bumped.c.job_id}.values()),
     )
     .add_cte(_bumped)
 )
