@@ -21,6 +21,7 @@ from app import bandit, metrics
 from app import repository as repo
 from app.bandit import (
     FailureReason,
+    JobParams,
     LastReport,
     Lease,
     Policy,
@@ -328,6 +329,7 @@ class Judgement:
     job); ``min_converged_epochs`` is the batch size's, this report included.
     """
 
+    params: JobParams
     verdict: Verdict
     recorded_cost: float
     last_report: LastReport | None
@@ -341,14 +343,16 @@ def _judge(state: TrialState, trial: TrialRead, result: TrainingResult) -> Judge
             params, min_cost=job.min_cost, batch_size=trial.batch_size, time=result.time,
             energy=result.energy, metric=result.metric, current_epoch=result.current_epoch,
         )  # fmt: skip
-        return Judgement(verdict, verdict.cost, None, state.min_converged_epochs)
+        return Judgement(params, verdict, verdict.cost, None, state.min_converged_epochs)
     judged = bandit.judge_report_predictive(
         params, min_cost=job.min_cost, batch_size=trial.batch_size, time=result.time,
         energy=result.energy, metric=result.metric, current_epoch=result.current_epoch,
         last=state.last_report, fewest_epochs=state.fewest_epochs,
         pruning_round=state.pruning_round,
     )  # fmt: skip
-    return Judgement(judged.verdict, judged.recorded_cost, judged.last_report, judged.fewest_epochs)
+    return Judgement(
+        params, judged.verdict, judged.recorded_cost, judged.last_report, judged.fewest_epochs
+    )
 
 
 async def report_result(
@@ -433,7 +437,7 @@ async def _record_result(
     judged: Judgement,
     now: datetime,
 ) -> None:
-    job, params, verdict = state.job, repo.job_params(state.job), judged.verdict
+    job, params, verdict = state.job, judged.params, judged.verdict
     # In the bandit stage every result of an arm refits it, whatever the
     # trial's type (a late pruning-stage Concurrent trial included).
     refit = job.stage == Stage.MAB and state.is_arm
