@@ -7,7 +7,7 @@ too, so a Zeus deployment switches by changing only the image.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from typing import Annotated, Literal
 
 from pydantic import AliasChoices, BeforeValidator, Field, field_validator, model_validator
@@ -139,7 +139,7 @@ class Settings(BaseSettings):
         return normalise_database_url(value)
 
     @model_validator(mode="after")
-    def _one_worker_for_memory(self) -> Settings:
+    def _in_memory_limits(self) -> Settings:
         if self.is_in_memory and self.workers > 1:
             raise ValueError(
                 "an in-memory SQLite database lives in one process: use BSO_WORKERS=1, "
@@ -152,8 +152,9 @@ class Settings(BaseSettings):
             )
         return self
 
-    @property
+    @cached_property
     def lease(self) -> Lease:
+        """The trial lease, built once: every dispatch and report reads it."""
         return Lease(self.trial_lease_s)
 
     @property
