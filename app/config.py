@@ -55,7 +55,7 @@ def normalise_database_url(url: str) -> str:
 
 
 class Settings(BaseSettings):
-    """Service configuration; see the configuration table in README.md."""
+    """Service configuration; see the table in docs/configuration.md."""
 
     model_config = SettingsConfigDict(env_prefix="BSO_", env_file=".env", extra="ignore")
 

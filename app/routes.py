@@ -354,7 +354,7 @@ async def readyz(request: Request) -> Any:
 # A viewer's, like every other GET but the probes (BSO_AUTH=required).
 @health.get("/metrics", include_in_schema=False, dependencies=[Depends(viewer)])
 def prometheus_metrics() -> Response:
-    """Prometheus text format, summed over every worker process (README, Metrics).
+    """Prometheus text format, summed over every worker process (docs/metrics.md).
 
     A plain ``def``: FastAPI runs it on a thread, so reading the workers'
     files never blocks the event loop.

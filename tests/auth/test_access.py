@@ -1,6 +1,6 @@
 """Who may call what with BSO_AUTH=required: every endpoint x every kind of caller.
 
-The table below is the contract (README "Tokens and roles"); each cell is
+The table below is the contract (docs/auth.md, "Tokens and roles"); each cell is
 one request against a job of its own, so no cell depends on another.
 """
 

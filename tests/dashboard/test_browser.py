@@ -7,7 +7,7 @@ that data, draw its charts from it, log no console error and ask no other
 host for anything.
 
 ``BSO_UPDATE_SCREENSHOT=1`` also saves the job page to docs/img/dashboard.png
-(the README's screenshot).
+(the screenshot in the README and docs/dashboard.md).
 """
 
 from __future__ import annotations
