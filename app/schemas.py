@@ -125,6 +125,14 @@ class JobParams(WireModel):
         "client): the server's BSO_DEFAULT_POLICY when the job is created, and whatever "
         "the job was created with when it is registered again.",
     )
+    group: Identifier | None = Field(
+        default=None,
+        description="Job group (beyond Zeus; docs/SPEC.md section 12): jobs of one group, "
+        "typically one recipe on different GPU types, share what each batch size needs to "
+        "converge, and must agree on target_metric, higher_is_better_metric and max_epochs. "
+        "Null or absent: none, or with BSO_GROUP_BY_PREFIX=true the job_id_prefix when the "
+        "job is created; on re-registration, whatever the job was created with.",
+    )
 
     @model_validator(mode="after")
     def _check_batch_sizes(self) -> JobParams:

@@ -52,6 +52,8 @@ def pruning_walk(
     explorations: Mapping[int, Sequence[Exploration]],
     *,
     min_cost_batch_size: int,
+    start_batch_size: int | None = None,
+    never_converged: frozenset[int] = frozenset(),
 ) -> PruningStep:
     """Find the next pruning trial, or the arms once every round is complete.
 
@@ -60,11 +62,16 @@ def pruning_walk(
     While a round-r exploration is still running, the walk cannot go past it,
     so it dispatches a Concurrent trial of the cheapest batch size known so far.
 
+    Job groups (app.bandit.groups): ``start_batch_size`` replaces the default
+    as the first round's starting point, and a batch size in
+    ``never_converged`` with no exploration of its own in a round counts as
+    not converged in it, without a trial. The defaults change nothing.
+
     Raises:
         NoConvergedBatchSizeError: a round ended with nothing converged.
     """
     candidates: tuple[int, ...] = tuple(sorted(params.batch_sizes))
-    default = params.default_batch_size
+    default = params.default_batch_size if start_batch_size is None else start_batch_size
     for round_index in range(params.num_pruning_rounds):
         state = PruningState(round_index, default, candidates)
         kept: dict[int, float] = {}  # batch size -> its exploration's cost
@@ -73,6 +80,8 @@ def pruning_walk(
             for bs in direction:
                 history = explorations.get(bs, ())
                 if len(history) <= round_index:
+                    if bs in never_converged:
+                        break
                     return PruningStep(state, bs, TrialType.EXPLORATION)
                 trial = history[round_index]
                 if trial.dispatched:
