@@ -93,6 +93,43 @@ def run_all(tasks: Sequence[Task], jobs: int) -> dict[Task, float]:
         return dict(pool.imap_unordered(run, tasks, chunksize=8))
 
 
+def _row(
+    results: dict[Task, float],
+    scenario: Scenario,
+    policy: Policy,
+    etas: Sequence[float],
+    seeds: Sequence[int],
+) -> str:
+    def value(sharing: Sharing, w: int, eta: float, seed: int) -> float:
+        return results[Task(scenario, sharing, policy, w, eta, seed)]
+
+    def cell_ratio(w: int, eta: float) -> float:
+        g = statistics.fmean(value(Sharing.GROUP, w, eta, s) for s in seeds)
+        return g / statistics.fmean(value(Sharing.SEPARATE, w, eta, s) for s in seeds)
+
+    def run_ratio(w: int, eta: float, seed: int) -> float:
+        return value(Sharing.GROUP, w, eta, seed) / value(Sharing.SEPARATE, w, eta, seed)
+
+    cells = [(w, eta) for w in range(len(WORKLOADS)) for eta in etas]
+    sep = statistics.fmean(value(Sharing.SEPARATE, w, e, s) for w, e in cells for s in seeds)
+    grp = statistics.fmean(value(Sharing.GROUP, w, e, s) for w, e in cells for s in seeds)
+    w, e = max(cells, key=lambda c: cell_ratio(*c))
+    rw, re_, rs = max(((w, e, s) for w, e in cells for s in seeds), key=lambda r: run_ratio(*r))
+    met: bool | None = None
+    if scenario is Scenario.MIXED:
+        met = grp <= MIXED_TARGET * sep and cell_ratio(w, e) <= WORKLOAD_SLACK
+    elif scenario is Scenario.WARM:
+        met = grp <= WARM_TARGET * sep
+    elif scenario is Scenario.SCALE:
+        met = grp < sep
+    return (
+        f"| {scenario} | {policy} | {sep:.3f} | **{grp:.3f}** | {100 * (grp / sep - 1):+.1f}% "
+        f"| {WORKLOADS[w].dataset} eta {e}: x{cell_ratio(w, e):.3f} "
+        f"| {WORKLOADS[rw].dataset} eta {re_} seed {rs}: x{run_ratio(rw, re_, rs):.3f} "
+        f"| {'-' if met is None else 'yes' if met else 'no'} |"
+    )
+
+
 def lines(results: dict[Task, float], etas: Sequence[float], seeds: Sequence[int]) -> list[str]:
     head = (
         "| scenario | policy | separate jobs | group | change | worst (workload, eta) "
@@ -101,42 +138,7 @@ def lines(results: dict[Task, float], etas: Sequence[float], seeds: Sequence[int
     out = [head, "|" + "---|" * 8]
     for scenario in Scenario:
         for policy in Policy:
-
-            def value(sharing: Sharing, w: int, eta: float, seed: int) -> float:
-                return results[Task(scenario, sharing, policy, w, eta, seed)]
-
-            cells = [(w, eta) for w in range(len(WORKLOADS)) for eta in etas]
-            sep = statistics.fmean(
-                value(Sharing.SEPARATE, w, e, s) for w, e in cells for s in seeds
-            )
-            grp = statistics.fmean(value(Sharing.GROUP, w, e, s) for w, e in cells for s in seeds)
-
-            def cell_ratio(w: int, eta: float) -> float:
-                g = statistics.fmean(value(Sharing.GROUP, w, eta, s) for s in seeds)
-                return g / statistics.fmean(value(Sharing.SEPARATE, w, eta, s) for s in seeds)
-
-            worst_cell = max(cells, key=lambda c: cell_ratio(*c))
-            runs = [(w, e, s) for w, e in cells for s in seeds]
-            worst_run = max(
-                runs, key=lambda r: value(Sharing.GROUP, *r) / value(Sharing.SEPARATE, *r)
-            )
-            run_ratio = value(Sharing.GROUP, *worst_run) / value(Sharing.SEPARATE, *worst_run)
-            if scenario is Scenario.MIXED:
-                met = grp <= MIXED_TARGET * sep and cell_ratio(*worst_cell) <= WORKLOAD_SLACK
-            elif scenario is Scenario.WARM:
-                met = grp <= WARM_TARGET * sep
-            elif scenario is Scenario.SCALE:
-                met = grp < sep
-            else:
-                met = None
-            w, e = worst_cell
-            rw, re_, rs = worst_run
-            out.append(
-                f"| {scenario} | {policy} | {sep:.3f} | **{grp:.3f}** | {100 * (grp / sep - 1):+.1f}% "
-                f"| {WORKLOADS[w].dataset} eta {e}: x{cell_ratio(*worst_cell):.3f} "
-                f"| {WORKLOADS[rw].dataset} eta {re_} seed {rs}: x{run_ratio:.3f} "
-                f"| {'-' if met is None else 'yes' if met else 'no'} |"
-            )
+            out.append(_row(results, scenario, policy, etas, seeds))
     return out
 
 
