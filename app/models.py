@@ -171,7 +171,7 @@ job = Table(
     CheckConstraint("next_trial_number >= 1", name="next_trial_number"),
     CheckConstraint("length(job_id) > 0", name="job_id_not_empty"),
     CheckConstraint("length(gpu_model) > 0", name="gpu_model_not_empty"),
-    CheckConstraint("length(\"group\") > 0", name="group_not_empty"),
+    CheckConstraint('length("group") > 0', name="group_not_empty"),
     # GET /jobs?job_id_prefix=...: keyset pages of one prefix's jobs.
     Index("ix_job_job_id_prefix", "job_id_prefix", "job_id"),
     # A group's members: its read side's pages, and a first dispatch's siblings.
