@@ -77,20 +77,33 @@ def plan(task: Task) -> GroupPlan:
     return GroupPlan(GPUS, task.sharing, perturb=perturb.get(task.scenario, Perturbation.NONE))
 
 
-def run(task: Task) -> tuple[Task, float]:
+def run(task: Task) -> tuple[Task, float | str]:
+    """The replay's mean cost/oracle, or why it stopped early (a job that cannot proceed)."""
     settings = ReplaySettings(eta_knob=task.eta, seed=task.seed, policy=task.policy)
     workload = WORKLOADS[task.workload]
     result = asyncio.run(replay_group(PureEngine(), workload, settings, plan(task)))
     if result.error is not None or result.mean_over_oracle is None:
-        raise RuntimeError(f"{task}: {result.error}")
+        return task, str(result.error)
     return task, result.mean_over_oracle
 
 
-def run_all(tasks: Sequence[Task], jobs: int) -> dict[Task, float]:
+def run_all(tasks: Sequence[Task], jobs: int) -> dict[Task, float | str]:
     if jobs <= 1:
         return dict(run(t) for t in tasks)
     with multiprocessing.get_context("fork").Pool(jobs) as pool:
         return dict(pool.imap_unordered(run, tasks, chunksize=8))
+
+
+def split(results: dict[Task, float | str]) -> tuple[dict[Task, float], list[Task]]:
+    """The completed replays, keeping only seeds where both sharing modes completed."""
+    failed = [t for t, v in results.items() if isinstance(v, str)]
+    dropped = {(t.scenario, t.policy, t.workload, t.eta, t.seed) for t in failed}
+    kept = {
+        t: v
+        for t, v in results.items()
+        if isinstance(v, float) and (t.scenario, t.policy, t.workload, t.eta, t.seed) not in dropped
+    }
+    return kept, failed
 
 
 def _row(
@@ -103,18 +116,22 @@ def _row(
     def value(sharing: Sharing, w: int, eta: float, seed: int) -> float:
         return results[Task(scenario, sharing, policy, w, eta, seed)]
 
+    def done(w: int, eta: float) -> list[int]:
+        return [s for s in seeds if Task(scenario, Sharing.GROUP, policy, w, eta, s) in results]
+
     def cell_ratio(w: int, eta: float) -> float:
-        g = statistics.fmean(value(Sharing.GROUP, w, eta, s) for s in seeds)
-        return g / statistics.fmean(value(Sharing.SEPARATE, w, eta, s) for s in seeds)
+        g = statistics.fmean(value(Sharing.GROUP, w, eta, s) for s in done(w, eta))
+        return g / statistics.fmean(value(Sharing.SEPARATE, w, eta, s) for s in done(w, eta))
 
     def run_ratio(w: int, eta: float, seed: int) -> float:
         return value(Sharing.GROUP, w, eta, seed) / value(Sharing.SEPARATE, w, eta, seed)
 
     cells = [(w, eta) for w in range(len(WORKLOADS)) for eta in etas]
-    sep = statistics.fmean(value(Sharing.SEPARATE, w, e, s) for w, e in cells for s in seeds)
-    grp = statistics.fmean(value(Sharing.GROUP, w, e, s) for w, e in cells for s in seeds)
+    runs = [(w, e, s) for w, e in cells for s in done(w, e)]
+    sep = statistics.fmean(value(Sharing.SEPARATE, *r) for r in runs)
+    grp = statistics.fmean(value(Sharing.GROUP, *r) for r in runs)
     w, e = max(cells, key=lambda c: cell_ratio(*c))
-    rw, re_, rs = max(((w, e, s) for w, e in cells for s in seeds), key=lambda r: run_ratio(*r))
+    rw, re_, rs = max(runs, key=lambda r: run_ratio(*r))
     met: bool | None = None
     if scenario is Scenario.MIXED:
         met = grp <= MIXED_TARGET * sep and cell_ratio(w, e) <= WORKLOAD_SLACK
@@ -152,7 +169,10 @@ def per_workload_lines(
         for policy in Policy:
             means = [
                 statistics.fmean(
-                    results[Task(scenario, sharing, policy, w, e, s)] for e in etas for s in seeds
+                    results[t]
+                    for e in etas
+                    for s in seeds
+                    if (t := Task(scenario, sharing, policy, w, e, s)) in results
                 )
                 for sharing in (Sharing.SEPARATE, Sharing.GROUP)
             ]
@@ -180,7 +200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for seed in seeds
     ]
     started = time.perf_counter()
-    results = run_all(tasks, args.jobs)
+    results, failed = split(run_all(tasks, args.jobs))
     elapsed = time.perf_counter() - started
     out = [
         f"{len(tasks)} replays ({len(WORKLOADS)} workloads x {len(etas)} etas x {len(seeds)} "
@@ -194,6 +214,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         "Per workload, mixed GPUs (mean over etas and seeds):",
         "",
         *per_workload_lines(results, etas, seeds, Scenario.MIXED),
+        "",
+        "Replays where a job could not proceed (no batch size converged in a pruning round; "
+        "left out of the means with the other sharing mode's replay of the same seed):",
+        "",
+        *[
+            f"- {t.scenario}, {t.sharing}, {t.policy}, {WORKLOADS[t.workload].dataset} "
+            f"eta {t.eta} seed {t.seed}"
+            for t in sorted(failed, key=str)
+        ],
+        *(["- none"] if not failed else []),
     ]
     print("\n".join(out))
     return 0

@@ -15,8 +15,8 @@ the group knows, and only when it knows something (docs/SPEC.md, section 12):
    converged runs say it still needs) exceeds ``beta`` times the reference
    (``SURVIVOR_RATIO`` times in a pruning round before the last) stops, not
    converged, and counts with the predicted cost (:func:`judge_group`). The
-   reference is the smaller of the job's min cost and the predicted costs
-   this job recorded for its batch sizes.
+   reference is the smaller of the job's min cost (the rule waits for one)
+   and the predicted costs this job recorded for its batch sizes.
 3. *Warm start*: a job's pruning walk starts at the best batch size of the
    group's sibling with the most trials, not at the default
    (:func:`walk_start`).
@@ -185,12 +185,13 @@ def judge_group(
 ) -> GroupVerdict | None:
     """Rule 2 on a report the policy said to go on with; None: no group stop.
 
-    Stops the run, not converged, when its predicted cost exceeds
-    ``beta * reference`` (``SURVIVOR_RATIO * reference`` for an exploration of
+    Only once the job has a min cost, so that its first pruning round can
+    never end with nothing converged because of what other GPUs saw. Stops
+    the run, not converged, when its predicted cost exceeds ``beta * reference`` (``SURVIVOR_RATIO * reference`` for an exploration of
     a pruning round before the last, which could not survive the round).
     """
-    if group is None or verdict.stop_train or params.beta_knob is None:
-        return None
+    if group is None or verdict.stop_train or params.beta_knob is None or min_cost is None:
+        return None  # before this job's first converged run: the paper's rules alone
     predicted = predicted_cost(
         batch_size, cost=verdict.cost, current_epoch=current_epoch, last=last, group=group
     )
