@@ -185,10 +185,11 @@ def judge_group(
 ) -> GroupVerdict | None:
     """Rule 2 on a report the policy said to go on with; None: no group stop.
 
-    Only once the job has a min cost, so that its first pruning round can
-    never end with nothing converged because of what other GPUs saw. Stops
-    the run, not converged, when its predicted cost exceeds ``beta * reference`` (``SURVIVOR_RATIO * reference`` for an exploration of
-    a pruning round before the last, which could not survive the round).
+    Stops the run, not converged, when its predicted cost exceeds
+    ``beta * reference`` (``SURVIVOR_RATIO * reference`` for an exploration
+    of a pruning round before the last, which could not survive the round).
+    Only once the job has a min cost, so that its first pruning round never
+    ends with nothing converged because of what other GPUs saw.
     """
     if group is None or verdict.stop_train or params.beta_knob is None or min_cost is None:
         return None  # before this job's first converged run: the paper's rules alone
