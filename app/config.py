@@ -103,6 +103,12 @@ class Settings(BaseSettings):
         "(the paper's algorithm) or predictive. Read when a job is created; a job keeps "
         "the policy it was created with.",
     )
+    group_by_prefix: bool = Field(
+        default=False,
+        description="A job registered without a group joins the job group named by its "
+        "job_id_prefix (docs/SPEC.md section 12), so that unchanged Zeus clients share what "
+        "each batch size needs to converge across GPU types. Read when a job is created.",
+    )
     max_header_bytes: int = Field(
         default=16_384,
         ge=1024,

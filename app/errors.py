@@ -41,6 +41,13 @@ class JobNotFoundError(DomainError):
         super().__init__(f"Unknown job {job_id!r}. Register it first with POST /jobs.")
 
 
+class GroupNotFoundError(DomainError):
+    status_code = 404
+
+    def __init__(self, group: str) -> None:
+        super().__init__(f"Unknown job group {group!r}: no job was registered in it.")
+
+
 class TrialNotFoundError(DomainError):
     status_code = 404
 
@@ -52,6 +59,12 @@ class TrialNotFoundError(DomainError):
 
 class JobSpecMismatchError(DomainError):
     """The same job_id was registered before with a different specification."""
+
+    status_code = 409
+
+
+class GroupMismatchError(DomainError):
+    """A job joins a group whose jobs define converged differently."""
 
     status_code = 409
 

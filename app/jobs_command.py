@@ -100,12 +100,15 @@ def list_jobs(
     if as_json:
         typer.echo(json.dumps(items, indent=2))
         return
-    table = Table("JOB ID", "STAGE", "POLICY", "TRIALS", "BEST BATCH SIZE", "MIN COST", "CREATED")
+    table = Table(
+        "JOB ID", "STAGE", "POLICY", "GROUP", "TRIALS", "BEST BATCH SIZE", "MIN COST", "CREATED"
+    )
     for job in items:
         table.add_row(
             job["job_id"],
             job["stage"],
             str(job.get("policy", "-")),  # a server from before policies: none
+            str(job.get("group") or "-"),  # none, or a server from before groups
             str(job["num_trials"]),
             str(job["min_cost_batch_size"]),
             _number(job["min_cost"]),
@@ -147,6 +150,7 @@ def _job_table(job: dict[str, Any]) -> Table:
     rows = {
         "stage": job["stage"],
         "policy": job.get("policy", "-"),
+        "group": job.get("group") or "-",
         "trials": job["num_trials"],
         "best batch size": job["min_cost_batch_size"],
         "min cost": _number(job["min_cost"]),

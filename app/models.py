@@ -138,6 +138,8 @@ job = Table(
     Column("gpu_model", String(256), nullable=False),
     # Resolved at creation (BSO_DEFAULT_POLICY when the registration has none).
     Column("policy", EnumText(Policy), nullable=False),
+    # Its job group (docs/SPEC.md section 12), resolved at creation; null: none.
+    Column("group", String(256)),
     # What the job has learnt so far.
     Column("stage", EnumText(Stage), nullable=False),
     Column("min_cost", Float),
@@ -147,6 +149,8 @@ job = Table(
     Column("next_trial_number", Integer, nullable=False),
     # numpy bit generator state of a seeded job, saved after every draw.
     Column("rng_state", JSON),
+    # A group's job: where its pruning walk starts, fixed by its first dispatch.
+    Column("start_batch_size", Integer),
     Column("created_at", UTCDateTime(), nullable=False),
     Column("updated_at", UTCDateTime(), nullable=False),
     CheckConstraint(_one_of("stage", Stage), name="stage"),
@@ -167,8 +171,11 @@ job = Table(
     CheckConstraint("next_trial_number >= 1", name="next_trial_number"),
     CheckConstraint("length(job_id) > 0", name="job_id_not_empty"),
     CheckConstraint("length(gpu_model) > 0", name="gpu_model_not_empty"),
+    CheckConstraint('length("group") > 0', name="group_not_empty"),
     # GET /jobs?job_id_prefix=...: keyset pages of one prefix's jobs.
     Index("ix_job_job_id_prefix", "job_id_prefix", "job_id"),
+    # A group's members: its read side's pages, and a first dispatch's siblings.
+    Index("ix_job_group", "group", "job_id"),
 )
 
 # One of a job's batch sizes, with running statistics of its rewards: they
@@ -184,12 +191,55 @@ batch_size = Table(
     Column("reward_m2", Float, nullable=False),
     # The fewest epochs a converged trial of it needed (predictive policy; null: none yet).
     Column("min_converged_epochs", Integer),
+    # A group's job: the predicted cost its last final report recorded (group rule 2).
+    Column("predicted_cost", Float),
     CheckConstraint("batch_size > 0", name="batch_size"),
     CheckConstraint(
         "min_converged_epochs IS NULL OR min_converged_epochs >= 1", name="min_converged_epochs"
     ),
     CheckConstraint("reward_count >= 0", name="reward_count"),
     CheckConstraint("reward_m2 >= 0", name="reward_m2"),
+)
+
+# A job group: jobs (one per GPU type, say) that share what a batch size needs
+# to converge. They agree on what converged means; rows are never deleted.
+job_group = Table(
+    "job_group",
+    metadata,
+    Column("name", String(256), primary_key=True),
+    Column("target_metric", Float, nullable=False),
+    Column("higher_is_better_metric", Boolean, nullable=False),
+    Column("max_epochs", Integer, nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    CheckConstraint("length(name) > 0", name="name_not_empty"),
+    CheckConstraint("max_epochs > 0", name="max_epochs"),
+)
+
+# What a group knows of one batch size, over all its jobs' GPUs: updated by
+# atomic increments, so that final reports of different jobs (holding
+# different job locks) never lose one another's update.
+group_batch_size = Table(
+    "group_batch_size",
+    metadata,
+    Column(
+        "group_name",
+        String(256),
+        ForeignKey("job_group.name", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("batch_size", Integer, primary_key=True),
+    Column("runs", Integer, nullable=False),  # final reports
+    Column("exhausted", Integer, nullable=False),  # of those, max_epochs without the target
+    Column("converged", Integer, nullable=False),
+    Column("min_epochs", Integer),  # fewest epochs of a converged run; null: none yet
+    Column("total_epochs", BigInteger, nullable=False),  # of converged runs
+    CheckConstraint("batch_size > 0", name="batch_size"),
+    CheckConstraint(
+        "runs >= 0 AND exhausted >= 0 AND converged >= 0 AND exhausted + converged <= runs",
+        name="counts",
+    ),
+    CheckConstraint("min_epochs IS NULL OR min_epochs >= 1", name="min_epochs"),
+    CheckConstraint("total_epochs >= 0", name="total_epochs"),
 )
 
 # One recurrence of a job, trained with one batch size.

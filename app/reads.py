@@ -13,10 +13,13 @@ from app import bandit
 from app import repository as repo
 from app.bandit import Stage, TrialStatus, TrialType
 from app.db import autocommit
-from app.errors import JobNotFoundError
+from app.errors import GroupNotFoundError, JobNotFoundError
 from app.schemas import (
     JOB_SPEC_FIELDS,
     ArmRead,
+    GroupBatchSizeRead,
+    GroupMember,
+    GroupRead,
     JobPage,
     JobRead,
     JobSummary,
@@ -33,11 +36,17 @@ def _finite(value: float) -> float | None:
 async def _progress(conn: AsyncConnection, state: repo.JobState) -> PruningProgress | None:
     if state.job.stage != Stage.PRUNING:
         return None
+    job = state.job
+    never: frozenset[int] = frozenset()
+    if job.group is not None:
+        never = (await repo.group_knowledge(conn, job.group, job.job_id)).never_converged()
     try:
         step = bandit.pruning_walk(
             state.params,
-            await repo.explorations(conn, state.job.job_id),
-            min_cost_batch_size=state.job.min_cost_batch_size,
+            await repo.explorations(conn, job.job_id),
+            min_cost_batch_size=job.min_cost_batch_size,
+            start_batch_size=job.start_batch_size,
+            never_converged=never,
         )
     except bandit.NoConvergedBatchSizeError as exc:
         return PruningProgress(round=exc.round_index, default_batch_size=None, candidates=[])
@@ -80,6 +89,7 @@ async def list_jobs(
             job_id_prefix=j.job_id_prefix,
             stage=j.stage,
             policy=j.policy,
+            group=j.group,
             min_cost=j.min_cost,
             min_cost_batch_size=j.min_cost_batch_size,
             num_trials=j.next_trial_number - 1,
@@ -134,3 +144,48 @@ async def list_arms(engine: AsyncEngine, job_id: str) -> list[ArmRead]:
         )
         for a in arms
     ]
+
+
+async def get_group(
+    engine: AsyncEngine, group: str, *, after: str | None = None, limit: int = 100
+) -> GroupRead:
+    """A group's definition of converged, its statistics per batch size, a page of its jobs."""
+    async with autocommit(engine) as conn:
+        row = await repo.group_row(conn, group)
+        if row is None:
+            raise GroupNotFoundError(group)
+        stats = await repo.group_stats(conn, group)
+        members = await repo.group_members(conn, group, after=after, limit=limit + 1)
+    return GroupRead(
+        group=row.name,
+        target_metric=row.target_metric,
+        higher_is_better_metric=row.higher_is_better_metric,
+        max_epochs=row.max_epochs,
+        created_at=row.created_at,
+        batch_sizes=[
+            GroupBatchSizeRead(
+                batch_size=bs,
+                runs=s.runs,
+                exhausted=s.exhausted,
+                converged=s.converged,
+                never_converged=s.never_converged,
+                min_epochs=s.min_epochs,
+                mean_epochs=s.mean_epochs,
+            )
+            for bs, s in stats.items()
+        ],
+        members=[
+            GroupMember(
+                job_id=j.job_id,
+                gpu_model=j.gpu_model,
+                number_of_gpus=j.number_of_gpus,
+                policy=j.policy,
+                stage=j.stage,
+                num_trials=j.next_trial_number - 1,
+                min_cost=j.min_cost,
+                best_batch_size=j.min_cost_batch_size if j.min_cost is not None else None,
+            )
+            for j in members[:limit]
+        ],
+        next_after=members[limit - 1].job_id if len(members) > limit else None,
+    )

@@ -23,6 +23,7 @@ from typing import Any
 
 from sqlalchemy import (
     Column,
+    Float,
     Integer,
     Row,
     RowMapping,
@@ -37,6 +38,7 @@ from sqlalchemy import (
     insert,
     literal,
     select,
+    union_all,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -46,6 +48,8 @@ from app.bandit import (
     ArmPosterior,
     Exploration,
     FailureReason,
+    GroupBatchSize,
+    GroupKnowledge,
     JobParams,
     LastReport,
     Lease,
@@ -55,7 +59,16 @@ from app.bandit import (
     TrialStatus,
     TrialType,
 )
-from app.models import UTCDateTime, arm, batch_size, job, token, trial
+from app.models import (
+    UTCDateTime,
+    arm,
+    batch_size,
+    group_batch_size,
+    job,
+    job_group,
+    token,
+    trial,
+)
 from app.schemas import TrialRead
 
 JobRow = Row[Any]  # a row of the job table (attributes named as its columns)
@@ -291,6 +304,7 @@ _BUMP_JOB = (
         next_trial_number=bindparam("next_trial_number"),
         stage=bindparam("stage"),
         rng_state=bindparam("rng_state"),
+        start_batch_size=bindparam("start_batch_size"),
         updated_at=_NOW,
     )
 )
@@ -328,9 +342,11 @@ async def add_trial(
     rng_state: dict[str, Any] | None,
     now: datetime,
     pruning_round: int | None = None,
+    start_batch_size: int | None = None,
 ) -> None:
     """Record a dispatched trial and advance the job's counter past it."""
     values = {
+        "start_batch_size": start_batch_size,
         "k_job_id": state.job_id,
         "k_number": number,
         "next_trial_number": number + 1,
@@ -376,6 +392,7 @@ _JOB_FOR_REPORTS = [
         "stage",
         "min_cost",
         "min_cost_batch_size",
+        "group",
         *_PARAM_FIELDS,
     )
 ]
@@ -716,6 +733,38 @@ _SAVE_STATS = (
         reward_mean=bindparam("reward_mean"),
         reward_m2=bindparam("reward_m2"),
         min_converged_epochs=bindparam("min_converged_epochs"),
+        predicted_cost=func.coalesce(bindparam("predicted_cost"), batch_size.c.predicted_cost),
+    )
+)
+# A group's statistics of a batch size: atomic increments (and a running
+# minimum), never values computed from a read, so that final reports of
+# different jobs of one group, each under its own job's lock, never lose
+# one another's update. PostgreSQL re-evaluates the SET on the newest row
+# version when it waited for another writer's commit; SQLite has one writer.
+_epochs = bindparam("g_epochs", type_=Integer)
+_converged_now = bindparam("g_converged", type_=Integer)
+_COUNT_IN_GROUP = (
+    update(group_batch_size)
+    .where(
+        group_batch_size.c.group_name == bindparam("k_group"),
+        group_batch_size.c.batch_size == bindparam("k_batch_size"),
+    )
+    .values(
+        runs=group_batch_size.c.runs + 1,
+        exhausted=group_batch_size.c.exhausted + bindparam("g_exhausted", type_=Integer),
+        converged=group_batch_size.c.converged + _converged_now,
+        total_epochs=group_batch_size.c.total_epochs + _converged_now * _epochs,
+        min_epochs=case(
+            (
+                and_(
+                    _converged_now == 1,
+                    (group_batch_size.c.min_epochs.is_(None))
+                    | (group_batch_size.c.min_epochs > _epochs),
+                ),
+                _epochs,
+            ),
+            else_=group_batch_size.c.min_epochs,
+        ),
     )
 )
 _SAVE_MIN_COST = (
@@ -759,10 +808,28 @@ def _arm_values(job_id: str, posterior: ArmPosterior) -> dict[str, Any]:
 _FINISHED = _FINISH_TRIAL.returning(trial.c.job_id).cte("finished")
 _COUNTED = _SAVE_STATS.returning(batch_size.c.job_id).cte("counted")
 _REFITTED = _SAVE_ARM.returning(arm.c.job_id).cte("refitted")
+_GROUPED = _COUNT_IN_GROUP.returning(group_batch_size.c.batch_size).cte("grouped")
 _RECORD = {
-    False: _SAVE_MIN_COST.add_cte(_FINISHED).add_cte(_COUNTED),
-    True: _SAVE_MIN_COST.add_cte(_FINISHED).add_cte(_COUNTED).add_cte(_REFITTED),
+    (refit, grouped): _SAVE_MIN_COST.add_cte(
+        _FINISHED,
+        _COUNTED,
+        *((_REFITTED,) if refit else ()),
+        *((_GROUPED,) if grouped else ()),
+    )
+    for refit in (False, True)
+    for grouped in (False, True)
 }
+
+
+@dataclass(frozen=True, slots=True)
+class GroupResult:
+    """What a final report of a group's job adds to the group's statistics."""
+
+    group: str
+    converged: bool
+    exhausted: bool
+    epochs: int
+    predicted_cost: float | None
 
 
 async def record_result(
@@ -779,13 +846,17 @@ async def record_result(
     arm_: ArmPosterior | None,
     now: datetime,
     min_converged_epochs: int | None = None,
+    grouped: GroupResult | None = None,
 ) -> None:
     """Store a final report in one round trip where the database allows.
 
     The trial's result, its batch size's running statistics (and fewest
-    epochs of a converged trial), the job's min cost and, if refitted, the arm.
+    epochs of a converged trial), the job's min cost, if refitted the arm,
+    and for a group's job the group's statistics of the batch size and the
+    job's predicted cost of it.
     """
     values = {
+        "predicted_cost": None if grouped is None else grouped.predicted_cost,
         "k_job_id": ended.job_id,
         "k_number": ended.trial_number,
         "k_batch_size": ended.batch_size,
@@ -804,13 +875,18 @@ async def record_result(
     }
     if arm_ is not None:
         values.update(_arm_values(ended.job_id, arm_))
+    if grouped is not None:
+        values |= {"k_group": grouped.group, "g_exhausted": int(grouped.exhausted),
+                   "g_converged": int(grouped.converged), "g_epochs": grouped.epochs}  # fmt: skip
     if conn.dialect.name == "postgresql":
-        await conn.execute(_RECORD[arm_ is not None], values)
+        await conn.execute(_RECORD[arm_ is not None, grouped is not None], values)
         return
     for statement in (_FINISH_TRIAL, _SAVE_STATS, _SAVE_MIN_COST):
         await conn.execute(statement, values)
     if arm_ is not None:
         await conn.execute(_SAVE_ARM, values)
+    if grouped is not None:
+        await conn.execute(_COUNT_IN_GROUP, values)
 
 
 async def touch_job(conn: AsyncConnection, job_id: str, now: datetime) -> None:
@@ -829,3 +905,142 @@ _INSERT_ARM = insert(arm).values(
 
 async def insert_arms(conn: AsyncConnection, job_id: str, arms: Sequence[ArmPosterior]) -> None:
     await conn.execute(_INSERT_ARM, [_arm_values(job_id, a) for a in arms])
+
+
+# ------------------------------------------------------------------ groups
+
+GroupRow = Row[Any]  # a row of the job_group table
+
+_INSERT_GROUP = _insert_if_absent(job_group, job_group.c.name)
+_GROUP = select(job_group).where(job_group.c.name == bindparam("name"))
+_INSERT_GROUP_BATCH_SIZES = {
+    dialect.__name__.rsplit(".", 1)[-1]: dialect.insert(group_batch_size).on_conflict_do_nothing()
+    for dialect in (postgresql, sqlite)
+}
+
+
+async def join_group(
+    conn: AsyncConnection,
+    name: str,
+    *,
+    target_metric: float,
+    higher_is_better_metric: bool,
+    max_epochs: int,
+    batch_sizes: Sequence[int],
+    now: datetime,
+) -> GroupRow:
+    """Create the group unless it exists, with a statistics row per batch size; its row.
+
+    The caller compares the row's definition of converged with the job's.
+    ON CONFLICT DO NOTHING: of two registrations creating one group at once,
+    the second waits for the first to commit, then reads its row.
+    """
+    values = {"name": name, "target_metric": target_metric, "max_epochs": max_epochs,
+              "higher_is_better_metric": higher_is_better_metric, "created_at": now}  # fmt: skip
+    await conn.execute(_INSERT_GROUP[conn.dialect.name], values)
+    row = (await conn.execute(_GROUP, {"name": name})).one()
+    await conn.execute(
+        _INSERT_GROUP_BATCH_SIZES[conn.dialect.name],
+        [
+            {"group_name": name, "batch_size": bs, "runs": 0, "exhausted": 0, "converged": 0,
+             "min_epochs": None, "total_epochs": 0}
+            for bs in batch_sizes
+        ],
+    )  # fmt: skip
+    return row
+
+
+async def group_row(conn: AsyncConnection, name: str) -> GroupRow | None:
+    return (await conn.execute(_GROUP, {"name": name})).first()
+
+
+_GROUP_STATS = (
+    select(group_batch_size)
+    .where(group_batch_size.c.group_name == bindparam("name"))
+    .order_by(group_batch_size.c.batch_size)
+)
+
+
+def _group_batch_size(r: Row[Any]) -> GroupBatchSize:
+    return GroupBatchSize(r.runs, r.exhausted, r.converged, r.min_epochs, r.total_epochs)
+
+
+async def group_stats(conn: AsyncConnection, name: str) -> dict[int, GroupBatchSize]:
+    """A group's statistics per batch size, ascending."""
+    rows = await conn.execute(_GROUP_STATS, {"name": name})
+    return {r.batch_size: _group_batch_size(r) for r in rows}
+
+
+# What a group's job reads to decide: the group's statistics of the batch
+# sizes at least ``from`` (0 at dispatch: all; a report's: its batch size's
+# bound) and the job's recorded predicted costs, in one statement.
+_KNOWLEDGE = union_all(
+    select(
+        literal("g").label("kind"),
+        group_batch_size.c.batch_size,
+        group_batch_size.c.runs,
+        group_batch_size.c.exhausted,
+        group_batch_size.c.converged,
+        group_batch_size.c.min_epochs,
+        group_batch_size.c.total_epochs,
+        literal(None, Float).label("predicted_cost"),
+    ).where(
+        group_batch_size.c.group_name == bindparam("name"),
+        group_batch_size.c.batch_size >= bindparam("from"),
+    ),
+    select(
+        literal("p").label("kind"),
+        batch_size.c.batch_size,
+        literal(0),
+        literal(0),
+        literal(0),
+        literal(None, Integer),
+        literal(0),
+        batch_size.c.predicted_cost,
+    ).where(batch_size.c.job_id == bindparam("job_id"), batch_size.c.predicted_cost.is_not(None)),
+)
+
+
+async def group_knowledge(
+    conn: AsyncConnection, name: str, job_id: str, *, from_batch_size: int = 0
+) -> GroupKnowledge:
+    """What a group's job knows from its group (the batch sizes >= ``from_batch_size``)."""
+    rows = await conn.execute(_KNOWLEDGE, {"name": name, "job_id": job_id, "from": from_batch_size})
+    stats, predicted = {}, {}
+    for r in rows:
+        if r.kind == "g":
+            stats[r.batch_size] = _group_batch_size(r)
+        else:
+            predicted[r.batch_size] = float(r.predicted_cost)
+    return GroupKnowledge(stats, predicted)
+
+
+# The other jobs of a group with a best batch size, the one with the most
+# trials first (rule 3): read once per job, at its first dispatch.
+_SIBLING = (
+    select(job.c.next_trial_number, job.c.min_cost_batch_size)
+    .where(
+        job.c.group == bindparam("name"),
+        job.c.job_id != bindparam("job_id"),
+        job.c.min_cost.is_not(None),
+    )
+    .order_by(job.c.next_trial_number.desc(), job.c.job_id)
+    .limit(1)
+)
+
+
+async def sibling_best(conn: AsyncConnection, name: str, job_id: str) -> int | None:
+    """The best batch size of the group's other job with the most trials (None: none)."""
+    row = (await conn.execute(_SIBLING, {"name": name, "job_id": job_id})).first()
+    return None if row is None else int(row.min_cost_batch_size)
+
+
+async def group_members(
+    conn: AsyncConnection, name: str, *, after: str | None, limit: int
+) -> list[JobRow]:
+    """A page of a group's jobs, by job_id (ix_job_group)."""
+    statement = _page(
+        select(job).where(job.c.group == name).order_by(job.c.job_id).limit(limit),
+        (job.c.job_id, operator.gt, after),
+    )
+    return list((await conn.execute(statement)).all())

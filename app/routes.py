@@ -22,6 +22,7 @@ from app.schemas import (
     PRINTABLE,
     ArmRead,
     CreatedJob,
+    GroupRead,
     Health,
     JobPage,
     JobRead,
@@ -143,7 +144,9 @@ health = APIRouter(tags=["Health"])
                 "Job 'mnist-nightly' is already registered with a different max_epochs. "
                 "Use a new job_id for a different configuration."
             ),
-            "description": "The job_id exists with a different specification.",
+            "description": "The job_id exists with a different specification, or the job's "
+            "group defines converged differently (target_metric, higher_is_better_metric, "
+            "max_epochs).",
         },
         **NOT_A_TRAINER,
         **INVALID,
@@ -162,8 +165,9 @@ async def register_job(
     bind_job(spec.job_id)
     settings = request.app.state.settings
     registration = await service.register_job(
-        db, spec, now=utcnow(), default_policy=settings.default_policy, caller=caller
-    )
+        db, spec, now=utcnow(), default_policy=settings.default_policy,
+        group_by_prefix=settings.group_by_prefix, caller=caller,
+    )  # fmt: skip
     if not registration.created:
         response.status_code = status.HTTP_200_OK
     return registration.job
@@ -320,6 +324,34 @@ async def list_trials(
 async def list_arms(job_id: JobIdPath, db: DatabaseDep) -> list[ArmRead]:
     """The bandit's belief per batch size (empty while pruning)."""
     return await reads.list_arms(db, job_id)
+
+
+@read.get(
+    "/groups/{group}",
+    response_model=GroupRead,
+    summary="Read a job group",
+    responses={
+        404: {
+            **error_example("Unknown job group 'bert-squad': no job was registered in it."),
+            "description": "No such group.",
+        },
+        **INVALID,
+        **UNAVAILABLE,
+    },
+)
+async def get_group(
+    group: Annotated[
+        str, Path(min_length=1, max_length=256, pattern=PRINTABLE, description="The group.")
+    ],
+    db: DatabaseDep,
+    after: Annotated[
+        str | None,
+        Query(max_length=256, pattern=PRINTABLE, description="`next_after` of the last page."),
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=500, description="Members per page.")] = 100,
+) -> GroupRead:
+    """What a job group's jobs share per batch size, and its jobs with their GPU and stage."""
+    return await reads.get_group(db, group, after=after, limit=limit)
 
 
 # ------------------------------------------------------------------ health

@@ -125,6 +125,14 @@ class JobParams(WireModel):
         "client): the server's BSO_DEFAULT_POLICY when the job is created, and whatever "
         "the job was created with when it is registered again.",
     )
+    group: Identifier | None = Field(
+        default=None,
+        description="Job group (beyond Zeus; docs/SPEC.md section 12): jobs of one group, "
+        "typically one recipe on different GPU types, share what each batch size needs to "
+        "converge, and must agree on target_metric, higher_is_better_metric and max_epochs. "
+        "Null or absent: none, or with BSO_GROUP_BY_PREFIX=true the job_id_prefix when the "
+        "job is created; on re-registration, whatever the job was created with.",
+    )
 
     @model_validator(mode="after")
     def _check_batch_sizes(self) -> JobParams:
@@ -398,6 +406,7 @@ class JobSummary(BaseModel):
     job_id_prefix: str
     stage: Stage
     policy: Policy
+    group: str | None = Field(default=None, description="Its job group; null: none.")
     min_cost: float | None
     min_cost_batch_size: int
     num_trials: int
@@ -485,6 +494,95 @@ class ArmRead(BaseModel):
             ]
         }
     )  # fmt: skip
+
+
+class GroupBatchSizeRead(BaseModel):
+    """What a job group knows of one batch size, over all its jobs' GPUs."""
+
+    batch_size: int
+    runs: int = Field(description="Final reports of its trials, in every job of the group.")
+    exhausted: int = Field(description="Of those, runs that spent max_epochs without the target.")
+    converged: int = Field(description="Of those, runs that converged.")
+    never_converged: bool = Field(
+        description="Exhausted somewhere and converged nowhere: the pruning walks of the "
+        "group's jobs treat it as not converged without a trial."
+    )
+    min_epochs: int | None = Field(description="Fewest epochs a converged run needed.")
+    mean_epochs: float | None = Field(description="Mean epochs of the converged runs.")
+
+
+class GroupMember(BaseModel):
+    """One job of a group: its GPU, stage and best batch size."""
+
+    job_id: str
+    gpu_model: str
+    number_of_gpus: int
+    policy: Policy
+    stage: Stage
+    num_trials: int
+    min_cost: float | None
+    best_batch_size: int | None = Field(
+        description="The batch size of its cheapest converged trial; null before one."
+    )
+
+
+GROUP_EXAMPLE: dict[str, Any] = {
+    "group": "bert-squad",
+    "target_metric": 84.0,
+    "higher_is_better_metric": True,
+    "max_epochs": 6,
+    "created_at": "2026-12-01T01:00:00Z",
+    "batch_sizes": [
+        {
+            "batch_size": 16,
+            "runs": 3,
+            "exhausted": 0,
+            "converged": 3,
+            "never_converged": False,
+            "min_epochs": 3,
+            "mean_epochs": 3.33,
+        },
+        {
+            "batch_size": 32,
+            "runs": 5,
+            "exhausted": 0,
+            "converged": 4,
+            "never_converged": False,
+            "min_epochs": 4,
+            "mean_epochs": 4.25,
+        },
+    ],
+    "members": [
+        {
+            "job_id": "bert-squad-a40",
+            "gpu_model": "NVIDIA A40",
+            "number_of_gpus": 1,
+            "policy": "zeus",
+            "stage": "MAB",
+            "num_trials": 6,
+            "min_cost": 61250.0,
+            "best_batch_size": 32,
+        },
+    ],
+    "next_after": None,
+}
+
+
+class GroupRead(BaseModel):
+    """A job group: what converged means in it, its shared statistics and its jobs."""
+
+    group: str
+    target_metric: float
+    higher_is_better_metric: bool
+    max_epochs: int
+    created_at: datetime
+    batch_sizes: list[GroupBatchSizeRead] = Field(description="Ascending.")
+    members: list[GroupMember] = Field(description="A page of its jobs, by job_id.")
+    next_after: str | None = Field(
+        description="Pass as `after` for the next page of members; null at the end."
+    )
+
+    model_config = ConfigDict(json_schema_extra={"examples": [GROUP_EXAMPLE]})  # fmt: skip
 
 
 class Health(BaseModel):

@@ -21,6 +21,7 @@ from app import bandit, metrics
 from app import repository as repo
 from app.bandit import (
     FailureReason,
+    GroupKnowledge,
     JobParams,
     LastReport,
     Lease,
@@ -34,6 +35,7 @@ from app.db import autocommit
 from app.errors import (
     BatchSizeMismatchError,
     ForbiddenError,
+    GroupMismatchError,
     JobNotFoundError,
     JobSpecMismatchError,
     NoConvergedBatchSizeError,
@@ -103,6 +105,7 @@ async def register_job(
     *,
     now: datetime,
     default_policy: Policy = Policy.ZEUS,
+    group_by_prefix: bool = False,
     caller: Principal = ANYONE,
 ) -> Registration:
     """Create a job, or confirm that an identical one exists (idempotent).
@@ -114,7 +117,12 @@ async def register_job(
     A registration without ``policy`` creates a job with ``default_policy``
     and matches an existing job whatever its policy: changing
     BSO_DEFAULT_POLICY affects new jobs only, and a Zeus client (which never
-    sends one) keeps re-registering its job as before.
+    sends one) keeps re-registering its job as before. ``group`` likewise:
+    none given creates a job in no group, or with ``group_by_prefix`` in the
+    group named by its prefix, and matches an existing job whatever its group.
+    A job that joins a group whose definition of converged (target metric,
+    direction, max epochs) differs from its own is refused (409), and not
+    created.
     """
     _authorize(caller, spec.job_id_prefix, spec.job_id)
     if spec.job_id is not None:
@@ -123,8 +131,11 @@ async def register_job(
         if existing is not None:
             return _existing(spec, existing)
     requested = spec
-    spec = spec.model_copy(update={"policy": spec.policy or default_policy})
+    group = spec.group or (spec.job_id_prefix if group_by_prefix else None)
+    spec = spec.model_copy(update={"policy": spec.policy or default_policy, "group": group})
     async with engine.begin() as conn:
+        if group is not None:
+            await _join_group(conn, group, spec, now)
         if spec.job_id is None:
             # 32 random bits; on the rare collision, draw again.
             while True:
@@ -147,6 +158,26 @@ async def register_job(
     return Registration(job, created=True)
 
 
+async def _join_group(conn: AsyncConnection, name: str, spec: JobSpec, now: datetime) -> None:
+    """Create the group or check that the job agrees with it on what converged means."""
+    row = await repo.join_group(
+        conn, name, target_metric=spec.target_metric,
+        higher_is_better_metric=spec.higher_is_better_metric, max_epochs=spec.max_epochs,
+        batch_sizes=spec.batch_sizes, now=now,
+    )  # fmt: skip
+    differing = [
+        field
+        for field in ("target_metric", "higher_is_better_metric", "max_epochs")
+        if getattr(row, field) != getattr(spec, field)
+    ]
+    if differing:
+        raise GroupMismatchError(
+            f"Job group {name!r} has a different {', '.join(differing)}: its jobs must agree "
+            "on what converged means (target_metric, higher_is_better_metric, max_epochs). "
+            "Use another group, or none."
+        )
+
+
 def _existing(spec: JobSpec, existing: repo.JobState) -> Registration:
     """Compare a registration with the job registered under its id: 200 or 409."""
     registered = created_job(existing.job, existing.batch_sizes)
@@ -154,7 +185,8 @@ def _existing(spec: JobSpec, existing: repo.JobState) -> Registration:
         name
         for name in (*JOB_SPEC_FIELDS, "batch_sizes")
         if getattr(registered, name) != getattr(spec, name)
-        and not (name == "policy" and spec.policy is None)  # none given: the stored one
+        # none given: the stored one
+        and not (name in ("policy", "group") and getattr(spec, name) is None)
     ]
     if differing:
         raise JobSpecMismatchError(
@@ -225,6 +257,14 @@ async def dispatch_trial(
             arms = await repo.arms(conn, job_id)
         else:
             explorations = await repo.explorations(conn, job_id)
+        group: GroupKnowledge | None = None
+        start = job.start_batch_size
+        if job.group is not None and not in_bandit:
+            group = await repo.group_knowledge(conn, job.group, job_id)
+            if start is None and job.next_trial_number == 1:  # rule 3, once per job
+                start = bandit.walk_start(
+                    state.params, await repo.sibling_best(conn, job.group, job_id)
+                )
         rng = _generator(job)
         try:
             decision = bandit.decide(
@@ -234,6 +274,8 @@ async def dispatch_trial(
                 explorations=explorations,
                 arms=arms,
                 rng=rng,
+                group=group,
+                start_batch_size=start,
             )
         except bandit.NoConvergedBatchSizeError as exc:
             raise NoConvergedBatchSizeError(str(exc)) from exc
@@ -251,7 +293,7 @@ async def dispatch_trial(
         await repo.add_trial(
             conn, job, number=number, batch_size=decision.batch_size,
             trial_type=decision.trial_type, stage=stage, rng_state=rng_state, now=now,
-            pruning_round=decision.pruning_round,
+            pruning_round=decision.pruning_round, start_batch_size=start,
         )  # fmt: skip
     _log_expired(expired, lease)
     logger.info("job %s trial %d: %s batch size %d", job_id, number, decision.trial_type,
@@ -334,10 +376,41 @@ class Judgement:
     recorded_cost: float
     last_report: LastReport | None
     min_converged_epochs: int | None
+    predicted_cost: float | None = None  # a group's job: recorded when the trial ends
 
 
-def _judge(state: TrialState, trial: TrialRead, result: TrainingResult) -> Judgement:
+async def _group_knowledge(
+    conn: AsyncConnection, state: TrialState, trial: TrialRead
+) -> GroupKnowledge | None:
+    """What a group's job reads from its group to judge a report (None: no group)."""
+    if state.job.group is None or trial.status != TrialStatus.DISPATCHED:
+        return None
+    return await repo.group_knowledge(
+        conn, state.job.group, state.job.job_id, from_batch_size=trial.batch_size
+    )
+
+
+def _judge(
+    state: TrialState,
+    trial: TrialRead,
+    result: TrainingResult,
+    group: GroupKnowledge | None = None,
+) -> Judgement:
     job, params = state.job, repo.job_params(state.job)
+    if group is not None:
+        member = bandit.judge_member(
+            params, min_cost=job.min_cost, batch_size=trial.batch_size, time=result.time,
+            energy=result.energy, metric=result.metric, current_epoch=result.current_epoch,
+            last=state.last_report, fewest_epochs=state.fewest_epochs,
+            pruning_round=state.pruning_round, group=group,
+        )  # fmt: skip
+        epochs = member.fewest_epochs
+        if params.policy is not Policy.PREDICTIVE:
+            epochs = state.min_converged_epochs
+        return Judgement(
+            params, member.verdict, member.recorded_cost, member.last_report, epochs,
+            member.predicted_cost,
+        )  # fmt: skip
     if params.policy is not Policy.PREDICTIVE:
         verdict = bandit.judge_report(
             params, min_cost=job.min_cost, batch_size=trial.batch_size, time=result.time,
@@ -389,7 +462,7 @@ async def report_result(
             # Due but not renewed: another request ended it meanwhile. Read what it left.
             state, trial = await _load_trial(conn, result, caller)
         if trial.status == TrialStatus.DISPATCHED:
-            judged = _judge(state, trial, result)
+            judged = _judge(state, trial, result, await _group_knowledge(conn, state, trial))
             if not judged.verdict.stop_train and judged.last_report is not None:
                 await repo.remember_report(conn, trial, judged.last_report)
     if trial.status != TrialStatus.DISPATCHED:
@@ -405,7 +478,7 @@ async def report_result(
         if trial.status != TrialStatus.DISPATCHED:  # another request ended it meanwhile
             metrics.report_answered(metrics.ALREADY_ENDED)
             return _answer_for_ended(trial)
-        judged = _judge(state, trial, result)
+        judged = _judge(state, trial, result, await _group_knowledge(conn, state, trial))
         verdict = judged.verdict
         if not verdict.stop_train:  # min_cost moved meanwhile: a rare race
             if judged.last_report is not None:
@@ -458,7 +531,24 @@ async def _record_result(
         converged=verdict.converged, stats=lesson.stats, min_cost=lesson.min_cost,
         min_cost_batch_size=lesson.min_cost_batch_size, arm_=lesson.arm, now=now,
         min_converged_epochs=judged.min_converged_epochs,
+        grouped=_group_result(state, judged, result),
     )  # fmt: skip
+
+
+def _group_result(
+    state: TrialState, judged: Judgement, result: TrainingResult
+) -> repo.GroupResult | None:
+    """What a final report of a group's job adds to its group (None: no group)."""
+    if state.job.group is None:
+        return None
+    verdict = judged.verdict
+    return repo.GroupResult(
+        state.job.group,
+        converged=verdict.converged,
+        exhausted=verdict.reason is bandit.StopReason.MAX_EPOCHS,
+        epochs=result.current_epoch,
+        predicted_cost=judged.predicted_cost,
+    )
 
 
 # --------------------------------------------------------------------- end

@@ -79,10 +79,13 @@ async def _clean_tables(request: pytest.FixtureRequest) -> AsyncIterator[None]:
     engine = application.state.engine
     async with engine.begin() as conn:
         if engine.dialect.name == "postgresql":
-            await conn.exec_driver_sql("TRUNCATE job, batch_size, trial, arm, token")
+            await conn.exec_driver_sql(
+                "TRUNCATE job, batch_size, trial, arm, token, job_group, group_batch_size"
+            )
         else:
             await conn.exec_driver_sql("DELETE FROM job")  # cascades
             await conn.exec_driver_sql("DELETE FROM token")
+            await conn.exec_driver_sql("DELETE FROM job_group")  # cascades
     yield
 
 

@@ -32,7 +32,7 @@ from tests.support.server import (
     worker_name,
 )
 
-TABLES = {"job", "batch_size", "trial", "arm", "token"}
+TABLES = {"job", "batch_size", "trial", "arm", "token", "job_group", "group_batch_size"}
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

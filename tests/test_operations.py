@@ -227,6 +227,16 @@ def test_bso_jobs_show_prints_the_job_its_arms_and_its_trials(
     assert [t["trial_number"] for t in last["trials"]] == [4]
 
 
+def test_bso_jobs_shows_a_job_s_group(server: Server) -> None:
+    job = spec(job_id="ops-grouped", job_id_prefix="ops", group="ops-recipe")
+    assert httpx.post(server.base_url + "/jobs", json=job).status_code == 201
+    listed = bso_jobs(server, "list", "--prefix", "ops")
+    row = next(line for line in listed.stdout.splitlines() if "ops-grouped" in line)
+    assert "ops-recipe" in row, row
+    shown = bso_jobs(server, "show", "ops-grouped")
+    assert any("group" in line and "ops-recipe" in line for line in shown.stdout.splitlines())
+
+
 def test_bso_jobs_explains_unknown_jobs_and_unreachable_servers(server: Server) -> None:
     unknown = bso_jobs(server, "show", "ops-nobody")
     assert unknown.returncode == 1

@@ -11,11 +11,22 @@ very same functions without a service at all.
 Two policies, chosen per job: ``zeus``, the paper's algorithm exactly, and
 ``predictive``, the same with rules that stop doomed runs sooner and drop
 clearly expensive batch sizes after each pruning round
-(:mod:`app.bandit.predictive`).
+(:mod:`app.bandit.predictive`). Jobs of one group (one per GPU type, say)
+share what a batch size needs to converge (:mod:`app.bandit.groups`).
 """
 
 from app.bandit.cost import reward, zeus_cost
 from app.bandit.gaussian_ts import choose_arm, fit_arm, fit_arm_from_stats
+from app.bandit.groups import (
+    CHECK_EPOCH,
+    GroupBatchSize,
+    GroupKnowledge,
+    MemberJudgement,
+    group_lesson,
+    judge_member,
+    sibling_best,
+    walk_start,
+)
 from app.bandit.learning import Lesson, learn
 from app.bandit.lease import Lease
 from app.bandit.policy import decide
@@ -47,15 +58,19 @@ from app.bandit.types import (
 )
 
 __all__ = [
+    "CHECK_EPOCH",
     "SURVIVOR_RATIO",
     "ArmPosterior",
     "Decision",
     "Exploration",
     "FailureReason",
+    "GroupBatchSize",
+    "GroupKnowledge",
     "JobParams",
     "LastReport",
     "Lease",
     "Lesson",
+    "MemberJudgement",
     "NoConvergedBatchSizeError",
     "Policy",
     "PredictiveVerdict",
@@ -71,12 +86,16 @@ __all__ = [
     "epochs_needed",
     "fit_arm",
     "fit_arm_from_stats",
+    "group_lesson",
+    "judge_member",
     "judge_report",
     "judge_report_predictive",
     "last_epoch_cost",
     "learn",
     "pruning_walk",
     "reward",
+    "sibling_best",
     "survivors",
+    "walk_start",
     "zeus_cost",
 ]

@@ -8,6 +8,7 @@ import numpy as np
 
 from app.bandit.cost import reward
 from app.bandit.gaussian_ts import choose_arm, fit_arm
+from app.bandit.groups import GroupKnowledge, never_converged
 from app.bandit.pruning import pruning_walk
 from app.bandit.types import ArmPosterior, Decision, Exploration, JobParams, TrialType
 
@@ -44,6 +45,8 @@ def decide(
     explorations: Mapping[int, Sequence[Exploration]],
     arms: Sequence[ArmPosterior],
     rng: np.random.Generator,
+    group: GroupKnowledge | None = None,
+    start_batch_size: int | None = None,
 ) -> Decision:
     """Choose the next trial.
 
@@ -52,11 +55,21 @@ def decide(
     ``Decision.new_arms`` and is answered by the bandit. In the bandit stage
     only ``arms`` (ascending) and ``rng`` matter.
 
+    A job of a group passes what the group knows (``group``) and where its
+    walk starts (``start_batch_size``, :func:`app.bandit.groups.walk_start`
+    at its first dispatch); without them the decision is the paper's.
+
     Raises:
         NoConvergedBatchSizeError: a pruning round ended with nothing converged.
     """
     if not in_bandit_stage:
-        step = pruning_walk(params, explorations, min_cost_batch_size=min_cost_batch_size)
+        step = pruning_walk(
+            params,
+            explorations,
+            min_cost_batch_size=min_cost_batch_size,
+            start_batch_size=start_batch_size,
+            never_converged=never_converged(group),
+        )
         if step.batch_size is not None and step.trial_type is not None:
             explores = step.trial_type is TrialType.EXPLORATION
             return Decision(

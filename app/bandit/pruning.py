@@ -52,6 +52,8 @@ def pruning_walk(
     explorations: Mapping[int, Sequence[Exploration]],
     *,
     min_cost_batch_size: int,
+    start_batch_size: int | None = None,
+    never_converged: frozenset[int] = frozenset(),
 ) -> PruningStep:
     """Find the next pruning trial, or the arms once every round is complete.
 
@@ -60,29 +62,27 @@ def pruning_walk(
     While a round-r exploration is still running, the walk cannot go past it,
     so it dispatches a Concurrent trial of the cheapest batch size known so far.
 
+    Job groups (app.bandit.groups): ``start_batch_size`` replaces the default
+    as the first round's starting point, and a batch size in
+    ``never_converged`` with no exploration of its own in a round counts as
+    not converged in it, without a trial. The defaults change nothing.
+
     Raises:
         NoConvergedBatchSizeError: a round ended with nothing converged.
     """
     candidates: tuple[int, ...] = tuple(sorted(params.batch_sizes))
-    default = params.default_batch_size
+    default = params.default_batch_size if start_batch_size is None else start_batch_size
     for round_index in range(params.num_pruning_rounds):
         state = PruningState(round_index, default, candidates)
-        kept: dict[int, float] = {}  # batch size -> its exploration's cost
-        cheapest, cheapest_cost = default, math.inf
-        for direction in _directions(candidates, default):
-            for bs in direction:
-                history = explorations.get(bs, ())
-                if len(history) <= round_index:
-                    return PruningStep(state, bs, TrialType.EXPLORATION)
-                trial = history[round_index]
-                if trial.dispatched:
-                    return PruningStep(state, min_cost_batch_size, TrialType.CONCURRENT)
-                if not trial.converged:
-                    break
-                cost = trial.cost if trial.cost is not None else math.inf
-                kept[bs] = cost
-                if cost < cheapest_cost:
-                    cheapest, cheapest_cost = bs, cost
+        # A round that the group's knowledge alone would leave with nothing
+        # converged is walked again without it: the job explores for itself.
+        for skipped in (never_converged, frozenset[int]()):
+            walked = _walk_round(state, explorations, min_cost_batch_size, skipped)
+            if isinstance(walked, PruningStep):
+                return walked
+            kept, cheapest = walked
+            if kept or not skipped:
+                break
         if not kept:
             raise NoConvergedBatchSizeError(round_index)
         candidates, default = tuple(sorted(kept)), cheapest
@@ -90,3 +90,32 @@ def pruning_walk(
             candidates = survivors(kept)
     final = PruningState(params.num_pruning_rounds, default, candidates)
     return PruningStep(final, arms=candidates)
+
+
+def _walk_round(
+    state: PruningState,
+    explorations: Mapping[int, Sequence[Exploration]],
+    min_cost_batch_size: int,
+    never_converged: frozenset[int],
+) -> PruningStep | tuple[dict[int, float], int]:
+    """One round: the trial to dispatch, or the converged batch sizes' costs and the cheapest."""
+    round_index, default = state.round, state.default_batch_size
+    kept: dict[int, float] = {}  # batch size -> its exploration's cost
+    cheapest, cheapest_cost = default, math.inf
+    for direction in _directions(state.candidates, default):
+        for bs in direction:
+            history = explorations.get(bs, ())
+            if len(history) <= round_index:
+                if bs in never_converged:
+                    break
+                return PruningStep(state, bs, TrialType.EXPLORATION)
+            trial = history[round_index]
+            if trial.dispatched:
+                return PruningStep(state, min_cost_batch_size, TrialType.CONCURRENT)
+            if not trial.converged:
+                break
+            cost = trial.cost if trial.cost is not None else math.inf
+            kept[bs] = cost
+            if cost < cheapest_cost:
+                cheapest, cheapest_cost = bs, cost
+    return kept, cheapest

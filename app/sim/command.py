@@ -31,6 +31,8 @@ from rich.progress import (
 
 from app.bandit import Policy
 from app.sim.engines import Engine, HttpEngine, in_process_service
+from app.sim.group_command import simulate_group  # --- job groups (issue 13)
+from app.sim.groups import Perturbation, Sharing  # --- job groups (issue 13)
 from app.sim.pure_engine import PureEngine
 from app.sim.replay import replay
 from app.sim.results import CaseResult, MetricCurve, ReplaySettings
@@ -110,7 +112,13 @@ def simulate(
         typer.Option("--workload", "-w", help="Dataset of the workload (e.g. squad, imagenet)."),
     ] = "librispeech",
     gpu: Annotated[
-        str, typer.Option("--gpu", "-g", help=f"GPU trace: {', '.join(GPUS)}.")
+        str,
+        typer.Option(
+            "--gpu",
+            "-g",
+            help=f"GPU trace: {', '.join(GPUS)}; several, comma-separated: each recurrence "
+            "lands on one of them (seeded), one job per GPU type.",
+        ),
     ] = "v100",
     everything: Annotated[bool, typer.Option("--all", help="Every workload on every GPU.")] = False,
     engine: Annotated[
@@ -152,6 +160,23 @@ def simulate(
     plot: Annotated[
         Path | None, typer.Option(help="Draw cost and batch size per recurrence to this PNG.")
     ] = None,
+    # --- job groups (issue 13): several GPUs, one job per GPU type
+    sharing: Annotated[
+        Sharing | None,
+        typer.Option(
+            help="With several GPUs (default group): group, the jobs form one job group; "
+            "separate, each learns alone."
+        ),
+    ] = None,
+    before: Annotated[
+        list[str] | None,
+        typer.Option(help="GPU:N: N uncounted recurrences on that GPU first (a warm start)."),
+    ] = None,
+    perturb: Annotated[
+        Perturbation,
+        typer.Option(help="With several GPUs: epochs to the target x0.8-1.25 or +-1 per GPU."),
+    ] = Perturbation.NONE,
+    # --- end of job groups
 ) -> None:
     """Replay recurring training jobs from the Zeus NSDI'23 traces through the optimizer.
 
@@ -165,7 +190,6 @@ def simulate(
         raise typer.BadParameter("--url talks to a server; it cannot go with --engine pure.")
     if beta <= 0 and not no_early_stop:
         raise typer.BadParameter("--beta must be > 0 (or use --no-early-stop).")
-    cases = _cases(workload, gpu, everything, power_limit)
     settings = ReplaySettings(
         eta_knob=eta,
         beta_knob=None if no_early_stop else beta,
@@ -175,6 +199,19 @@ def simulate(
         policy=policy,
         metric_curve=metric_curve,
     )
+    # --- job groups (issue 13): several GPUs, --sharing or --before
+    if "," in gpu or sharing is not None or before or perturb is not Perturbation.NONE:
+        if plot is not None:
+            raise typer.BadParameter("--plot draws one GPU's replay; leave it out with several.")
+        simulate_group(
+            workload=workload, everything=everything, gpu=gpu,
+            sharing=sharing or Sharing.GROUP, before=before or [], perturb=perturb,
+            settings=settings, pure=engine is EngineKind.PURE, url=url,
+            power_limit=power_limit, json_output=json_output,
+        )  # fmt: skip
+        return
+    # --- end of job groups
+    cases = _cases(workload, gpu, everything, power_limit)
     stderr = Console(stderr=True)
     kind = url if url is not None else engine.value
     results = asyncio.run(_replay_all(cases, settings, engine, url, stderr))

@@ -34,10 +34,11 @@ class EngineError(Exception):
 
 
 def wire_body(spec: JobSpec) -> dict[str, Any]:
-    """The POST /jobs body; without ``policy`` when it is None (a Zeus client's body)."""
+    """The POST /jobs body; without ``policy`` or ``group`` when None (a Zeus client's body)."""
     body = spec.model_dump(mode="json")
-    if spec.policy is None:
-        del body["policy"]
+    for name in ("policy", "group"):
+        if body[name] is None:
+            del body[name]
     return body
 
 

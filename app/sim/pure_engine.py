@@ -20,7 +20,14 @@ seeded generator) and applies the same rules (SPEC sections 3 to 6):
   ``judge_report_predictive``: each running trial keeps its previous report
   and its pruning round, each batch size the fewest epochs a converged trial
   of it needed, and a trial stopped by a prediction counts with its predicted
-  cost (in the pruning walk's costs and the arms alike).
+  cost (in the pruning walk's costs and the arms alike);
+- a job's ``group`` (None: none, or its prefix with ``group_by_prefix``, like
+  BSO_GROUP_BY_PREFIX) shares per batch size what its runs needed to converge
+  with the group's other jobs: its first dispatch fixes where its walk starts
+  (:func:`app.bandit.walk_start`), the walk and the reports read the group
+  (:func:`app.bandit.judge_member`), and every final report adds to the
+  group's statistics (:func:`app.bandit.group_lesson`). A job whose target
+  metric, direction or max epochs differ from its group's is refused (409).
 """
 
 from __future__ import annotations
@@ -34,6 +41,8 @@ import numpy as np
 from app.bandit import (
     ArmPosterior,
     Exploration,
+    GroupBatchSize,
+    GroupKnowledge,
     JobParams,
     LastReport,
     NoConvergedBatchSizeError,
@@ -42,10 +51,14 @@ from app.bandit import (
     TrialType,
     Verdict,
     decide,
+    group_lesson,
+    judge_member,
     judge_report,
     judge_report_predictive,
     learn,
     reward,
+    sibling_best,
+    walk_start,
 )
 from app.bandit.types import TrialStatus
 from app.schemas import JobSpec
@@ -77,6 +90,9 @@ class _Job:
     stats: defaultdict[int, RewardStats] = field(default_factory=lambda: defaultdict(RewardStats))
     rewards: defaultdict[int, list[float]] = field(default_factory=lambda: defaultdict(list))
     fewest_epochs: dict[int, int] = field(default_factory=dict)  # predictive: per batch size
+    group: str | None = None
+    start_batch_size: int | None = None  # a group's job: set by its first dispatch
+    predicted: dict[int, float] = field(default_factory=dict)  # a group's job: per batch size
 
     def explorations(self) -> dict[int, list[Exploration]]:
         by_batch_size: dict[int, list[Exploration]] = defaultdict(list)
@@ -94,13 +110,29 @@ class _Job:
         return by_batch_size
 
 
+@dataclass(slots=True)
+class _Group:
+    """What a group's jobs agree on, and the statistics they share."""
+
+    target_metric: float
+    higher_is_better_metric: bool
+    max_epochs: int
+    stats: defaultdict[int, GroupBatchSize] = field(
+        default_factory=lambda: defaultdict(GroupBatchSize)
+    )
+
+
 class PureEngine:
     """The service's semantics in memory: no HTTP, no database, fast for sweeps."""
 
-    def __init__(self, *, default_policy: Policy = Policy.ZEUS) -> None:
+    def __init__(
+        self, *, default_policy: Policy = Policy.ZEUS, group_by_prefix: bool = False
+    ) -> None:
         self._jobs: dict[str, _Job] = {}
+        self._groups: dict[str, _Group] = {}
         self._ids = itertools.count(1)
         self._default_policy = default_policy
+        self._group_by_prefix = group_by_prefix
 
     async def register(self, spec: JobSpec) -> str:
         job_id = spec.job_id or f"{spec.job_id_prefix}-{next(self._ids):08x}"
@@ -109,18 +141,46 @@ class PureEngine:
             stored = existing.spec
             if spec.policy is None:  # none given: the stored one, as the service does
                 spec = spec.model_copy(update={"policy": stored.policy})
+            if spec.group is None:
+                spec = spec.model_copy(update={"group": stored.group})
             if stored.model_dump() != spec.model_dump():
                 raise EngineError(409, f"Job {job_id} exists with a different spec.")
             return job_id
-        spec = spec.model_copy(update={"policy": spec.policy or self._default_policy})
+        group = spec.group or (spec.job_id_prefix if self._group_by_prefix else None)
+        spec = spec.model_copy(update={"policy": spec.policy or self._default_policy,
+                                       "group": group})  # fmt: skip
+        if group is not None:
+            self._join(group, spec)
         seed = spec.mab_seed
         self._jobs[job_id] = _Job(
             spec=spec,
             params=spec.algorithm_params(),
             rng=np.random.default_rng(seed) if seed is not None else np.random.default_rng(),
             min_cost_batch_size=spec.default_batch_size,
+            group=group,
         )
         return job_id
+
+    def _join(self, name: str, spec: JobSpec) -> None:
+        """Create the group, or check that the job agrees with it (else 409)."""
+        terms = (spec.target_metric, spec.higher_is_better_metric, spec.max_epochs)
+        group = self._groups.setdefault(name, _Group(*terms))
+        if (group.target_metric, group.higher_is_better_metric, group.max_epochs) != terms:
+            raise EngineError(409, f"Job group {name!r} has a different definition of converged.")
+
+    def _knowledge(self, job: _Job) -> GroupKnowledge | None:
+        if job.group is None:
+            return None
+        return GroupKnowledge(dict(self._groups[job.group].stats), dict(job.predicted))
+
+    def _walk_start(self, job: _Job) -> int:
+        """Rule 3, at a group job's first dispatch: its siblings in job_id order."""
+        siblings = [
+            (len(other.trials), other.min_cost_batch_size if other.min_cost is not None else None)
+            for job_id, other in sorted(self._jobs.items())
+            if other.group == job.group and other is not job
+        ]
+        return walk_start(job.params, sibling_best(siblings))
 
     def _job(self, job_id: str) -> _Job:
         job = self._jobs.get(job_id)
@@ -141,6 +201,8 @@ class PureEngine:
 
     async def next_trial(self, job_id: str) -> TrialId:
         job = self._job(job_id)
+        if job.group is not None and not job.trials:
+            job.start_batch_size = self._walk_start(job)
         try:
             decision = decide(
                 job.params,
@@ -149,6 +211,8 @@ class PureEngine:
                 explorations=job.explorations(),
                 arms=[job.arms[bs] for bs in sorted(job.arms)],
                 rng=job.rng,
+                group=self._knowledge(job),
+                start_batch_size=job.start_batch_size,
             )
         except NoConvergedBatchSizeError as error:
             raise EngineError(409, str(error)) from error
@@ -172,10 +236,43 @@ class PureEngine:
             return ReportAnswer(True, bool(found.converged), "The trial already ended.")
         if found.status is TrialStatus.FAILED:
             return ReportAnswer(True, False, "The trial was ended without a result.")
-        verdict, recorded = self._judge(job, found, time, energy, metric, current_epoch)
+        group = self._knowledge(job)
+        if group is not None:
+            verdict, recorded = self._judge_member(job, found, group, time, energy, metric,
+                                                   current_epoch)  # fmt: skip
+        else:
+            verdict, recorded = self._judge(job, found, time, energy, metric, current_epoch)
         if verdict.stop_train:
             self._succeed(job, found, verdict, recorded)
+            if job.group is not None:
+                stats = self._groups[job.group].stats
+                bs = found.batch_size
+                stats[bs] = group_lesson(stats[bs], verdict, current_epoch=current_epoch)
         return ReportAnswer(verdict.stop_train, verdict.converged, verdict.message)
+
+    @staticmethod
+    def _judge_member(
+        job: _Job,
+        trial: _Trial,
+        group: GroupKnowledge,
+        time: float,
+        energy: float,
+        metric: float,
+        current_epoch: int,
+    ) -> tuple[Verdict, float]:
+        """A group's job: its policy with the group's knowledge (app.bandit.judge_member)."""
+        bs = trial.batch_size
+        judged = judge_member(
+            job.params, min_cost=job.min_cost, batch_size=bs, time=time, energy=energy,
+            metric=metric, current_epoch=current_epoch, last=trial.last_report,
+            fewest_epochs=job.fewest_epochs, pruning_round=trial.pruning_round, group=group,
+        )  # fmt: skip
+        trial.last_report = judged.last_report
+        if judged.fewest_epochs is not None:
+            job.fewest_epochs[bs] = judged.fewest_epochs
+        if judged.verdict.stop_train and judged.predicted_cost is not None:
+            job.predicted[bs] = judged.predicted_cost
+        return judged.verdict, judged.recorded_cost
 
     @staticmethod
     def _judge(
