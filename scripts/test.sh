@@ -46,6 +46,7 @@ step "ruff format --check"
 
 step "mypy --strict"
 "$VENV_DIR/bin/mypy" app tests bench
+"$VENV_DIR/bin/mypy" client/bso_client
 
 step "hadolint Dockerfile"
 "$VENV_DIR/bin/hadolint" Dockerfile
