@@ -7,7 +7,7 @@ never see each other's jobs.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,10 +47,12 @@ def database(kind: str, folder: Path, name: str) -> tuple[str, str | None]:
 
 
 @contextmanager
-def serve(url: str, folder: Path, *, port: int | None = None, **settings: str) -> Iterator[Server]:
-    """``bso serve`` on ``url`` until the block ends."""
+def serve(
+    url: str, folder: Path, *, port: int = 0, settings: Mapping[str, str] | None = None
+) -> Iterator[Server]:
+    """``bso serve`` on ``url`` (on ``port``, else a free one) until the block ends."""
     port = port or free_port()
-    env = clean_env(BSO_DATABASE_URL=url, BSO_LOG_LEVEL="WARNING", **settings)
+    env = clean_env(BSO_DATABASE_URL=url, BSO_LOG_LEVEL="WARNING", **(settings or {}))
     args = bso_args("serve", "--host", "127.0.0.1", "--port", str(port))
     with running_server(args, port=port, env=env, log_dir=folder, cwd=folder) as server:
         yield server
@@ -62,7 +64,7 @@ def served_database(
 ) -> Iterator[tuple[Server, str]]:
     url, pg_name = database(kind, folder, name)
     try:
-        with serve(url, folder, **settings) as server:
+        with serve(url, folder, settings=settings) as server:
             yield server, url
     finally:
         if pg_name is not None:
@@ -147,11 +149,17 @@ class Recorder:
         self.on_response(response)
 
     def client(self) -> httpx.Client:
-        hooks = {"request": [self.on_request], "response": [self.on_response]}
+        hooks: dict[str, list[Callable[..., Any]]] = {
+            "request": [self.on_request],
+            "response": [self.on_response],
+        }
         return httpx.Client(event_hooks=hooks)
 
     def async_client(self) -> httpx.AsyncClient:
-        hooks = {"request": [self.aon_request], "response": [self.aon_response]}
+        hooks: dict[str, list[Callable[..., Any]]] = {
+            "request": [self.aon_request],
+            "response": [self.aon_response],
+        }
         return httpx.AsyncClient(event_hooks=hooks)
 
     def statuses(self, method: str, path: str) -> list[int]:

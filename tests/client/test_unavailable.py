@@ -164,7 +164,10 @@ def test_a_real_503_is_retried_after_retry_after(tmp_path: Path, job_id: str) ->
     url, pg_name = database("postgresql", tmp_path, "busy")
     recorder = Recorder()
     try:
-        with serve(url, tmp_path, BSO_LOCK_TIMEOUT_MS="100") as server, recorder.client() as http:
+        with (
+            serve(url, tmp_path, settings={"BSO_LOCK_TIMEOUT_MS": "100"}) as server,
+            recorder.client() as http,
+        ):
             bso = BatchSizeOptimizer(
                 job=spec(job_id),
                 url=server.base_url,
