@@ -82,8 +82,8 @@ def test_refusals_carry_the_servers_message(
 ) -> None:
     server, made = auth_server
     monkeypatch.delenv("BSO_TOKEN", raising=False)
-    tokens: dict[str | None, str] = {"bad": "bso_0123456789ab_" + "A" * 43, **made}
-    token = tokens.get(who)
+    tokens = {"bad": "bso_0123456789ab_" + "A" * 43, **made}
+    token = None if who is None else tokens[who]
     bso = BatchSizeOptimizer(job=spec(job_id), url=server.base_url, token=token,
                              energy=CountingMeter())  # fmt: skip
     # Refusals are not unavailability: they raise even with the fallback on.
