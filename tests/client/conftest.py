@@ -71,12 +71,12 @@ def served_database(
             drop_postgres_database(pg_name)
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+@pytest.fixture(scope="session", params=["sqlite", "postgresql"])
 def backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def server(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """``bso serve`` with authentication off, on a fresh database of each backend."""
     folder = tmp_path_factory.mktemp(f"client-{backend}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -107,7 +108,9 @@ def test_every_request_matches_the_served_openapi_schema(
                                         energy=CountingMeter(), http_client=ahttp)
             )  # fmt: skip
 
-    asyncio.run(in_asyncio())
+    # On its own thread: asyncio.run must not unset the tests' session event loop.
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, in_asyncio()).result()
     assert all(status < 300 for _, _, status in recorder.answers), recorder.answers
     checked = {check(document, request) for request in recorder.requests}
     assert checked == {"POST /jobs", "GET /jobs/batch_size", "POST /report", "PATCH /trials"}
