@@ -49,12 +49,15 @@ find_python() {
     return 1
 }
 
-# Hash of what decides the install of venv $1: pyproject.toml plus its Python version.
+# Hash of what decides the install of venv $1: pyproject.toml, client/pyproject.toml
+# (the bso-client distribution) and its Python version.
 install_fingerprint() {
     "$1/bin/python" - <<'PY'
 import hashlib, sys
-with open("pyproject.toml", "rb") as f:
-    digest = hashlib.sha256(f.read())
+digest = hashlib.sha256()
+for name in ("pyproject.toml", "client/pyproject.toml"):
+    with open(name, "rb") as f:
+        digest.update(f.read())
 digest.update(sys.version.encode())
 print(digest.hexdigest())
 PY
@@ -66,8 +69,8 @@ python_version() {
 }
 
 # Make venv $1 (default .venv) on the newest supported Python (or, with $2 =
-# oldest, the oldest) and `pip install -e '.[dev]'` into it, unless it already
-# has that Python and pyproject.toml is unchanged since its last install.
+# oldest, the oldest) and `pip install -e '.[dev]' -e ./client` into it, unless it
+# already has that Python and both pyproject.toml files are unchanged since its last install.
 ensure_venv() {
     local dir="${1:-$VENV_DIR}" which="${2:-newest}" python want stamp
     stamp="$dir/.bso-install-stamp"
@@ -84,12 +87,12 @@ ensure_venv() {
     fi
     want="$(install_fingerprint "$dir")"
     if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -x "$dir/bin/bso" ]; then
-        echo "$dir (Python $(python_version "$dir/bin/python")) is up to date with pyproject.toml"
+        echo "$dir (Python $(python_version "$dir/bin/python")) is up to date with pyproject.toml and client/pyproject.toml"
         return 0
     fi
-    echo "Installing bso and its dev dependencies into $dir (Python $(python_version "$dir/bin/python"); the first run takes a minute)"
+    echo "Installing bso, its dev dependencies and bso-client into $dir (Python $(python_version "$dir/bin/python"); the first run takes a minute)"
     rm -f "$stamp"
-    "$dir/bin/python" -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+    "$dir/bin/python" -m pip install --quiet --disable-pip-version-check -e '.[dev]' -e ./client
     printf '%s\n' "$want" >"$stamp"
 }
 

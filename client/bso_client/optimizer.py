@@ -1,0 +1,213 @@
+"""``BatchSizeOptimizer``: a batch size for each recurrence of a training job, and when to stop.
+
+    bso = BatchSizeOptimizer(job=JobSpec(...))        # url/token: BSO_URL / BSO_TOKEN
+    with bso.trial() as trial:                        # registers (idempotent), dispatches
+        for epoch in range(1, trial.max_epochs + 1):
+            ...train with trial.batch_size...
+            if trial.report(metric=accuracy).stop:
+                break
+
+Training never fails because the server is away (``on_unavailable="fallback"``,
+the default): the trial uses the default batch size and reports never stop
+it; a warning says so once. The rules both clients share live in
+``bso_client.session``.
+"""
+
+from __future__ import annotations
+
+import types
+from typing import Any
+
+import httpx
+
+from bso_client.errors import BSOUnavailableError
+from bso_client.http import NO_RETRY, Call, Retry, SyncTransport
+from bso_client.meters import EnergyChoice, EnergyMeter
+from bso_client.session import OnUnavailable, Session
+from bso_client.spec import JobSpec
+from bso_client.trial import OPEN_TRIALS, Decision, TrialState, TrialView
+
+
+class Trial(TrialView):
+    """One recurrence: its batch size, its reports, its end (leaving the ``with`` block)."""
+
+    def __init__(self, optimizer: BatchSizeOptimizer, state: TrialState) -> None:
+        super().__init__(state)
+        self._optimizer = optimizer
+
+    def report(
+        self, metric: float, *, time: float | None = None, energy: float | None = None
+    ) -> Decision:
+        """Report this epoch's validation ``metric``; obey the answer's ``stop``.
+
+        ``time`` (seconds) and ``energy`` (joules) are cumulative since the
+        trial started; leave them out to use the client's measurements.
+        """
+        step = self._state.report_call(metric, time, energy)
+        if isinstance(step, Decision):
+            return step
+        return self._optimizer._report(self._state, step)
+
+    def end(self) -> None:
+        """End the trial on the server (idempotent); leaving the ``with`` block calls it."""
+        if not self._state.ended:
+            self._optimizer._end(self._state, raise_errors=True)
+
+    def __enter__(self) -> Trial:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: types.TracebackType | None,
+    ) -> None:
+        if not self._state.ended:
+            # Never hide the block's own exception behind a failed PATCH.
+            self._optimizer._end(self._state, raise_errors=exc is None)
+
+
+class BatchSizeOptimizer:
+    """The client of a bso server for one recurring job (sync; see ``AsyncBatchSizeOptimizer``).
+
+    Args:
+        job: the job's specification.
+        url: the server; default ``BSO_URL``, else http://127.0.0.1:8000.
+        token: sent as ``Authorization: Bearer``; default ``BSO_TOKEN``.
+        energy: "auto", "nvml", "zeus", "rapl", "none", or an ``EnergyMeter``.
+        on_unavailable: "fallback" (train with the default batch size, warn
+            once) or "raise" (``BSOUnavailableError``).
+        timeout: seconds per HTTP attempt.
+        retry: attempts and backoff of the calls worth retrying.
+        rank: this process's rank; default from torch.distributed or RANK.
+            Only rank 0 talks to the server.
+        http_client: an ``httpx.Client`` to use instead of making one.
+    """
+
+    def __init__(
+        self,
+        job: JobSpec,
+        *,
+        url: str | None = None,
+        token: str | None = None,
+        energy: EnergyChoice | EnergyMeter = "auto",
+        on_unavailable: OnUnavailable = "fallback",
+        timeout: float = 10.0,
+        retry: Retry | None = None,
+        rank: int | None = None,
+        http_client: httpx.Client | None = None,
+    ) -> None:
+        self._session = Session(
+            job,
+            url=url,
+            token=token,
+            energy=energy,
+            on_unavailable=on_unavailable,
+            timeout=timeout,
+            retry=retry,
+            rank=rank,
+        )
+        self._given_client = http_client
+        self._transport: SyncTransport | None = None
+        self._running = 0  # trials not yet ended: the connection is kept for their reports
+
+    @property
+    def job(self) -> JobSpec:
+        return self._session.job
+
+    @property
+    def job_id(self) -> str | None:
+        """The job's id: the spec's, or the server's once it registered a null one."""
+        return self._session.job_id
+
+    @property
+    def url(self) -> str:
+        """The server's URL, without any credential in it."""
+        return self._session.endpoint.safe_url
+
+    @property
+    def registered(self) -> dict[str, Any] | None:
+        """The server's answer to the registration (the job as stored), once registered."""
+        return self._session.registered
+
+    def _http(self) -> SyncTransport:
+        if self._transport is None:
+            self._transport = SyncTransport(self._session.endpoint, self._given_client)
+        return self._transport
+
+    def _send(self, call: Call, *, retry: Retry | None = None) -> Any:
+        return self._http().send(call, retry=retry)
+
+    def register(self) -> dict[str, Any]:
+        """Register the job (idempotent); ``trial()`` does this the first time."""
+        try:
+            return self._register()
+        finally:
+            if self._running == 0:
+                self._release()
+
+    def _register(self) -> dict[str, Any]:
+        session = self._session
+        session.open_meter()
+        if session.registered is None:
+            session.registered = self._send(session.register_call())
+        return session.registered
+
+    def trial(self) -> Trial:
+        """Start a recurrence: register if needed, get its batch size, start measuring."""
+        session = self._session
+        if not session.leader:
+            return Trial(self, session.follower_state())
+        try:
+            self._register()
+            answer = self._send(session.dispatch_call())
+            state = session.dispatched_state(answer)
+        except BSOUnavailableError as exc:
+            self._release()
+            session.on_dispatch_failure(exc)
+            return Trial(self, session.fallback_state())
+        except BaseException:
+            self._release()
+            raise
+        self._running += 1
+        OPEN_TRIALS.add(session.endpoint, state)
+        return Trial(self, state)
+
+    def _report(self, state: TrialState, call: Call) -> Decision:
+        retry = NO_RETRY if state.degraded else None
+        try:
+            answer = self._send(call, retry=retry)
+        except BSOUnavailableError as exc:
+            return self._session.on_report_failure(state, exc)
+        return state.answered(answer)
+
+    def _end(self, state: TrialState, *, raise_errors: bool) -> None:
+        OPEN_TRIALS.discard(state)
+        call = state.end_call()
+        if state.dispatch.leader and not state.dispatch.fallback:
+            self._running -= 1
+        try:
+            if call is not None:
+                self._send(call, retry=NO_RETRY if state.degraded else None)
+        except Exception as exc:
+            self._session.on_end_failure(exc, raise_errors=raise_errors)
+        finally:
+            if self._running == 0:
+                self._release()
+
+    def _release(self) -> None:
+        """Close our connections between trials (a given client stays the caller's)."""
+        if self._transport is not None and self._given_client is None:
+            self._transport.close()
+        self._transport = None
+
+    def close(self) -> None:
+        """Release the HTTP connections and the energy meter (``with bso:`` does this)."""
+        self._release()
+        self._session.close_meter()
+
+    def __enter__(self) -> BatchSizeOptimizer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
