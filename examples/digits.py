@@ -60,9 +60,7 @@ def load() -> Digits:
 
 def mlp() -> torch.nn.Module:
     """A small multilayer perceptron: 64 pixels, 32 hidden units, 10 classes."""
-    return torch.nn.Sequential(
-        torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10)
-    )
+    return torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
 
 
 def job_spec(
@@ -115,6 +113,7 @@ class Row:
     energy_source: str
     cost: float
     stopped: str
+    report_ms: float | None = None  # mean wall time of one trial.report() (plain loop only)
 
 
 def cost(energy: float, time: float, *, eta: float, max_power: float) -> float:

@@ -14,15 +14,15 @@ import logging
 import sys
 from collections.abc import Sequence
 
-import lightning as L
 import torch
 from bso_client import BatchSizeOptimizer
 from bso_client.lightning import BatchSizeOptimizerCallback
+from lightning.pytorch import LightningModule, Trainer
 
 from examples import digits
 
 
-class DigitsModel(L.LightningModule):
+class DigitsModel(LightningModule):
     """The MLP with its data: ``batch_size`` is what the callback sets."""
 
     def __init__(self, data: digits.Digits, batch_size: int) -> None:
@@ -44,7 +44,9 @@ class DigitsModel(L.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=digits.LEARNING_RATE)
 
     def train_dataloader(self) -> torch.utils.data.DataLoader[tuple[torch.Tensor, ...]]:
-        return torch.utils.data.DataLoader(self.data.train, batch_size=self.batch_size, shuffle=True)
+        return torch.utils.data.DataLoader(
+            self.data.train, batch_size=self.batch_size, shuffle=True
+        )
 
     def val_dataloader(self) -> torch.utils.data.DataLoader[tuple[torch.Tensor, ...]]:
         return torch.utils.data.DataLoader(self.data.val, batch_size=len(self.data.val))
@@ -54,7 +56,7 @@ def recurrence(bso: BatchSizeOptimizer, data: digits.Digits, number: int) -> dig
     model = DigitsModel(data, batch_size=bso.job.default_batch_size)
     with bso.trial() as trial:
         callback = BatchSizeOptimizerCallback(trial, monitor="val_acc")
-        trainer = L.Trainer(
+        trainer = Trainer(
             max_epochs=trial.max_epochs,
             callbacks=[callback],
             accelerator="cpu",

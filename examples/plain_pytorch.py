@@ -52,14 +52,19 @@ def fresh_model() -> tuple[torch.nn.Module, torch.optim.Optimizer]:
 def recurrence(bso: BatchSizeOptimizer, data: digits.Digits, number: int) -> digits.Row:
     """One run of the job: the three lines of the client around an ordinary loop."""
     model, optimizer = fresh_model()
-    acc = 0.0
+    acc, reporting = 0.0, 0.0
     with bso.trial() as trial:
         for _epoch in range(1, trial.max_epochs + 1):
             train_epoch(model, optimizer, data, trial.batch_size)
             acc = accuracy(model, data)
-            if trial.report(metric=acc).stop:
+            started = time.perf_counter()  # the client's overhead: one HTTP round trip
+            decision = trial.report(metric=acc)
+            reporting += time.perf_counter() - started
+            if decision.stop:
                 break
-    return digits.row_of(number, trial, acc, bso)
+    row = digits.row_of(number, trial, acc, bso)
+    row.report_ms = 1000 * reporting / max(trial.epoch, 1)
+    return row
 
 
 def baseline(
@@ -104,6 +109,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             rows.append(recurrence(bso, data, number))
             digits.print_row(rows[-1])
         summary = digits.summarise(bso, rows, args.token)
+        reports = sum(row.epochs for row in rows)
+        reporting_ms = sum((row.report_ms or 0.0) * row.epochs for row in rows)
+        print(
+            f"The client's overhead: {reporting_ms / max(reports, 1):.2f} ms per report "
+            f"(wall time of trial.report(), {reports} reports)."
+        )
         if args.baseline:
             costs = baseline(args.baseline, data, bso, meter)
             mean = statistics.fmean(costs)

@@ -1,7 +1,7 @@
 """A Hugging Face Trainer job whose batch size a bso server chooses, through the TrainerCallback.
 
     scripts/dev.sh &
-    python -m examples.transformers_digits --recurrences 6   # BSO_URL / BSO_TOKEN or --url / --token
+    python -m examples.transformers_digits --recurrences 6  # BSO_URL/BSO_TOKEN or --url/--token
 
 The model is a transformers ``PreTrainedModel`` built from its config (no
 download): the digits MLP behind the library's model interface, trained by
@@ -37,7 +37,8 @@ from transformers.utils import logging as hf_logging
 
 from examples import digits
 
-class DigitsConfig(PretrainedConfig):  # type: ignore[misc]
+
+class DigitsConfig(PretrainedConfig):
     """The classifier's shape: 64 pixels in, ``hidden_size`` units, 10 classes out."""
 
     model_type = "bso-digits-mlp"
@@ -47,7 +48,7 @@ class DigitsConfig(PretrainedConfig):  # type: ignore[misc]
         super().__init__(num_labels=num_labels, **kwargs)
 
 
-class DigitsClassifier(PreTrainedModel):  # type: ignore[misc]
+class DigitsClassifier(PreTrainedModel):
     """A transformers model made from a config, with the digits MLP inside."""
 
     config_class = DigitsConfig

@@ -1,4 +1,4 @@
-"""A Hugging Face ``TrainerCallback``: the trial's batch size for the arguments, its stop for training.
+"""A Hugging Face ``TrainerCallback``: the trial's batch size for the arguments, and its stop.
 
     args = TrainingArguments(output_dir="out", eval_strategy="epoch", num_train_epochs=30)
     with bso.trial() as trial:
@@ -24,7 +24,7 @@ from bso_client.optimizer import Trial
 from bso_client.trial import Decision
 
 
-class BatchSizeOptimizerCallback(TrainerCallback):  # type: ignore[misc]
+class BatchSizeOptimizerCallback(TrainerCallback):
     """Report ``metric`` after each evaluation; stop training when the server says so.
 
     Args:
