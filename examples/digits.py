@@ -24,8 +24,13 @@ from sklearn.datasets import load_digits
 
 BATCH_SIZES = (8, 16, 32, 64, 128, 256)
 DEFAULT_BATCH_SIZE = 32
-TARGET_ACCURACY = 0.92
+TARGET_ACCURACY = 0.90
 MAX_EPOCHS = 12
+# Zeus's beta_knob is 2.0: a run costing twice the cheapest so far is stopped early. Wall
+# time on a shared CPU varies up to 2x between identical runs, and an early stop of the
+# cheapest batch size in the second pruning round prunes every batch size (the job then
+# cannot proceed), so these examples give runs more room.
+BETA_KNOB = 3.0
 LEARNING_RATE = 0.1
 VALIDATION_SIZE = 397  # of 1,797 images; the split is the same in every recurrence
 
@@ -74,6 +79,7 @@ def job_spec(
         default_batch_size=DEFAULT_BATCH_SIZE,
         target_metric=target_metric,
         max_epochs=max_epochs,
+        beta_knob=BETA_KNOB,
     )
 
 

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 import torch
 from bso_client import BatchSizeOptimizer
+from bso_client.distributed import rank
 from bso_client.lightning import BatchSizeOptimizerCallback
 from lightning.pytorch import LightningModule, Trainer
 
@@ -52,7 +53,9 @@ class DigitsModel(LightningModule):
         return torch.utils.data.DataLoader(self.data.val, batch_size=len(self.data.val))
 
 
-def recurrence(bso: BatchSizeOptimizer, data: digits.Digits, number: int) -> digits.Row:
+def recurrence(
+    bso: BatchSizeOptimizer, data: digits.Digits, number: int, devices: int
+) -> digits.Row:
     model = DigitsModel(data, batch_size=bso.job.default_batch_size)
     with bso.trial() as trial:
         callback = BatchSizeOptimizerCallback(trial, monitor="val_acc")
@@ -60,7 +63,8 @@ def recurrence(bso: BatchSizeOptimizer, data: digits.Digits, number: int) -> dig
             max_epochs=trial.max_epochs,
             callbacks=[callback],
             accelerator="cpu",
-            devices=1,
+            devices=devices,
+            strategy="ddp" if devices > 1 else "auto",
             logger=False,
             enable_checkpointing=False,
             enable_progress_bar=False,
@@ -68,13 +72,15 @@ def recurrence(bso: BatchSizeOptimizer, data: digits.Digits, number: int) -> dig
             num_sanity_val_steps=1,
         )
         trainer.fit(model)
-    assert model.batch_size == trial.batch_size  # the callback set it
+    assert model.batch_size == callback.batch_size  # the callback set rank 0's on every rank
     accuracy = float(trainer.callback_metrics.get("val_acc", float("nan")))
     return digits.row_of(number, trial, accuracy, bso)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = digits.parser(__doc__.splitlines()[0], "digits-lightning").parse_args(argv)
+    cli = digits.parser(__doc__.splitlines()[0], "digits-lightning")
+    cli.add_argument("--devices", type=int, default=1, help="CPU processes (DDP when > 1)")
+    args = cli.parse_args(argv)
     # Lightning's advice on workers and GPUs is noise for an 8x8-pixel toy on the CPU.
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     data = digits.load()
@@ -84,13 +90,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         url=args.url,
         token=args.token,
     ) as bso:
-        print(f"Job {args.job_id} on {bso.url}: {args.recurrences} recurrences (Lightning)")
+        # With --devices N, Lightning runs this script again in N - 1 processes (LOCAL_RANK
+        # set): their trials never call the server, and only rank 0 prints.
+        leader = rank() == 0
+        if leader:
+            print(f"Job {args.job_id} on {bso.url}: {args.recurrences} recurrences (Lightning)")
         for number in range(1, args.recurrences + 1):
             digits.setup_torch(args.seed, number)
-            rows.append(recurrence(bso, data, number))
-            digits.print_row(rows[-1])
-        summary = digits.summarise(bso, rows, args.token)
-    digits.write_json(args.json, rows, summary)
+            rows.append(recurrence(bso, data, number, args.devices))
+            if leader:
+                digits.print_row(rows[-1])
+        if leader:
+            summary = digits.summarise(bso, rows, args.token)
+            digits.write_json(args.json, rows, summary)
     return 0
 
 
