@@ -120,6 +120,7 @@ class Row:
     cost: float
     stopped: str
     report_ms: float | None = None  # mean wall time of one trial.report() (plain loop only)
+    report_cpu_ms: float | None = None  # mean CPU time of this process in one trial.report()
 
 
 def cost(energy: float, time: float, *, eta: float, max_power: float) -> float:
