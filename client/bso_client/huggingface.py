@@ -48,8 +48,19 @@ class BatchSizeOptimizerCallback(TrainerCallback):
         self.metric = metric if metric.startswith("eval_") else f"eval_{metric}"
         self.batch_size = int(distributed.broadcast(trial.batch_size))
         self.decision: Decision | None = None
+        self.training = False  # trainer.evaluate() outside train() reports nothing
         if args is not None:
             args.per_device_train_batch_size = self.batch_size
+
+    def on_train_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        self.training = True
+
+    def on_train_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        self.training = False
 
     def on_evaluate(
         self,
@@ -59,6 +70,8 @@ class BatchSizeOptimizerCallback(TrainerCallback):
         metrics: dict[str, float] | None = None,
         **kwargs: Any,
     ) -> None:
+        if not self.training:
+            return
         stop = False
         if state.is_world_process_zero:
             if metrics is None or self.metric not in metrics:

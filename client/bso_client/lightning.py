@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.parsing import lightning_hasattr, lightning_setattr
 
 from bso_client.optimizer import Trial
@@ -65,8 +66,8 @@ class BatchSizeOptimizerCallback(Callback):
         lightning_setattr(pl_module, self.batch_size_attr, self.batch_size)
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if trainer.sanity_checking:
-            return
+        if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
+            return  # the sanity check, or trainer.validate(): not an epoch of this trial
         stop = False
         if trainer.is_global_zero:
             value = trainer.callback_metrics.get(self.monitor)
