@@ -17,6 +17,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from app.urls import redact_url
+
 DEFAULT_URL = "http://127.0.0.1:8000"
 PAGE = 500  # the read API's largest page
 
@@ -48,7 +50,7 @@ def _get(http: httpx.Client, path: str, **params: Any) -> Any:
     try:
         response = http.get(path, params=query)
     except httpx.TransportError as exc:
-        _fail(f"cannot reach the server at {http.base_url}: {exc}")
+        _fail(f"cannot reach the server at {redact_url(str(http.base_url))}: {exc}")
     if response.status_code in (401, 403):
         _fail(f"{response.status_code} {_message(response)} (check --token / BSO_TOKEN)")
     if response.status_code != 200:

@@ -59,8 +59,7 @@ step "ruff format --check"
 "$VENV_DIR/bin/ruff" format --check .
 
 step "mypy --strict"
-"$VENV_DIR/bin/mypy" app tests bench
-"$VENV_DIR/bin/mypy" client/bso_client
+"$VENV_DIR/bin/mypy" app tests bench client/bso_client
 
 step "hadolint Dockerfile"
 "$VENV_DIR/bin/hadolint" Dockerfile

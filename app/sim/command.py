@@ -30,12 +30,14 @@ from rich.progress import (
 )
 
 from app.bandit import Policy
+from app.jobs_command import Token
 from app.sim.engines import Engine, HttpEngine, in_process_service
 from app.sim.pure_engine import PureEngine
 from app.sim.replay import replay
 from app.sim.results import CaseResult, MetricCurve, ReplaySettings
 from app.sim.summary import render_summary
 from app.sim.traces import GPUS, Case, TraceError, all_cases, build_case, find_workload
+from app.urls import redact_url
 
 
 class EngineKind(StrEnum):
@@ -63,9 +65,9 @@ def _cases(workload: str, gpu: str, everything: bool, power_limit: int | None) -
 
 
 @asynccontextmanager
-async def _engine(kind: EngineKind, url: str | None) -> AsyncIterator[Engine]:
+async def _engine(kind: EngineKind, url: str | None, token: str | None) -> AsyncIterator[Engine]:
     if url is not None:
-        async with HttpEngine.for_url(url) as engine:
+        async with HttpEngine.for_url(url, token=token) as engine:
             yield engine
     elif kind is EngineKind.PURE:
         yield PureEngine()
@@ -79,6 +81,7 @@ async def _replay_all(
     settings: ReplaySettings,
     kind: EngineKind,
     url: str | None,
+    token: str | None,
     console: Console,
 ) -> list[CaseResult]:
     results = []
@@ -89,7 +92,7 @@ async def _replay_all(
         TimeElapsedColumn(),
     )
     with Progress(*columns, console=console) as progress:
-        async with _engine(kind, url) as engine:
+        async with _engine(kind, url, token) as engine:
             for case in cases:
                 task = progress.add_task(case.name, total=settings.recurrences_for(case))
 
@@ -120,6 +123,7 @@ def simulate(
     url: Annotated[
         str | None, typer.Option(help="A running server (this one or Zeus's) instead.")
     ] = None,
+    token: Token = None,
     eta: Annotated[float, typer.Option(min=0.0, max=1.0, help="eta_knob: energy vs time.")] = 0.5,
     beta: Annotated[
         float, typer.Option(min=0.0, help="beta_knob: early-stop at beta x min cost.")
@@ -176,8 +180,8 @@ def simulate(
         metric_curve=metric_curve,
     )
     stderr = Console(stderr=True)
-    kind = url if url is not None else engine.value
-    results = asyncio.run(_replay_all(cases, settings, engine, url, stderr))
+    kind = redact_url(url) if url is not None else engine.value  # printed: no credential
+    results = asyncio.run(_replay_all(cases, settings, engine, url, token, stderr))
     if json_output:
         typer.echo(_json(results, kind))
     else:

@@ -22,6 +22,7 @@ from typing import Any, Protocol
 import httpx
 
 from app.schemas import JobSpec
+from app.urls import redact_url
 
 
 class EngineError(Exception):
@@ -98,9 +99,13 @@ class HttpEngine:
         self._client = client
 
     @classmethod
-    def for_url(cls, base_url: str, *, timeout: float = 30.0) -> HttpEngine:
-        """Talk to a running server (this service or a Zeus server)."""
-        return cls(httpx.AsyncClient(base_url=base_url.rstrip("/"), timeout=timeout))
+    def for_url(
+        cls, base_url: str, *, timeout: float = 30.0, token: str | None = None
+    ) -> HttpEngine:
+        """Talk to a running server (this service or a Zeus server); ``token`` as a Bearer."""
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        client = httpx.AsyncClient(base_url=base_url.rstrip("/"), timeout=timeout, headers=headers)
+        return cls(client)
 
     @classmethod
     def for_app(cls, app: Any) -> HttpEngine:
@@ -128,7 +133,8 @@ class HttpEngine:
         try:
             response = await self._client.request(method, path, json=body, params=params)
         except httpx.TransportError as exc:
-            raise EngineError(503, f"cannot reach {self._client.base_url}: {exc!r}") from exc
+            where = redact_url(str(self._client.base_url))
+            raise EngineError(503, f"cannot reach {where}: {exc!r}") from exc
         if response.is_error:
             raise EngineError(response.status_code, _error_message(response))
         return response.json() if response.content else None

@@ -112,6 +112,7 @@ class AsyncBatchSizeOptimizer:
         )
         self._given_client = http_client
         self._transport: AsyncTransport | None = None
+        self._running = 0
 
     @property
     def job(self) -> JobSpec:
@@ -139,6 +140,13 @@ class AsyncBatchSizeOptimizer:
 
     async def register(self) -> dict[str, Any]:
         """Register the job (idempotent); the first trial does this."""
+        try:
+            return await self._register()
+        finally:
+            if self._running == 0:
+                await self._release()
+
+    async def _register(self) -> dict[str, Any]:
         session = self._session
         session.open_meter()
         if session.registered is None:
@@ -154,14 +162,18 @@ class AsyncBatchSizeOptimizer:
         if not session.leader:
             return AsyncTrial(self, session.follower_state())
         try:
-            await self.register()
+            await self._register()
             answer = await self._send(session.dispatch_call())
-        except BSOUnavailableError as exc:
-            session.on_dispatch_failure(exc)
-            state = session.fallback_state()
-        else:
             state = session.dispatched_state(answer)
-            OPEN_TRIALS.add(session.endpoint, state)
+        except BSOUnavailableError as exc:
+            await self._release()
+            session.on_dispatch_failure(exc)
+            return AsyncTrial(self, session.fallback_state())
+        except BaseException:
+            await self._release()
+            raise
+        self._running += 1
+        OPEN_TRIALS.add(session.endpoint, state)
         return AsyncTrial(self, state)
 
     async def _report(self, state: TrialState, call: Call) -> Decision:
@@ -175,19 +187,25 @@ class AsyncBatchSizeOptimizer:
     async def _end(self, state: TrialState, *, raise_errors: bool) -> None:
         OPEN_TRIALS.discard(state)
         call = state.end_call()
-        if call is None:
-            return
-        retry = NO_RETRY if state.degraded else None
+        if state.dispatch.leader and not state.dispatch.fallback:
+            self._running -= 1
         try:
-            await self._send(call, retry=retry)
+            if call is not None:
+                await self._send(call, retry=NO_RETRY if state.degraded else None)
         except Exception as exc:
             self._session.on_end_failure(exc, raise_errors=raise_errors)
+        finally:
+            if self._running == 0:
+                await self._release()
 
-    async def aclose(self) -> None:
-        """Release the HTTP connections and the energy meter."""
+    async def _release(self) -> None:
         if self._transport is not None and self._given_client is None:
             await self._transport.aclose()
         self._transport = None
+
+    async def aclose(self) -> None:
+        """Release the HTTP connections and the energy meter."""
+        await self._release()
         self._session.close_meter()
 
     async def __aenter__(self) -> AsyncBatchSizeOptimizer:

@@ -164,18 +164,16 @@ class Endpoint:
     def safe_url(self) -> str:
         return redact(self.url)
 
-    def client_options(self) -> dict[str, Any]:
-        headers = {"User-Agent": USER_AGENT}
+    def request_options(self, call: Call) -> dict[str, Any]:
+        """Everything of a request but its method, on any ``httpx`` client (given or ours)."""
+        headers = {"User-Agent": USER_AGENT, "X-Request-ID": call.request_id}
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
-        return {
-            "base_url": self.url.rstrip("/"),
+        options: dict[str, Any] = {
+            "url": self.url.rstrip("/") + call.path,
             "headers": headers,
             "timeout": httpx.Timeout(self.timeout),
         }
-
-    def request_options(self, call: Call) -> dict[str, Any]:
-        options: dict[str, Any] = {"headers": {"X-Request-ID": call.request_id}}
         if call.json is not None:
             options["json"] = dict(call.json)
         if call.params is not None:
@@ -188,7 +186,7 @@ class SyncTransport:
 
     def __init__(self, endpoint: Endpoint, client: httpx.Client | None = None) -> None:
         self.endpoint = endpoint
-        self._client = client or httpx.Client(**endpoint.client_options())
+        self._client = client or httpx.Client()
 
     def close(self) -> None:
         self._client.close()
@@ -199,9 +197,7 @@ class SyncTransport:
         base = self.endpoint.safe_url
         for attempt in range(retry.attempts):
             try:
-                response = self._client.request(
-                    call.method, call.path, **self.endpoint.request_options(call)
-                )
+                response = self._client.request(call.method, **self.endpoint.request_options(call))
             except httpx.TransportError as exc:
                 outcome: Any = _judge_failure(call, exc, base)
             else:
@@ -219,7 +215,7 @@ class AsyncTransport:
 
     def __init__(self, endpoint: Endpoint, client: httpx.AsyncClient | None = None) -> None:
         self.endpoint = endpoint
-        self._client = client or httpx.AsyncClient(**endpoint.client_options())
+        self._client = client or httpx.AsyncClient()
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -230,7 +226,7 @@ class AsyncTransport:
         for attempt in range(retry.attempts):
             try:
                 response = await self._client.request(
-                    call.method, call.path, **self.endpoint.request_options(call)
+                    call.method, **self.endpoint.request_options(call)
                 )
             except httpx.TransportError as exc:
                 outcome: Any = _judge_failure(call, exc, base)

@@ -109,6 +109,7 @@ class BatchSizeOptimizer:
         )
         self._given_client = http_client
         self._transport: SyncTransport | None = None
+        self._running = 0  # trials not yet ended: the connection is kept for their reports
 
     @property
     def job(self) -> JobSpec:
@@ -139,6 +140,13 @@ class BatchSizeOptimizer:
 
     def register(self) -> dict[str, Any]:
         """Register the job (idempotent); ``trial()`` does this the first time."""
+        try:
+            return self._register()
+        finally:
+            if self._running == 0:
+                self._release()
+
+    def _register(self) -> dict[str, Any]:
         session = self._session
         session.open_meter()
         if session.registered is None:
@@ -151,14 +159,18 @@ class BatchSizeOptimizer:
         if not session.leader:
             return Trial(self, session.follower_state())
         try:
-            self.register()
+            self._register()
             answer = self._send(session.dispatch_call())
-        except BSOUnavailableError as exc:
-            session.on_dispatch_failure(exc)
-            state = session.fallback_state()
-        else:
             state = session.dispatched_state(answer)
-            OPEN_TRIALS.add(session.endpoint, state)
+        except BSOUnavailableError as exc:
+            self._release()
+            session.on_dispatch_failure(exc)
+            return Trial(self, session.fallback_state())
+        except BaseException:
+            self._release()
+            raise
+        self._running += 1
+        OPEN_TRIALS.add(session.endpoint, state)
         return Trial(self, state)
 
     def _report(self, state: TrialState, call: Call) -> Decision:
@@ -172,19 +184,26 @@ class BatchSizeOptimizer:
     def _end(self, state: TrialState, *, raise_errors: bool) -> None:
         OPEN_TRIALS.discard(state)
         call = state.end_call()
-        if call is None:
-            return
-        retry = NO_RETRY if state.degraded else None
+        if state.dispatch.leader and not state.dispatch.fallback:
+            self._running -= 1
         try:
-            self._send(call, retry=retry)
+            if call is not None:
+                self._send(call, retry=NO_RETRY if state.degraded else None)
         except Exception as exc:
             self._session.on_end_failure(exc, raise_errors=raise_errors)
+        finally:
+            if self._running == 0:
+                self._release()
 
-    def close(self) -> None:
-        """Release the HTTP connections and the energy meter (the ``with`` block does this)."""
+    def _release(self) -> None:
+        """Close our connections between trials (a given client stays the caller's)."""
         if self._transport is not None and self._given_client is None:
             self._transport.close()
         self._transport = None
+
+    def close(self) -> None:
+        """Release the HTTP connections and the energy meter (``with bso:`` does this)."""
+        self._release()
         self._session.close_meter()
 
     def __enter__(self) -> BatchSizeOptimizer:

@@ -311,14 +311,10 @@ class _OpenTrials:
             call = state.end_call()
             if call is None:
                 continue
+            options = {**endpoint.request_options(call), "timeout": min(endpoint.timeout, 5.0)}
             try:
-                with httpx.Client(**endpoint.client_options()) as http:
-                    http.request(
-                        call.method,
-                        call.path,
-                        timeout=min(endpoint.timeout, 5.0),
-                        **endpoint.request_options(call),
-                    )
+                with httpx.Client() as http:
+                    http.request(call.method, **options)
             except httpx.HTTPError:
                 pass  # the server is away: the trial's lease ends it
 

@@ -98,7 +98,10 @@ class NvmlMeter:
             self._counter = self._energy_counter_mj()
             self._start_mj = self._counter
             self._sampled_j = 0.0
-            self._last_sample = (self._clock(), self._power_w())
+            # Power is read only where there is no counter to read instead.
+            self._last_sample = (
+                (self._clock(), self._power_w()) if self._counter is None else (0, 0)
+            )
         except BaseException:
             self._nvml.nvmlShutdown()
             raise

@@ -40,10 +40,10 @@ class _Zone:
         self.last_uj = current
 
 
-def package_zones(root: Path = POWERCAP) -> list[Path]:
+def package_zones(root: Path | None = None) -> list[Path]:
     """The top-level package zones, in order: ``intel-rapl:0``, ``intel-rapl:1``, ..."""
     zones = []
-    for zone in sorted(root.glob("intel-rapl:*")):
+    for zone in sorted((root or POWERCAP).glob("intel-rapl:*")):
         if zone.name.count(":") != 1:
             continue  # a sub-zone (core, uncore, dram)
         try:
@@ -55,7 +55,7 @@ def package_zones(root: Path = POWERCAP) -> list[Path]:
     return zones
 
 
-def rapl_power_limit(root: Path = POWERCAP) -> float | None:
+def rapl_power_limit(root: Path | None = None) -> float | None:
     """The packages' summed power limit in watts, where readable; None otherwise.
 
     A zone's ``constraint_0`` is its long-term limit; its ``max_power_uw``
@@ -80,7 +80,7 @@ def rapl_power_limit(root: Path = POWERCAP) -> float | None:
     return total if zones else None
 
 
-def cpu_host(root: Path = POWERCAP) -> tuple[Host, str]:
+def cpu_host(root: Path | None = None) -> tuple[Host, str]:
     """The machine as a job's hardware when it has no GPU, and where max_power came from."""
     limit = rapl_power_limit(root)
     if limit is not None:
@@ -94,10 +94,10 @@ class RaplMeter:
     name = "rapl"
     measures_energy = True
 
-    def __init__(self, root: Path = POWERCAP, *, poll_interval: float | None = 1.0) -> None:
+    def __init__(self, root: Path | None = None, *, poll_interval: float | None = 1.0) -> None:
         paths = package_zones(root)
         if not paths:
-            raise MeterUnavailableError(f"no RAPL package zone under {root}")
+            raise MeterUnavailableError(f"no RAPL package zone under {root or POWERCAP}")
         try:
             self._zones = [_Zone(p, int((p / "max_energy_range_uj").read_text()), 0) for p in paths]
             for zone in self._zones:
