@@ -155,3 +155,26 @@ ensure_chromium() {
     command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 \
         || die "chromium and chromedriver are still missing after apt-get install"
 }
+
+# What examples/ trains with (tests/examples, pytest marker "examples"), installed
+# into venv $1 only: torch 2.13.0, whose CPU build this machine keeps on disk for
+# Python 3.11 (any other version or Python downloads gigabytes), Lightning,
+# transformers with accelerate (its Trainer needs it), scikit-learn (the digits
+# data) and bso-client's integrations. torch is pinned again in the second install
+# so that no dependency can replace it.
+TRAINING_PACKAGES="torch==2.13.0 lightning transformers accelerate scikit-learn"
+
+ensure_training_packages() {
+    local dir="$1" stamp="$1/.bso-training-stamp"
+    if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$TRAINING_PACKAGES" ]; then
+        echo "$dir has the examples' training packages ($TRAINING_PACKAGES)"
+        return 0
+    fi
+    echo "Installing the examples' training packages into $dir ($TRAINING_PACKAGES)"
+    rm -f "$stamp"
+    "$dir/bin/python" -m pip install --quiet --disable-pip-version-check torch==2.13.0
+    # shellcheck disable=SC2086  # the list is words on purpose
+    "$dir/bin/python" -m pip install --quiet --disable-pip-version-check \
+        $TRAINING_PACKAGES -e './client[lightning,transformers]'
+    printf '%s\n' "$TRAINING_PACKAGES" >"$stamp"
+}

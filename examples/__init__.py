@@ -1,0 +1,1 @@
+"""Training jobs that really train, driven by a bso server (run them with ``python -m``)."""
