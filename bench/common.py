@@ -514,7 +514,7 @@ class RawClient:
     for what the benchmarks use.
     """
 
-    def __init__(self, base_url: str, size: int) -> None:
+    def __init__(self, base_url: str, size: int, headers: dict[str, str] | None = None) -> None:
         parsed = urlsplit(base_url)
         self.host = parsed.hostname or "127.0.0.1"
         self.port = parsed.port or 80
@@ -523,6 +523,8 @@ class RawClient:
         self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
         self.slots = asyncio.Semaphore(size)
         self.everyone: set[asyncio.StreamWriter] = set()
+        # Sent with every request, e.g. {"authorization": "Bearer ..."}.
+        self.extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
 
     async def __aenter__(self) -> RawClient:
         return self
@@ -557,7 +559,7 @@ class RawClient:
         body = b"" if json is None else _dumps(json)
         head = (
             f"{method} {path} HTTP/1.1\r\nhost: {self.host}:{self.port}\r\n"
-            f"content-type: application/json\r\ncontent-length: {len(body)}\r\n\r\n"
+            f"content-type: application/json\r\ncontent-length: {len(body)}\r\n{self.extra}\r\n"
         ).encode()
         async with self.slots:
             reused = bool(self.idle)
