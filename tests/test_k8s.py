@@ -204,6 +204,26 @@ def test_the_dev_overlay_runs_its_own_postgres_and_production_does_not() -> None
     assert prod_ref == {"name": "bso-database", "key": "url"}  # created by the operator
 
 
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_migration_step_applies_what_the_job_needs(overlay: str) -> None:
+    """docs/kubernetes.md applies `-l bso.deploy/phase=migrate` first: the Job and what it uses."""
+    docs = render(overlay)
+    chosen = [
+        d for d in docs if d["metadata"].get("labels", {}).get("bso.deploy/phase") == "migrate"
+    ]
+    names = {(d["kind"], d["metadata"]["name"]) for d in chosen}
+    pod = one(docs, "Job", "bso-migrate")["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    needed = {("Job", "bso-migrate"), ("ServiceAccount", pod["serviceAccountName"])}
+    needed |= {("ConfigMap", s["configMapRef"]["name"]) for s in container["envFrom"]}
+    secrets = {e["valueFrom"]["secretKeyRef"]["name"] for e in container["env"]}
+    rendered = {d["metadata"]["name"] for d in docs if d["kind"] == "Secret"}
+    needed |= {("Secret", name) for name in secrets & rendered}  # production's: made by hand
+    assert names == needed
+    if overlay == "production":
+        assert secrets == {"bso-database"} and not rendered
+
+
 def test_the_servicemonitor_matches_its_crd_schema_and_the_service(tmp_path: Path) -> None:
     schema = json.loads(SCHEMA.read_text())
     validator = jsonschema.Draft202012Validator(schema)
