@@ -69,11 +69,16 @@ from bench.common import (
     markdown_table,
     percentiles_ms,
     postgres_cpu_seconds,
+    py_spy,
     status_kib,
+    summarize_stacks,
+    top_frames,
+    wait_until_quiet,
 )
 
 ENDPOINTS = ("POST /jobs", "GET /jobs/batch_size", "POST /report", "PATCH /trials")
 GPU = "v100"
+PROFILE_RATE = 200  # py-spy samples per second
 MIN_EPOCHS, MAX_EPOCHS = 10, 30
 
 
@@ -242,12 +247,22 @@ def _run(coroutine: Any) -> Any:
     return uvloop.run(coroutine)
 
 
-def step(server: Server, token: str, load: Load, p99_limit_ms: float) -> dict[str, Any]:
+def step(
+    server: Server, token: str, load: Load, p99_limit_ms: float, profile: str | None = None
+) -> dict[str, Any]:
     """One step at N = load.jobs: the numbers of its measured part, and whether it passed."""
     load_avg0 = os.getloadavg()
     server0, pg0, machine0 = server.cpu_seconds(), postgres_cpu_seconds(), machine_cpu_seconds()
     wall0 = time.monotonic()
-    result = _run(drive(server.url, token, load))
+    stacks: list[str] = []
+    if profile:
+        worker = server.worker_pids()[0]
+        worker_cpu0 = cpu_seconds(worker)
+        with py_spy(server.worker_pids(), profile, rate=PROFILE_RATE) as stacks:
+            result = _run(drive(server.url, token, load))
+        busy = (cpu_seconds(worker) - worker_cpu0) * PROFILE_RATE
+    else:
+        result = _run(drive(server.url, token, load))
     wall = time.monotonic() - wall0
     server_cpu = server.cpu_seconds() - server0
     pg_cpu = postgres_cpu_seconds() - pg0
@@ -269,6 +284,12 @@ def step(server: Server, token: str, load: Load, p99_limit_ms: float) -> dict[st
     # Late sends mean the client (on the same cores) could not keep the schedule:
     # the step did not offer the load it meant to.
     passed = p99 < p99_limit_ms and not problems and late_p99 < p99_limit_ms
+    if stacks:
+        print(f"\nprofile of worker {stacks[0]} (py-spy {PROFILE_RATE} Hz, whole step):")
+        shares = summarize_stacks(stacks[0], busy)
+        print(markdown_table(["where", "share of busy"], [[k, f"{v:.1%}"] for k, v in shares]))
+        top = top_frames(stacks[0], 20)
+        print(markdown_table(["function", "self"], [[k, f"{v:.1%}"] for k, v in top]))
     return {
         "jobs": load.jobs,
         "period_s": load.period,
@@ -330,8 +351,10 @@ def search(server: Server, token: str, args: argparse.Namespace, tag: str) -> di
     steps: list[dict[str, Any]] = []
 
     def at(n: int) -> dict[str, Any]:
+        if args.quiet_wait:
+            wait_until_quiet(args.quiet_wait)
         load = Load(n, args.period, args.ramp, args.duration, f"{tag}n{n}s{len(steps)}", args.pool)
-        result = step(server, token, load, args.p99_ms)
+        result = step(server, token, load, args.p99_ms, args.profile)
         steps.append(result)
         print(describe(result), flush=True)
         return result
@@ -400,6 +423,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "5 s keep-alive timeout)",
     )
     parser.add_argument("--repeat", type=int, default=1, help="searches per worker count")
+    parser.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=0.0,
+        help="before each step wait up to this many seconds for other processes to go idle",
+    )
+    parser.add_argument(
+        "--profile",
+        metavar="PREFIX",
+        help="sample the workers with py-spy (pip install py-spy) into PREFIX.<pid>.txt "
+        "during every step and print where the first worker's time goes",
+    )
     parser.add_argument("--json", type=Path, help="also write every step here")
     return parser.parse_args(argv)
 
@@ -478,11 +513,20 @@ def main(argv: list[str] | None = None) -> None:
     )
     for workers in args.workers:
         got = [r["capacity_jobs"] for r in results["runs"] if r["workers"] == workers]
-        if got:
-            print(
-                f"workers {workers}: capacity median {statistics.median(got):.0f} jobs "
-                f"(runs: {got}) at one epoch per {args.period} s per job"
-            )
+        steps = [s for r in results["runs"] if r["workers"] == workers for s in r["steps"]]
+        if not got:
+            continue
+        print(
+            f"workers {workers}: capacity median {statistics.median(got):.0f} jobs "
+            f"(runs: {got}) at one epoch per {args.period} s per job"
+        )
+        # The CPU the server spends per request moves little with other processes'
+        # load, unlike latency: what W dedicated cores would serve if CPU-bound.
+        cpu = statistics.median(s["server_cpu_ms_per_request"] for s in steps)
+        print(
+            f"  server CPU per request, median of {len(steps)} steps: {cpu:.2f} ms; "
+            f"{workers} dedicated core(s) at 100% would serve {workers * 1000 / cpu:.0f} req/s"
+        )
     if args.json:
         args.json.write_text(json.dumps(results, indent=2, default=str))
 

@@ -570,11 +570,14 @@ class RawClient:
             except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
                 writer.close()
                 self.everyone.discard(writer)
-                stale = isinstance(exc, asyncio.IncompleteReadError) and not exc.partial
+                stale = (isinstance(exc, asyncio.IncompleteReadError) and not exc.partial) or (
+                    isinstance(exc, ConnectionResetError | BrokenPipeError)
+                )
                 if not (reused and stale):
                     raise RawClientError(f"{type(exc).__name__}: {exc}") from exc
                 # The server closed this idle keep-alive connection (uvicorn's
-                # keep-alive timeout) before reading the request: send it again
+                # keep-alive timeout) before reading the request (no answer, or a
+                # reset when the close crossed our write): send it again
                 # on a fresh one, as HTTP clients do.
                 reader, writer = await self._connect()
                 try:
