@@ -317,8 +317,23 @@ def step(
             for name, kib in ((f"pid {pid}", status_kib(pid, "VmRSS")) for pid in server.all_pids())
             if kib is not None
         },
+        # Proportional set size: shared pages split between the processes, so the
+        # sum is close to what the pod's memory cgroup charges.
+        "pss_mib_sum": sum(pss_kib(pid) for pid in server.all_pids()) / 1024,
         "passed": passed,
     }
+
+
+def pss_kib(pid: int) -> int:
+    """Proportional set size of a process (0 if it is gone)."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as handle:
+            for line in handle:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except OSError:
+        return 0
+    return 0
 
 
 def describe(s: dict[str, Any]) -> str:
@@ -329,7 +344,8 @@ def describe(s: dict[str, Any]) -> str:
         f"{s['served_rps']:.0f}; p50 {s['p50_ms']:.1f} p95 {s['p95_ms']:.1f} p99 "
         f"{s['p99_ms']:.1f} ms (sends late p99 {s['late_p99_ms']:.0f}); "
         f"server CPU {s['server_cpu_ms_per_request']:.2f} ms/req; "
-        f"cores: {cores}; load avg {s['load_average'][0]}->{s['load_average'][1]}"
+        f"cores: {cores}; load avg {s['load_average'][0]}->{s['load_average'][1]}; "
+        f"PSS of the server's processes {s['pss_mib_sum']:.0f} MiB"
         + (f"; non-2xx {s['non_2xx']}" if s["non_2xx"] else "")
     )
 
