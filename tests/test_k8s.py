@@ -9,7 +9,6 @@ prometheus-operator CRD (tests/support/schemas/).
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import copy
 import json
@@ -31,11 +30,7 @@ import yaml  # type: ignore[import-untyped]
 from sqlalchemy.engine import make_url
 
 from app.config import Settings, deprecated_settings
-from app.db import create_engine
 from app.main import create_app
-from app.roles import Role
-from app.service import utcnow
-from app.tokens import create_token
 from tests.support.server import (
     REPO_ROOT,
     VENV_BIN,
@@ -466,19 +461,6 @@ def postgres_database() -> Iterator[str]:
     drop_postgres_database(name)
 
 
-async def make_tokens(url: str) -> dict[str, str]:
-    engine = create_engine(Settings(database_url=url))
-    try:
-        return {
-            role.value: (
-                await create_token(engine, f"k8s-{role.value}", role, [], now=utcnow())
-            ).token
-            for role in (Role.TRAINER, Role.VIEWER)
-        }
-    finally:
-        await engine.dispose()
-
-
 def traced(tmp_path: Path, label: str, command: list[str]) -> tuple[list[str], Path]:
     trace = tmp_path / f"{label}.strace"
     exe = VENV_BIN / command[0]  # the image's PATH starts with its venv's bin
@@ -525,8 +507,19 @@ def test_the_containers_commands_run_here_and_write_only_their_mounts(
     bad = outside(written_paths(job_trace), app_dir, [stand_in(p) for p in mounts["Job"]])
     assert not bad, f"bso migrate wrote outside its mounts: {sorted(bad)}"
 
-    # A trainer and a viewer token (in this process: not part of either container).
-    tokens = asyncio.run(make_tokens(postgres_database))
+    # A trainer and a viewer token, made as docs/kubernetes.md says: `kubectl exec`
+    # into a server pod (its environment and mounts) and `bso tokens create`.
+    tokens = {}
+    for role in ("trainer", "viewer"):
+        create = ["bso", "tokens", "create", role, "--role", role]
+        argv, trace = traced(tmp_path, f"tokens-{role}", create)
+        made = subprocess.run(
+            argv, cwd=app_dir, env=env, capture_output=True, text=True, timeout=180
+        )
+        assert made.returncode == 0, made.stdout + made.stderr
+        tokens[role] = made.stdout.splitlines()[-1]
+        bad = outside(written_paths(trace), app_dir, [stand_in(p) for p in mounts["Deployment"]])
+        assert not bad, f"bso tokens create wrote outside the server's mounts: {sorted(bad)}"
 
     # The server, with the manifest's arguments but a free port.
     command = list(containers["Deployment"]["command"])
