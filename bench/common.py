@@ -514,7 +514,7 @@ class RawClient:
     for what the benchmarks use.
     """
 
-    def __init__(self, base_url: str, size: int) -> None:
+    def __init__(self, base_url: str, size: int, headers: dict[str, str] | None = None) -> None:
         parsed = urlsplit(base_url)
         self.host = parsed.hostname or "127.0.0.1"
         self.port = parsed.port or 80
@@ -523,6 +523,8 @@ class RawClient:
         self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
         self.slots = asyncio.Semaphore(size)
         self.everyone: set[asyncio.StreamWriter] = set()
+        # Sent with every request, e.g. {"authorization": "Bearer ..."}.
+        self.extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
 
     async def __aenter__(self) -> RawClient:
         return self
@@ -557,7 +559,7 @@ class RawClient:
         body = b"" if json is None else _dumps(json)
         head = (
             f"{method} {path} HTTP/1.1\r\nhost: {self.host}:{self.port}\r\n"
-            f"content-type: application/json\r\ncontent-length: {len(body)}\r\n\r\n"
+            f"content-type: application/json\r\ncontent-length: {len(body)}\r\n{self.extra}\r\n"
         ).encode()
         async with self.slots:
             reused = bool(self.idle)
@@ -568,11 +570,14 @@ class RawClient:
             except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
                 writer.close()
                 self.everyone.discard(writer)
-                stale = isinstance(exc, asyncio.IncompleteReadError) and not exc.partial
+                stale = (isinstance(exc, asyncio.IncompleteReadError) and not exc.partial) or (
+                    isinstance(exc, ConnectionResetError | BrokenPipeError)
+                )
                 if not (reused and stale):
                     raise RawClientError(f"{type(exc).__name__}: {exc}") from exc
                 # The server closed this idle keep-alive connection (uvicorn's
-                # keep-alive timeout) before reading the request: send it again
+                # keep-alive timeout) before reading the request (no answer, or a
+                # reset when the close crossed our write): send it again
                 # on a fresh one, as HTTP clients do.
                 reader, writer = await self._connect()
                 try:

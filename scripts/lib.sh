@@ -178,3 +178,22 @@ ensure_training_packages() {
         $TRAINING_PACKAGES -e './client[lightning,transformers]'
     printf '%s\n' "$TRAINING_PACKAGES" >"$stamp"
 }
+
+# tests/test_k8s.py renders deploy/k8s with `kubectl kustomize` and traces the
+# containers' commands with strace: install strace with apt-get when missing
+# (needs root, as ensure_chromium). kubectl (>= 1.27, kustomize built in) is not
+# in Debian's archive at a usable version: without it those tests fail, saying so.
+ensure_deploy_tools() {
+    if ! command -v strace >/dev/null 2>&1; then
+        [ "$(id -u)" = 0 ] || die "strace is missing and this is not root: sudo apt-get install -y strace"
+        echo "Installing strace with apt-get"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq strace >/dev/null
+    fi
+    echo "strace: $(command -v strace)"
+    if command -v kubectl >/dev/null 2>&1; then
+        echo "kubectl: $(kubectl version --client 2>/dev/null | head -n 2 | tr '\n' ' ')"
+    else
+        echo "WARNING: kubectl is not installed: tests/test_k8s.py will fail (install kubectl >= 1.27)"
+    fi
+}

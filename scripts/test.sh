@@ -52,6 +52,9 @@ ensure_postgres "$pg_host" "$pg_port"
 step "Chromium (browser tests of the dashboard and API docs)"
 ensure_chromium
 
+step "strace and kubectl (tests/test_k8s.py)"
+ensure_deploy_tools
+
 step "ruff check"
 "$VENV_DIR/bin/ruff" check .
 
