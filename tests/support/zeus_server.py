@@ -27,7 +27,7 @@ from tests.support.server import REPO_ROOT, Server, clean_env, free_port, runnin
 
 ZEUS_VENV = Path(os.environ.get("BSO_TEST_ZEUS_VENV", REPO_ROOT / ".venv-zeus"))
 ZEUS_PYTHON = ZEUS_VENV / "bin" / "python"
-CREATE_SCHEMA = REPO_ROOT / "tests" / "zeus_server" / "create_schema.py"
+RUN_ZEUS = REPO_ROOT / "tests" / "zeus_server" / "run.py"
 MARIADB_ADMIN_URL = os.environ.get("BSO_TEST_MARIADB_URL", "mysql+aiomysql://root@127.0.0.1:3306/")
 
 
@@ -48,7 +48,7 @@ def create_zeus_schema(database_url: str) -> None:
     """Zeus's tables in an empty database (async-driver URL), as Zeus's deployment makes them."""
     require_zeus_venv()
     subprocess.run(
-        [str(ZEUS_PYTHON), str(CREATE_SCHEMA), database_url],
+        [str(ZEUS_PYTHON), str(RUN_ZEUS), database_url],
         env=zeus_env(database_url), check=True, capture_output=True, timeout=120,
     )  # fmt: skip
 
@@ -56,17 +56,13 @@ def create_zeus_schema(database_url: str) -> None:
 @contextmanager
 def running_zeus_server(database_url: str, log_dir: Path) -> Iterator[Server]:
     """Zeus's server under uvicorn on ``database_url`` (its schema made first)."""
-    create_zeus_schema(database_url)
+    require_zeus_venv()
     port = free_port()
-    args = [
-        str(ZEUS_PYTHON), "-m", "uvicorn", "zeus.optimizer.batch_size.server.router:app",
-        "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
-    ]  # fmt: skip
-    # Zeus has no health route; its OpenAPI page answers once it serves. Its
-    # imports (pandas, scikit-learn) take seconds.
+    # Zeus has no health route; its OpenAPI page answers once it serves.
     with running_server(
-        args, port=port, env=zeus_env(database_url), log_dir=log_dir, ready_path="/docs",
-        timeout=90.0, cwd=log_dir,
+        [str(ZEUS_PYTHON), str(RUN_ZEUS), database_url, str(port)], port=port,
+        env=zeus_env(database_url), log_dir=log_dir, ready_path="/docs", timeout=90.0,
+        cwd=log_dir,
     ) as server:  # fmt: skip
         yield server
 
