@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
@@ -131,6 +132,8 @@ def source_url(raw: str) -> URL:
     if backend == "sqlite":
         if not url.database or url.database == ":memory:":
             raise SourceError("a SQLite source must be a file: sqlite:///path/to/zeus.db")
+        if not Path(url.database).is_file():
+            raise SourceError(f"cannot reach the source database {raw.strip()}: no such file")
         url = url.set(database=f"file:{url.database}", query={"mode": "ro", "uri": "true"})
     return url
 

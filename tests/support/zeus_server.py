@@ -12,18 +12,25 @@ import asyncio
 import math
 import os
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
-from tests.support.server import REPO_ROOT, Server, clean_env, free_port, running_server
+from tests.support.server import (
+    REPO_ROOT,
+    Server,
+    bso_args,
+    clean_env,
+    free_port,
+    running_server,
+)
 
 ZEUS_VENV = Path(os.environ.get("BSO_TEST_ZEUS_VENV", REPO_ROOT / ".venv-zeus"))
 ZEUS_PYTHON = ZEUS_VENV / "bin" / "python"
@@ -65,6 +72,28 @@ def running_zeus_server(database_url: str, log_dir: Path) -> Iterator[Server]:
         cwd=log_dir,
     ) as server:  # fmt: skip
         yield server
+
+
+def import_zeus(source_url: str, *target_urls: str, args: Sequence[str] = ()) -> list[Imported]:
+    """``bso import-zeus SOURCE_URL ARGS`` into each target at once, as an operator runs it."""
+    runs = [
+        subprocess.Popen(
+            bso_args("import-zeus", source_url, *args),
+            env=clean_env(BSO_DATABASE_URL=target),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for target in target_urls
+    ]
+    outputs = [run.communicate(timeout=120) for run in runs]
+    return [Imported(run.returncode, *out) for run, out in zip(runs, outputs, strict=True)]
+
+
+class Imported(NamedTuple):
+    status: int
+    stdout: str
+    stderr: str
 
 
 # ------------------------------------------------------------------ MariaDB

@@ -10,7 +10,6 @@ server and on both of ours: every server chooses the same batch sizes.
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -21,19 +20,14 @@ import pytest
 from app.config import Settings
 from app.main import create_app
 from tests.conftest import RUN_ID
-from tests.support.server import (
-    bso_args,
-    clean_env,
-    drop_postgres_database,
-    fresh_postgres_database,
-    worker_name,
-)
+from tests.support.server import drop_postgres_database, fresh_postgres_database, worker_name
 from tests.support.zeus_server import (
     SPEC,
     Dispatched,
     dispatch,
     drop_mariadb_database,
     fresh_mariadb_database,
+    import_zeus,
     recurrences,
     running_zeus_server,
     train,
@@ -76,22 +70,6 @@ def targets(tmp_path: Path) -> Iterator[dict[str, str]]:
         "sqlite": f"sqlite+aiosqlite:///{tmp_path / 'bso.db'}",
     }
     drop_postgres_database(_name("dst"))
-
-
-def import_zeus(source_url: str, *target_urls: str) -> list[tuple[int, str, str]]:
-    """``bso import-zeus`` into each target, at once; (exit status, stdout, stderr) of each."""
-    runs = [
-        subprocess.Popen(
-            bso_args("import-zeus", source_url),
-            env=clean_env(BSO_DATABASE_URL=target),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for target in target_urls
-    ]
-    outputs = [run.communicate(timeout=120) for run in runs]
-    return [(run.returncode, out, err) for run, (out, err) in zip(runs, outputs, strict=True)]
 
 
 async def _go_on(http: httpx.AsyncClient, running: Dispatched) -> list[int]:
