@@ -189,10 +189,14 @@ def _shape_problem(sync: Connection) -> str | None:
 async def open_source(url: URL) -> AsyncIterator[AsyncConnection]:
     """A connection to a checked Zeus source, in one read transaction.
 
+    One snapshot on PostgreSQL (REPEATABLE READ, MySQL's default), so that
+    every job is read as of one moment even if the Zeus server still runs.
+
     Raises:
         SourceError: unreachable, or not a Zeus 0.16 schema.
     """
-    engine = create_async_engine(url, poolclass=NullPool)
+    snapshot = {"isolation_level": "REPEATABLE READ"} if url.get_backend_name() != "sqlite" else {}
+    engine = create_async_engine(url, poolclass=NullPool, **snapshot)
     try:
         try:
             conn = await engine.connect()
@@ -200,7 +204,12 @@ async def open_source(url: URL) -> AsyncIterator[AsyncConnection]:
             reason = getattr(exc, "orig", None) or exc
             raise SourceError(f"cannot reach the source database {shown(url)}: {reason}") from exc
         try:
-            problem = await conn.run_sync(_shape_problem)
+            try:
+                problem = await conn.run_sync(_shape_problem)
+            except sa_exc.DBAPIError as exc:
+                raise SourceError(
+                    f"cannot read the source database {shown(url)}: {exc.orig}"
+                ) from exc
             if problem is not None:
                 raise SourceError(f"{shown(url)} is {problem}")
             yield conn
