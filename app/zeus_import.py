@@ -1,4 +1,4 @@
-"""``bso import-zeus``: copy a Zeus 0.16 BSO database's jobs into ours, to go on where they were.
+"""``bso import-zeus``'s mapping: a Zeus 0.16 job as our rows, so that it goes on where it was.
 
 A Zeus job maps onto ours column for column (spec, stage, min cost, arms,
 trials and the seeded generator state, which both keep as numpy's
@@ -15,9 +15,7 @@ algorithm's own functions, as our service would have computed it:
   ``PATCH /trials`` (the only way Zeus fails one), reason ``Ended``.
 
 Zeus writes naive timestamps (its server's local time): they are read as UTC.
-Each job is written in its own transaction, through the repository; a job
-already present is skipped when its spec is the same (re-running the import
-is safe) and refused when it differs, with the message a registration gets.
+Pure: rows in, rows out (app/zeus_import_run.py reads and writes them).
 """
 
 from __future__ import annotations
@@ -31,11 +29,7 @@ from typing import Any
 
 import numpy as np
 from pydantic import ValidationError
-from sqlalchemy import exc as sa_exc
-from sqlalchemy.engine import URL
-from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app import repository as repo
 from app.bandit import (
     ArmPosterior,
     FailureReason,
@@ -47,11 +41,9 @@ from app.bandit import (
     reward,
     zeus_cost,
 )
-from app.db import autocommit
-from app.errors import JobSpecMismatchError
 from app.schemas import JOB_SPEC_FIELDS, JobSpec
-from app.service import _existing, _new_job
-from app.zeus_source import SourceError, ZeusJob, job_ids, open_source, read_job
+from app.service import _new_job
+from app.zeus_source import ZeusJob
 
 
 class RowRefusedError(Exception):
@@ -224,103 +216,3 @@ def map_job(zeus: ZeusJob, *, now: datetime) -> MappedJob:
         for bs in zeus.batch_sizes
     ]  # fmt: skip
     return MappedJob(spec, values, batch_sizes, trials, arms)
-
-
-# ------------------------------------------------------------------ the run
-
-
-@dataclass
-class Summary:
-    """What an import did (or, dry, would do)."""
-
-    imported: int = 0
-    skipped: int = 0
-    refused: int = 0
-    trials: int = 0
-    dispatched: int = 0
-    arms: int = 0
-
-    def describe(self, *, dry_run: bool) -> str:
-        verb = "would be imported" if dry_run else "imported"
-        text = (
-            f"Jobs: {self.imported} {verb}, {self.skipped} skipped, {self.refused} refused. "
-            f"Trials {verb}: {self.trials} ({self.dispatched} Dispatched). "
-            f"Arms {verb}: {self.arms}."
-        )
-        return f"{text} Dry run: nothing was written." if dry_run else text
-
-
-async def _write(engine: AsyncEngine, mapped: MappedJob, *, dry_run: bool) -> str | None:
-    """Import one job in one transaction; None if imported, else why it was skipped.
-
-    Raises:
-        JobSpecMismatchError: a job with this id and another spec is present.
-    """
-    job_id = mapped.job["job_id"]
-    begin = autocommit(engine) if dry_run else engine.begin()
-    async with begin as conn:
-        existing = await repo.load_job(conn, job_id)
-        if existing is None and not dry_run:
-            if await repo.insert_imported_job(
-                conn, mapped.job, mapped.batch_sizes, mapped.trials, mapped.arms
-            ):
-                return None
-            existing = await repo.load_job(conn, job_id)  # inserted meanwhile
-        if existing is None:
-            return None
-    _existing(mapped.spec, existing)  # raises on a different spec
-    return "already here with the same spec"
-
-
-async def import_zeus(
-    source: URL,
-    engine: AsyncEngine | None,
-    *,
-    dry_run: bool,
-    echo: Callable[[str], None],
-    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-) -> Summary:
-    """Import every job of ``source`` into ``engine``'s database, saying what happens to each.
-
-    ``engine`` None (a dry run on a database not migrated yet): nothing to compare with.
-
-    Raises:
-        SourceError: the source is unreachable or not a Zeus 0.16 database.
-    """
-    summary = Summary()
-    verb = "would import" if dry_run else "imported"
-    async with open_source(source) as src:
-        try:
-            ids = await job_ids(src)
-        except sa_exc.DBAPIError as exc:
-            raise SourceError(f"cannot read the source's jobs: {exc.orig}") from exc
-        for job_id in ids:
-            try:
-                zeus = await read_job(src, job_id)
-            except sa_exc.DBAPIError as exc:
-                raise SourceError(f"cannot read job {job_id!r}: {exc.orig}") from exc
-            try:
-                mapped = map_job(zeus, now=clock())
-                skipped = None if engine is None else await _write(engine, mapped, dry_run=dry_run)
-            except RowRefusedError as exc:
-                echo(f"refused job {job_id!r}: {exc}")
-                summary.refused += 1
-                continue
-            except JobSpecMismatchError as exc:
-                echo(f"refused job {job_id!r}: already here with another spec ({exc.message})")
-                summary.refused += 1
-                continue
-            except sa_exc.IntegrityError as exc:
-                echo(f"refused job {job_id!r}: our schema refuses a row ({exc.orig})")
-                summary.refused += 1
-                continue
-            if skipped is not None:
-                echo(f"skipped job {job_id!r}: {skipped}")
-                summary.skipped += 1
-                continue
-            echo(f"{verb} job {job_id!r}: {mapped.describe()}")
-            summary.imported += 1
-            summary.trials += len(mapped.trials)
-            summary.dispatched += mapped.dispatched
-            summary.arms += len(mapped.arms)
-    return summary

@@ -1,6 +1,6 @@
 """``bso import-zeus SOURCE_URL [--dry-run]``: move a Zeus server's jobs into BSO_DATABASE_URL.
 
-The work is app/zeus_import.py's; this module turns it into a command that
+The work is app/zeus_import_run.py's; this module turns it into a command that
 migrates the target first, prints one line per job and a summary, and ends
 with one line (never a traceback) when a database cannot be used. Database
 modules are imported only when the command runs (see app/cli.py).
@@ -78,7 +78,7 @@ async def _run(settings: Settings, source: URL, *, dry_run: bool, absent: bool) 
     """
     from app.db import create_engine
     from app.migrate import current_revision, head_revision
-    from app.zeus_import import import_zeus
+    from app.zeus_import_run import import_zeus
 
     engine = None
     if not (dry_run and absent):
