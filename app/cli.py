@@ -22,6 +22,7 @@ from app.config import Settings, get_settings
 from app.jobs_command import register as register_jobs
 from app.sim.command import register as register_simulate
 from app.tokens_command import register as register_tokens
+from app.zeus_import_command import register as register_import_zeus
 
 cli = typer.Typer(
     name="bso",
@@ -149,6 +150,7 @@ def main() -> None:
 register_tokens(cli, _settings)
 register_simulate(cli)
 register_jobs(cli)
+register_import_zeus(cli, _settings)
 
 
 if __name__ == "__main__":

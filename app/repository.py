@@ -220,6 +220,28 @@ async def insert_job_if_absent(
     return True
 
 
+async def insert_imported_job(
+    conn: AsyncConnection,
+    values: Mapping[str, Any],
+    batch_sizes: Sequence[Mapping[str, Any]],
+    trials: Sequence[Mapping[str, Any]],
+    arms: Sequence[ArmPosterior],
+) -> bool:
+    """Insert a whole job as ``bso import-zeus`` maps it; False if the job_id exists.
+
+    Its batch sizes come with their running statistics, its trials with
+    their results and leases, its arms as fitted (app/zeus_import.py).
+    """
+    if (await conn.execute(_INSERT_JOB[conn.dialect.name], dict(values))).first() is None:
+        return False
+    await conn.execute(insert(batch_size), [dict(b) for b in batch_sizes])
+    if trials:
+        await conn.execute(insert(trial), [dict(t) for t in trials])
+    if arms:
+        await insert_arms(conn, values["job_id"], arms)
+    return True
+
+
 _DELETE_JOB = delete(job).where(job.c.job_id == bindparam("job_id"))
 
 

@@ -96,6 +96,58 @@ ensure_venv() {
     printf '%s\n' "$want" >"$stamp"
 }
 
+# The real Zeus 0.16 server of tests/zeus_import/ lives in its own venv: it needs
+# pydantic v1, a FastAPI < 0.100 and numpy < 2, none of which bso can share.
+ZEUS_VENV_DIR=".venv-zeus"
+ZEUS_REQUIREMENTS="tests/zeus_server/requirements.txt"
+
+# Make $ZEUS_VENV_DIR on Python 3.11 (the newest Python its pinned numpy 1.26
+# and pandas have wheels for here) with $ZEUS_REQUIREMENTS, unless it already
+# has them: a fingerprint of the file and the Python version, as ensure_venv.
+ensure_zeus_venv() {
+    local dir="$ZEUS_VENV_DIR" stamp="$ZEUS_VENV_DIR/.zeus-install-stamp" python want started
+    python="$(PYTHON="${ZEUS_PYTHON:-}" SUPPORTED_PYTHONS=3.11 find_python oldest)" \
+        || die "The Zeus server of the import tests needs Python 3.11: install it, or point ZEUS_PYTHON at one."
+    [ "$(python_version "$python")" = 3.11 ] || die "$python is not Python 3.11"
+    if [ ! -x "$dir/bin/python" ] || [ "$(python_version "$dir/bin/python")" != 3.11 ]; then
+        rm -rf "$dir"
+        "$python" -m venv "$dir"
+    fi
+    want="$("$dir/bin/python" -c 'import hashlib, sys; print(hashlib.sha256(open(sys.argv[1], "rb").read() + sys.version.encode()).hexdigest())' "$ZEUS_REQUIREMENTS")"
+    if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+        echo "$dir (the Zeus 0.16 server) is up to date with $ZEUS_REQUIREMENTS"
+        return 0
+    fi
+    echo "Installing the Zeus 0.16 server into $dir ($ZEUS_REQUIREMENTS)"
+    rm -f "$stamp"
+    started=$SECONDS
+    # Every package is pinned (a whole freeze), so no resolving; bytecode as imported.
+    "$dir/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps --no-compile \
+        -r "$ZEUS_REQUIREMENTS"
+    echo "$dir installed in $((SECONDS - started)) s"
+    printf '%s\n' "$want" >"$stamp"
+}
+
+# Make sure MariaDB answers at 127.0.0.1:3306 (the Zeus import tests' MySQL
+# source): start the local server as this kind of machine does when it does not.
+ensure_mariadb() {
+    if timeout 3 bash -c 'exec 3<>/dev/tcp/127.0.0.1/3306' 2>/dev/null; then
+        echo "MariaDB is accepting connections at 127.0.0.1:3306"
+        return 0
+    fi
+    [ -x /usr/sbin/mariadbd ] || die "MariaDB is not reachable at 127.0.0.1:3306 and not installed here"
+    echo "MariaDB is not running at 127.0.0.1:3306; starting it"
+    start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd
+    for _ in $(seq 1 30); do
+        if timeout 3 bash -c 'exec 3<>/dev/tcp/127.0.0.1/3306' 2>/dev/null; then
+            echo "MariaDB is accepting connections at 127.0.0.1:3306"
+            return 0
+        fi
+        sleep 1
+    done
+    die "MariaDB did not come up at 127.0.0.1:3306 within 30 s"
+}
+
 # True when a PostgreSQL server accepts connections at host $1, port $2.
 postgres_ready() {
     if command -v pg_isready >/dev/null 2>&1; then

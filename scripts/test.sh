@@ -42,12 +42,18 @@ else
     echo "No Python 3.11 here: the examples' tests (marker \"examples\") are deselected."
 fi
 
+step "The Zeus 0.16 server (tests/zeus_import/), in its own venv"
+ensure_zeus_venv
+
 step "PostgreSQL"
 pg_url="${BSO_TEST_POSTGRES_URL:-postgresql+asyncpg://postgres@127.0.0.1:5432/postgres}"
 read -r pg_host pg_port < <(
     "$VENV_DIR/bin/python" -c 'import sys, urllib.parse as u; p = u.urlsplit(sys.argv[1]); print(p.hostname or "127.0.0.1", p.port or 5432)' "$pg_url"
 )
 ensure_postgres "$pg_host" "$pg_port"
+
+step "MariaDB (a Zeus server's MySQL database, tests/zeus_import/)"
+ensure_mariadb
 
 step "Chromium (browser tests of the dashboard and API docs)"
 ensure_chromium

@@ -237,7 +237,7 @@ def bso(
 def test_bso_help_lists_every_command(tmp_path: Path) -> None:
     result = bso("--help", env=clean_env(), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    for command in ("serve", "migrate", "tokens", "simulate", "jobs"):
+    for command in ("serve", "migrate", "tokens", "simulate", "jobs", "import-zeus"):
         assert command in result.stdout, f"{command!r} missing from:\n{result.stdout}"
 
 

@@ -1,0 +1,120 @@
+"""One ``bso import-zeus`` run: each Zeus job read, mapped, and written in its own transaction.
+
+What happens to each job is said as it happens (imported, skipped, refused),
+then counted in a :class:`Summary`. The mapping is app/zeus_import.py's,
+the reading app/zeus_source.py's, the writing the repository's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app import repository as repo
+from app.db import autocommit
+from app.errors import JobSpecMismatchError
+from app.service import _existing
+from app.zeus_import import MappedJob, RowRefusedError, map_job
+from app.zeus_source import SourceError, job_ids, open_source, read_job
+
+
+@dataclass
+class Summary:
+    """What an import did (or, dry, would do)."""
+
+    imported: int = 0
+    skipped: int = 0
+    refused: int = 0
+    trials: int = 0
+    dispatched: int = 0
+    arms: int = 0
+
+    def describe(self, *, dry_run: bool) -> str:
+        verb = "would be imported" if dry_run else "imported"
+        text = (
+            f"Jobs: {self.imported} {verb}, {self.skipped} skipped, {self.refused} refused. "
+            f"Trials {verb}: {self.trials} ({self.dispatched} Dispatched). "
+            f"Arms {verb}: {self.arms}."
+        )
+        return f"{text} Dry run: nothing was written." if dry_run else text
+
+
+async def _write(engine: AsyncEngine, mapped: MappedJob, *, dry_run: bool) -> str | None:
+    """Import one job in one transaction; None if imported, else why it was skipped.
+
+    Raises:
+        JobSpecMismatchError: a job with this id and another spec is present.
+    """
+    job_id = mapped.job["job_id"]
+    begin = autocommit(engine) if dry_run else engine.begin()
+    async with begin as conn:
+        existing = await repo.load_job(conn, job_id)
+        if existing is None and not dry_run:
+            if await repo.insert_imported_job(
+                conn, mapped.job, mapped.batch_sizes, mapped.trials, mapped.arms
+            ):
+                return None
+            existing = await repo.load_job(conn, job_id)  # inserted meanwhile
+        if existing is None:
+            return None
+    _existing(mapped.spec, existing)  # raises on a different spec
+    return "already here with the same spec"
+
+
+async def import_zeus(
+    source: URL,
+    engine: AsyncEngine | None,
+    *,
+    dry_run: bool,
+    echo: Callable[[str], None],
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+) -> Summary:
+    """Import every job of ``source`` into ``engine``'s database, saying what happens to each.
+
+    ``engine`` None (a dry run on a database not migrated yet): nothing to compare with.
+
+    Raises:
+        SourceError: the source is unreachable or not a Zeus 0.16 database.
+    """
+    summary = Summary()
+    verb = "would import" if dry_run else "imported"
+    async with open_source(source) as src:
+        try:
+            ids = await job_ids(src)
+        except sa_exc.DBAPIError as exc:
+            raise SourceError(f"cannot read the source's jobs: {exc.orig}") from exc
+        for job_id in ids:
+            try:
+                zeus = await read_job(src, job_id)
+            except sa_exc.DBAPIError as exc:
+                raise SourceError(f"cannot read job {job_id!r}: {exc.orig}") from exc
+            try:
+                mapped = map_job(zeus, now=clock())
+                skipped = None if engine is None else await _write(engine, mapped, dry_run=dry_run)
+            except RowRefusedError as exc:
+                echo(f"refused job {job_id!r}: {exc}")
+                summary.refused += 1
+                continue
+            except JobSpecMismatchError as exc:
+                echo(f"refused job {job_id!r}: already here with another spec ({exc.message})")
+                summary.refused += 1
+                continue
+            except sa_exc.IntegrityError as exc:
+                echo(f"refused job {job_id!r}: our schema refuses a row ({exc.orig})")
+                summary.refused += 1
+                continue
+            if skipped is not None:
+                echo(f"skipped job {job_id!r}: {skipped}")
+                summary.skipped += 1
+                continue
+            echo(f"{verb} job {job_id!r}: {mapped.describe()}")
+            summary.imported += 1
+            summary.trials += len(mapped.trials)
+            summary.dispatched += mapped.dispatched
+            summary.arms += len(mapped.arms)
+    return summary
