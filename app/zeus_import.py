@@ -81,8 +81,13 @@ def _utc(value: datetime | None) -> datetime | None:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+# What Zeus has no column for: the policy is set by map_job, and an imported job
+# joins no group (a later registration with a group is refused as a different spec).
+_NOT_IN_ZEUS = {"policy", "group"}
+
+
 def _spec(zeus: ZeusJob) -> JobSpec:
-    values = {name: zeus.job[name] for name in JOB_SPEC_FIELDS if name != "policy"}
+    values = {name: zeus.job[name] for name in JOB_SPEC_FIELDS if name not in _NOT_IN_ZEUS}
     try:
         return JobSpec.model_validate(
             {**values, "job_id": zeus.job_id, "batch_sizes": list(zeus.batch_sizes)}
@@ -212,7 +217,8 @@ def map_job(zeus: ZeusJob, *, now: datetime) -> MappedJob:
     }
     batch_sizes = [
         {"job_id": zeus.job_id, "batch_size": bs, "reward_count": stats[bs].count,
-         "reward_mean": stats[bs].mean, "reward_m2": stats[bs].m2, "min_converged_epochs": None}
+         "reward_mean": stats[bs].mean, "reward_m2": stats[bs].m2, "min_converged_epochs": None,
+         "predicted_cost": None}
         for bs in zeus.batch_sizes
     ]  # fmt: skip
     return MappedJob(spec, values, batch_sizes, trials, arms)
