@@ -63,14 +63,26 @@ def _settings() -> Settings:
 
 @cli.command()
 def migrate() -> None:
-    """Upgrade the configured database to the latest schema (alembic upgrade head)."""
-    from app.migrate import upgrade_head
+    """Upgrade the configured database to the latest schema (alembic upgrade head).
+
+    Safe to run several at once: they take turns (a PostgreSQL advisory lock).
+    """
+    from app.migrate import MigrationError, upgrade_head
 
     settings = _settings()
     if settings.is_in_memory:
         typer.echo("An in-memory database is migrated by the server that holds it.", err=True)
         raise typer.Exit(2)
-    typer.echo(upgrade_head(settings.database_url).describe())
+
+    def waiting() -> None:
+        typer.echo("Another `bso migrate` is upgrading this database: waiting for it.", err=True)
+
+    try:
+        upgrade = upgrade_head(settings.database_url, on_wait=waiting)
+    except MigrationError as exc:
+        typer.echo(f"Migration failed: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(upgrade.describe())
 
 
 @cli.command()
