@@ -173,45 +173,51 @@ class MigrationError(Exception):
 
 
 async def _take_migration_lock(connection: AsyncConnection, on_wait: Callable[[], None]) -> None:
-    """Serialise upgrades of one PostgreSQL database; released when the transaction ends.
+    """Serialise upgrades of one PostgreSQL database, until the connection closes.
 
-    Concurrent upgrades (a migration Job retried, replicas that migrate at
-    start) would otherwise each create ``alembic_version`` or run the same
-    DDL, and all but one fail on a duplicate key. Polled rather than waited
-    for: the connection's lock_timeout still bounds the DDL behind it, and
-    the waiting run can say once that it waits.
+    Concurrent upgrades (a migration Job retried, one per replica) would
+    otherwise each create ``alembic_version`` or run the same DDL, and all but
+    one fail on a duplicate key. A session lock, not a transaction's: the
+    migrations commit their own transaction (and may run a block outside one,
+    e.g. CREATE INDEX CONCURRENTLY). Polled rather than waited for, so that
+    the connection's lock_timeout still bounds the DDL and the waiting run can
+    say once that it waits.
     """
     if connection.dialect.name != "postgresql":
-        return  # SQLite: BEGIN IMMEDIATE already serialises writers
-    statement = text("SELECT pg_try_advisory_xact_lock(:key)")
+        return  # SQLite: BEGIN IMMEDIATE serialises the migrations' transactions
+    statement = text("SELECT pg_try_advisory_lock(:key)")
     waited = False
     while not (await connection.execute(statement, {"key": MIGRATION_LOCK_KEY})).scalar_one():
+        await connection.commit()
         if not waited:
             on_wait()
             waited = True
         await asyncio.sleep(0.5)
+    await connection.commit()  # the lock outlives the statement's transaction
 
 
 def _upgrade_on(connection: Connection) -> Upgrade:
     from alembic import command
 
     before = _current(connection)
+    connection.commit()  # Alembic runs the migrations in a transaction of its own
     command.upgrade(alembic_config(connection=connection), "head")
-    return Upgrade(before, _current(connection))
+    after = _current(connection)
+    connection.commit()
+    return Upgrade(before, after)
 
 
 async def _upgrade(url: str, on_wait: Callable[[], None]) -> Upgrade:
-    # One transaction for the lock, the revision before, every migration and the
-    # revision after: a run that waited reads the revision its predecessor left,
-    # and a failed migration leaves the schema as it was (PostgreSQL and SQLite
-    # both roll DDL back).
+    # The revision before is read under the lock: a run that waited sees what its
+    # predecessor left. All the migrations of one run are one transaction, so a
+    # failed one leaves the schema as it was (PostgreSQL and SQLite roll DDL back).
     engine = create_engine(Settings(database_url=url))
     try:
-        async with engine.begin() as connection:
+        async with engine.connect() as connection:
             await _take_migration_lock(connection, on_wait)
             return await connection.run_sync(_upgrade_on)
     finally:
-        await engine.dispose()
+        await engine.dispose()  # closes the session: the lock is released
 
 
 def upgrade_head(

@@ -99,14 +99,16 @@ TOO_LARGE: dict[int | str, dict[str, Any]] = {
 UNAVAILABLE: dict[int | str, dict[str, Any]] = {
     503: {
         **error_example("The database is unavailable; retry shortly."),
-        "description": "The database cannot be reached. Safe to retry.",
+        "description": "The database cannot be reached, or its schema is not migrated to "
+        "this release yet (`bso migrate`). Safe to retry.",
     }
 }
 BUSY: dict[int | str, dict[str, Any]] = {
     503: {
         **error_example("The job is busy with another request; retry shortly."),
-        "description": "The job's lock was not free within the lock timeout, or the "
-        "database is unavailable. Safe to retry.",
+        "description": "The job's lock was not free within the lock timeout, the "
+        "database is unavailable, or its schema is not migrated to this release yet "
+        "(`bso migrate`). Safe to retry.",
     }
 }
 
