@@ -90,12 +90,18 @@ async def until(condition: Any, within: float, what: str) -> None:
 
 
 async def new_connection_refused(base_url: str) -> bool:
-    """True once connecting fails; a connection that still gets in must be answered."""
+    """True once connecting is refused.
+
+    Until then a connection may still get in: answered 200, or, when it landed
+    just as its worker stopped listening, closed unanswered (never a 5xx).
+    """
     try:
         async with httpx.AsyncClient(base_url=base_url, timeout=10) as fresh:
             response = await fresh.get("/healthz")
     except httpx.ConnectError:
         return True
+    except httpx.TransportError:
+        return False
     assert response.status_code == 200, response.text
     return False
 
