@@ -214,6 +214,9 @@ async def _missing_schema(request: Request, exc: Exception) -> JSONResponse:
     gate.forget()
     if await gate.recheck():
         return _internal_error(request, exc)
+    if gate.unreachable:  # gone meanwhile: an outage like any other
+        message = _FAULT_MESSAGES[DatabaseFault.UNAVAILABLE]
+        return JSONResponse({"message": message}, 503, headers={"Retry-After": "1"})
     logger.warning("%s %s: %s", request.method, request.url.path, gate.message())
     headers = {"Retry-After": str(RETRY_AFTER_S)}
     return JSONResponse({"message": gate.message()}, 503, headers=headers)

@@ -84,8 +84,8 @@ class SchemaGate:
         self._read_at = float("-inf")
 
     def message(self) -> str:
-        """Why the API does not serve, for the 503's body."""
-        if self.unreachable or self.last is None:
+        """Why the API does not serve (the schema is behind), for the 503's body."""
+        if self.last is None:
             return "The database is unavailable; retry shortly."
         return (
             f"The database schema is not at this release's revision yet ({self.last.describe()}): "
@@ -115,7 +115,7 @@ async def log_schema_at_startup(gate: SchemaGate) -> None:
 
 
 class RequireSchema:
-    """Answer the API 503 while the schema does not serve; probes and docs pass."""
+    """Answer the API 503 while the schema is behind; probes and docs pass."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -129,6 +129,9 @@ class RequireSchema:
             or gate.serving
             or scope["path"].startswith(_EXEMPT)
             or await gate.recheck()
+            # Unreachable: the request finds out itself, and is answered as any
+            # request on a database outage (503, app/errors.py).
+            or gate.unreachable
         ):
             await self.app(scope, receive, send)
             return
