@@ -64,14 +64,26 @@ def _settings() -> Settings:
 
 @cli.command()
 def migrate() -> None:
-    """Upgrade the configured database to the latest schema (alembic upgrade head)."""
-    from app.migrate import upgrade_head
+    """Upgrade the configured database to the latest schema (alembic upgrade head).
+
+    Safe to run several at once: they take turns (a PostgreSQL advisory lock).
+    """
+    from app.migrate import MigrationError, upgrade_head
 
     settings = _settings()
     if settings.is_in_memory:
         typer.echo("An in-memory database is migrated by the server that holds it.", err=True)
         raise typer.Exit(2)
-    typer.echo(upgrade_head(settings.database_url).describe())
+
+    def waiting() -> None:
+        typer.echo("Another `bso migrate` is upgrading this database: waiting for it.", err=True)
+
+    try:
+        upgrade = upgrade_head(settings.database_url, on_wait=waiting)
+    except MigrationError as exc:
+        typer.echo(f"Migration failed: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(upgrade.describe())
 
 
 @cli.command()
@@ -83,11 +95,10 @@ def serve(
     ] = None,
 ) -> None:
     """Serve the API. The embedded SQLite default is migrated automatically first."""
-    import uvicorn
-    from uvicorn.config import LOGGING_CONFIG
-
-    from app.log import configure_logging, uvicorn_log_config
+    from app.log import configure_logging
     from app.migrate import upgrade_head
+    from app.serve import serve as run_server
+    from app.serve import uvicorn_config
 
     settings = _settings()
     if settings.is_in_memory and (workers or settings.workers) > 1:
@@ -100,21 +111,14 @@ def serve(
     signal.signal(signal.SIGTERM, _exit_on_signal)
     if settings.is_embedded_default and not settings.is_in_memory:
         logger.info("%s", upgrade_head(settings.database_url).describe())
+    config = uvicorn_config(
+        settings,
+        host=host or settings.host,
+        port=port or settings.port,
+        workers=workers or settings.workers,
+    )
     with _metrics_directory():
-        uvicorn.run(
-            "app.main:app",
-            host=host or settings.host,
-            port=port or settings.port,
-            workers=workers or settings.workers,
-            log_level=settings.log_level.lower(),
-            log_config=uvicorn_log_config(settings.log_level, settings.log_format)
-            or LOGGING_CONFIG,
-            access_log=False,  # app.access logs each request once (app/observe.py)
-            proxy_headers=True,
-            # Bounds on header size and on the time to send a request (app/http_limits.py).
-            http="app.http_limits:LimitedHttpToolsProtocol",
-            h11_max_incomplete_event_size=settings.max_header_bytes,
-        )
+        run_server(config)
 
 
 def _exit_on_signal(signum: int, _: FrameType | None) -> None:

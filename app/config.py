@@ -122,6 +122,14 @@ class Settings(BaseSettings):
         description="Seconds a client may take from opening a connection (or starting its "
         "next request) to sending the whole request; then it is answered 408 and closed.",
     )
+    shutdown_timeout_s: int = Field(
+        default=20,
+        ge=1,
+        le=3600,
+        description="Seconds `bso serve` waits after SIGTERM for the requests it has received "
+        "to be answered, then cancels them and exits. A Kubernetes pod's "
+        "terminationGracePeriodSeconds should exceed it plus the preStop delay.",
+    )
 
     # Off by default, so that a Zeus deployment switches by changing only the
     # image; docker-compose.yml turns it on.

@@ -173,3 +173,19 @@ def _classify_driver_error(error: BaseException | None) -> DatabaseFault | None:
     if code is not None and code & 0xFF in (_SQLITE_BUSY, _SQLITE_LOCKED):
         return DatabaseFault.BUSY
     return None
+
+
+_MISSING_SCHEMA_SQLSTATES = {
+    "42P01",  # undefined_table
+    "42703",  # undefined_column
+}
+
+
+def is_missing_schema(exc: BaseException) -> bool:
+    """A statement named a table or column the database lacks: not migrated, or a bug."""
+    error = exc.orig if isinstance(exc, sa_exc.DBAPIError) else exc
+    if str(getattr(error, "sqlstate", None) or "") in _MISSING_SCHEMA_SQLSTATES:
+        return True
+    if getattr(error, "sqlite_errorcode", None) is not None or "sqlite" in type(error).__module__:
+        return str(error).startswith(("no such table", "no such column"))
+    return False

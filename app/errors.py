@@ -17,7 +17,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from app import metrics
-from app.db import DATABASE_ERRORS, DatabaseFault, classify
+from app.db import DATABASE_ERRORS, DatabaseFault, classify, is_missing_schema
+from app.schema_gate import RETRY_AFTER_S, SchemaGate
 
 logger = logging.getLogger(__name__)
 
@@ -195,6 +196,8 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _database(request: Request, exc: Exception) -> JSONResponse:
         fault = classify(exc)
         if fault is None:
+            if is_missing_schema(exc):
+                return await _missing_schema(request, exc)
             return _internal_error(request, exc)
         metrics.database_error(fault.value)
         if fault is DatabaseFault.UNAVAILABLE:
@@ -209,6 +212,27 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         return _internal_error(request, exc)
+
+
+async def _missing_schema(request: Request, exc: Exception) -> JSONResponse:
+    """A table or column is missing: 503 if the schema is behind now, else a bug (500).
+
+    The schema served when this process last read it; someone downgraded or
+    replaced the database since. The gate reads it again, for this request
+    and the ones after (app/schema_gate.py).
+    """
+    gate: SchemaGate | None = getattr(request.app.state, "schema", None)
+    if gate is None:
+        return _internal_error(request, exc)
+    gate.forget()
+    if await gate.recheck():
+        return _internal_error(request, exc)
+    if gate.unreachable:  # gone meanwhile: an outage like any other
+        message = _FAULT_MESSAGES[DatabaseFault.UNAVAILABLE]
+        return JSONResponse({"message": message}, 503, headers={"Retry-After": "1"})
+    logger.warning("%s %s: %s", request.method, request.url.path, gate.message())
+    headers = {"Retry-After": str(RETRY_AFTER_S)}
+    return JSONResponse({"message": gate.message()}, 503, headers=headers)
 
 
 def _internal_error(request: Request, exc: Exception) -> JSONResponse:

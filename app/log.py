@@ -20,10 +20,12 @@ import logging
 import logging.config
 import os
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from app.config import LogFormat
 from app.request_context import current_request
+
+if TYPE_CHECKING:  # not imported: a starting worker imports this module before it answers pings
+    from app.config import LogFormat
 
 # Fields a record may carry as ``extra=``: the request line's.
 REQUEST_FIELDS = ("method", "path", "route", "status", "duration_ms", "job_id")
@@ -102,6 +104,8 @@ def logging_config(level: str, log_format: LogFormat) -> dict[str, Any]:
                 "uvicorn": dict(through_root),
                 "uvicorn.error": dict(through_root),
                 "uvicorn.access": dict(silenced),
+                # One line per plugin whenever a process first reads the schema's revision.
+                "alembic.runtime.plugins": {"handlers": [], "level": "WARNING"},
             },
         }
     return {

@@ -24,6 +24,7 @@ from app.errors import install_error_handlers
 from app.log import configure_logging
 from app.observe import ObserveRequests
 from app.routes import health, read, zeus
+from app.schema_gate import RequireSchema, SchemaGate, log_schema_at_startup
 from app.sweeper import sweeping
 from app.tokens import TokenVerifier
 
@@ -135,6 +136,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await upgrade_in_place(engine)
         app.state.settings = resolved
         app.state.engine = engine
+        app.state.schema = SchemaGate(engine)
+        await log_schema_at_startup(app.state.schema)
         # Per process: each replica trusts a checked token for auth_cache_s.
         app.state.tokens = TokenVerifier(resolved.auth_cache_s)
         try:
@@ -162,6 +165,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_static(app)
     install_error_handlers(app)
     install_openapi_security(app)
+    app.add_middleware(RequireSchema)
     app.add_middleware(BodySizeLimit)
     return app
 

@@ -137,7 +137,8 @@ job = Table(
     Column("number_of_gpus", Integer, nullable=False),
     Column("gpu_model", String(256), nullable=False),
     # Resolved at creation (BSO_DEFAULT_POLICY when the registration has none).
-    Column("policy", EnumText(Policy), nullable=False),
+    # The default serves the release before the column, which does not write it.
+    Column("policy", EnumText(Policy), nullable=False, server_default=Policy.ZEUS.value),
     # Its job group (docs/SPEC.md section 12), resolved at creation; null: none.
     Column("group", String(256)),
     # What the job has learnt so far.

@@ -13,7 +13,7 @@ from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
 from fastapi.responses import JSONResponse
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app import metrics, migrate, reads, service
+from app import metrics, reads, service
 from app.auth import NOT_A_TRAINER, NOT_AN_ADMIN, UNAUTHENTICATED, TrainerDep, admin, viewer
 from app.bandit import Lease, TrialStatus, TrialType
 from app.request_context import bind_job
@@ -100,14 +100,16 @@ TOO_LARGE: dict[int | str, dict[str, Any]] = {
 UNAVAILABLE: dict[int | str, dict[str, Any]] = {
     503: {
         **error_example("The database is unavailable; retry shortly."),
-        "description": "The database cannot be reached. Safe to retry.",
+        "description": "The database cannot be reached, or its schema is not migrated to "
+        "this release yet (`bso migrate`). Safe to retry.",
     }
 }
 BUSY: dict[int | str, dict[str, Any]] = {
     503: {
         **error_example("The job is busy with another request; retry shortly."),
-        "description": "The job's lock was not free within the lock timeout, or the "
-        "database is unavailable. Safe to retry.",
+        "description": "The job's lock was not free within the lock timeout, the "
+        "database is unavailable, or its schema is not migrated to this release yet "
+        "(`bso migrate`). Safe to retry.",
     }
 }
 
@@ -370,17 +372,19 @@ async def healthz() -> Health:
     responses={503: {"model": Health, "description": "Database unreachable or not migrated."}},
 )
 async def readyz(request: Request) -> Any:
-    """The database is reachable and its schema is at the latest migration."""
-    head = migrate.head_revision()
+    """The database is reachable and its schema serves this release.
+
+    At the latest migration, or at a newer one (a newer release migrated it:
+    migrations keep the previous release working, docs/upgrades.md).
+    """
     try:
-        current = await migrate.current_revision(request.app.state.engine)
+        check = await request.app.state.schema.refresh()
     except Exception as exc:  # any failure to reach the database means not ready
         detail = f"database unreachable: {type(exc).__name__}"
         return JSONResponse(Health(status="unavailable", detail=detail).model_dump(), 503)
-    if current != head:
-        detail = f"schema at revision {current}, expected {head}: run `bso migrate`"
-        return JSONResponse(Health(status="unavailable", detail=detail).model_dump(), 503)
-    return Health(status="ok", detail=f"schema at {head}")
+    if not check.serves:
+        return JSONResponse(Health(status="unavailable", detail=check.describe()).model_dump(), 503)
+    return Health(status="ok", detail=check.describe())
 
 
 # A viewer's, like every other GET but the probes (BSO_AUTH=required).

@@ -8,6 +8,7 @@ deadlock. The transaction commits when the use case returns.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 from dataclasses import dataclass
@@ -589,12 +590,15 @@ async def end_trial(
 SWEEP_BATCH = 100  # jobs locked per transaction
 
 
-async def expire_leases(engine: AsyncEngine, *, now: datetime, lease: Lease) -> int:
+async def expire_leases(
+    engine: AsyncEngine, *, now: datetime, lease: Lease, stop: asyncio.Event | None = None
+) -> int:
     """Mark every trial whose lease ran out Failed, across all jobs; how many were.
 
     Each batch of jobs is one transaction holding their row locks. Jobs that
     another request or replica holds are skipped: a dispatch of that job
     expires its trials under the lock, and the next sweep takes the rest.
+    Once ``stop`` is set (the server shuts down) no further batch starts.
     """
     renewed_before = lease.expired_before(now)
     if renewed_before is None:
@@ -607,5 +611,5 @@ async def expire_leases(engine: AsyncEngine, *, now: datetime, lease: Lease) -> 
             )
         _log_expired(expired, lease)
         total += len(expired)
-        if locked < SWEEP_BATCH:
+        if locked < SWEEP_BATCH or (stop is not None and stop.is_set()):
             return total

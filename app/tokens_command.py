@@ -47,7 +47,7 @@ def _on_database(work: Callable[[AsyncEngine], Awaitable[T]]) -> T:
     """
     from app.db import DATABASE_ERRORS, create_engine
     from app.errors import DomainError
-    from app.migrate import current_revision, head_revision
+    from app.migrate import check_schema
 
     settings = _read_settings()
     if settings.is_in_memory:
@@ -62,10 +62,10 @@ def _on_database(work: Callable[[AsyncEngine], Awaitable[T]]) -> T:
     async def run() -> T:
         engine = create_engine(settings)
         try:
-            current, head = await current_revision(engine), head_revision()
-            if current != head:
-                typer.echo(f"The database schema is at {current or 'nothing'}, not {head}: "
-                           "run `bso migrate` first.", err=True)  # fmt: skip
+            schema = await check_schema(engine)  # a newer one serves, as for the server
+            if not schema.serves:
+                typer.echo(f"The database schema is at {schema.current or 'nothing'}, not "
+                           f"{schema.head}: run `bso migrate` first.", err=True)  # fmt: skip
                 raise typer.Exit(2)
             return await work(engine)
         finally:

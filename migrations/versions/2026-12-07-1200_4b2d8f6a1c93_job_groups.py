@@ -7,7 +7,7 @@ for a batch size. Existing jobs belong to no group, so nothing they decide
 changes.
 
 Revision ID: 4b2d8f6a1c93
-Revises: 9e4f1b7c3a21
+Revises: 3b7e2d91c4a8
 Create Date: 2026-12-07 12:00:00.000000+00:00
 """
 
@@ -21,7 +21,7 @@ from alembic import op
 from app.models import UTCDateTime
 
 revision: str = "4b2d8f6a1c93"
-down_revision: str | None = "9e4f1b7c3a21"
+down_revision: str | None = "3b7e2d91c4a8"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
