@@ -504,8 +504,9 @@ class GroupBatchSizeRead(BaseModel):
     exhausted: int = Field(description="Of those, runs that spent max_epochs without the target.")
     converged: int = Field(description="Of those, runs that converged.")
     never_converged: bool = Field(
-        description="Exhausted somewhere and converged nowhere: the pruning walks of the "
-        "group's jobs treat it as not converged without a trial."
+        description="Ran somewhere (stopped for its cost or out of epochs) and converged "
+        "nowhere: the pruning walks of the group's jobs treat it as not converged without a "
+        "trial."
     )
     min_epochs: int | None = Field(description="Fewest epochs a converged run needed.")
     mean_epochs: float | None = Field(description="Mean epochs of the converged runs.")

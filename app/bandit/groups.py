@@ -7,9 +7,9 @@ size, whether it ever converged and how many epochs its converged runs
 needed, while each keeps its own costs, stage and arms. Three rules use what
 the group knows, and only when it knows something (docs/SPEC.md, section 12):
 
-1. *Never converged*: a batch size that exhausted its epoch budget somewhere
-   in the group and never converged anywhere is treated as not converged by
-   the pruning walk, without a trial (:func:`never_converged`).
+1. *Never converged*: a batch size that ran somewhere in the group (stopped
+   for its cost or out of epochs) and never converged anywhere is treated as
+   not converged by the pruning walk, without a trial (:func:`never_converged`).
 2. *Group stop*: from epoch :data:`CHECK_EPOCH` on, a run whose predicted cost
    (its cost so far plus its last epoch's cost times the epochs the group's
    converged runs say it still needs) exceeds ``beta`` times the reference
@@ -54,8 +54,8 @@ class GroupBatchSize:
     ``runs``: final reports of trials of it; ``exhausted``: those that spent
     the whole epoch budget without reaching the target; ``converged``: those
     that converged, needing ``min_epochs`` at fewest and ``total_epochs`` in
-    all. A run stopped for its cost says nothing about convergence (its GPU
-    made it expensive), so it counts only in ``runs``.
+    all. A run stopped for its cost counts only in ``runs``: it says nothing
+    of how many epochs the batch size needs.
     """
 
     runs: int = 0
@@ -70,8 +70,15 @@ class GroupBatchSize:
 
     @property
     def never_converged(self) -> bool:
-        """It ran out of epochs somewhere and never converged anywhere."""
-        return self.exhausted > 0 and self.converged == 0
+        """It ran somewhere and never converged anywhere (stopped for its cost or out of epochs).
+
+        A run stopped for its cost counts too: on the traces a batch size too
+        expensive to finish on one GPU is rarely worth a trial on another, and
+        counting only exhausted runs gained nothing (bench/groups.py). The
+        pruning walk walks a round again without this when it alone would
+        leave nothing converged.
+        """
+        return self.runs > 0 and self.converged == 0
 
     def add(self, *, converged: bool, exhausted: bool, epochs: int) -> GroupBatchSize:
         """The statistics with one more final report (what the database does atomically)."""

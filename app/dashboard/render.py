@@ -1,7 +1,8 @@
 """The dashboard's Jinja2 environment: autoescaped templates and number formats.
 
 Autoescape is on for every template (job ids are user input), undefined
-names fail loudly, and ``job_url`` percent-encodes a job id for a path.
+names fail loudly, and ``job_path`` / ``group_path`` percent-encode a job id
+or a group name for a path.
 """
 
 from __future__ import annotations
@@ -49,6 +50,11 @@ def job_path(job_id: str) -> str:
     return "jobs/" + quote(job_id, safe="")
 
 
+def group_path(group: str) -> str:
+    """The group page's path below /dashboard, encoded like a job's."""
+    return "groups/" + quote(group, safe="")
+
+
 @cache
 def environment() -> Environment:
     env = Environment(
@@ -59,7 +65,7 @@ def environment() -> Environment:
         lstrip_blocks=True,
     )
     env.filters.update(joules=joules, percent=percent, seconds=seconds, timestamp=timestamp)
-    env.globals.update(job_path=job_path, outcome=outcome)
+    env.globals.update(job_path=job_path, group_path=group_path, outcome=outcome)
     return env
 
 

@@ -1,4 +1,4 @@
-"""/dashboard and /dashboard/jobs/{job_id}: read-only, server-rendered pages.
+"""/dashboard, /dashboard/jobs/{job_id} and /dashboard/groups/{group}: read-only pages.
 
 Auth hook (issue 7): the router takes the read API's router-level
 dependencies, and each page takes ``DatabaseDep`` like the read endpoints, so
@@ -9,14 +9,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import HTMLResponse
 
 from app.dashboard import views
 from app.dashboard.render import render
-from app.dashboard.views import job_view, jobs_view
+from app.dashboard.views import group_view, job_view, jobs_view
 from app.docs_ui import root_path
-from app.errors import JobNotFoundError
+from app.errors import GroupNotFoundError, JobNotFoundError
 from app.routes import DatabaseDep, JobIdPath, read
 from app.schemas import PRINTABLE
 
@@ -71,3 +71,18 @@ async def job_page(request: Request, job_id: JobIdPath, db: DatabaseDep) -> HTML
         window=views.TRIAL_WINDOW,
         chart_data=view.chart_data(),
     )
+
+
+@dashboard.get("/groups/{group:path}", response_class=HTMLResponse)
+async def group_page(
+    request: Request,
+    group: Annotated[str, Path(min_length=1, max_length=256, pattern=PRINTABLE)],
+    db: DatabaseDep,
+    after: Annotated[str | None, Query(max_length=256, pattern=PRINTABLE)] = None,
+) -> HTMLResponse:
+    """One job group: what its jobs share per batch size, and each job's GPU and stage."""
+    try:
+        view = await group_view(db, group, after=after)
+    except GroupNotFoundError as exc:
+        return _page(request, "missing.html", status_code=404, message=str(exc))
+    return _page(request, "group.html", view=view, after=after)

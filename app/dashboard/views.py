@@ -1,8 +1,9 @@
 """What each dashboard page shows, gathered from the read use cases in app/reads.py.
 
 The dashboard reads only through ``reads.get_job``, ``reads.list_jobs``,
-``reads.list_trials`` and ``reads.list_arms`` (the read API's own use cases and
-schemas), so it cannot drift from what GET /jobs/... answers. Trials are read
+``reads.list_trials``, ``reads.list_arms`` and ``reads.get_group`` (the read
+API's own use cases and schemas), so it cannot drift from what GET /jobs/...
+and GET /groups/... answer. Trials are read
 a page at a time and bounded (TRIAL_WINDOW): a job with a long history shows
 its most recent trials, and the page says so.
 """
@@ -26,11 +27,12 @@ from app.dashboard.estimates import (
 )
 from app.errors import JobNotFoundError
 from app.routes import DatabaseDep
-from app.schemas import JobRead, TrialRead
+from app.schemas import GroupRead, JobRead, TrialRead
 
 TRIAL_WINDOW = 2000  # trials per job that charts and estimates use
 TRIAL_PAGE = 500  # the read API's largest page
 JOBS_PER_PAGE = 25
+MEMBERS_PER_PAGE = 100  # a group's jobs per page (one per GPU type, or one per run)
 TABLE_ROWS = 100  # most recent trials listed in the job page's table
 
 # ``DatabaseDep`` annotates the handle: whatever type the read use cases take.
@@ -165,3 +167,13 @@ async def job_view(db: DatabaseDep, job_id: str) -> JobView:
         running=[t for t in trials if t.status == "Dispatched"],
         last_dispatched=trials[-1] if trials else None,
     )
+
+
+async def group_view(db: DatabaseDep, group: str, *, after: str | None) -> GroupRead:
+    """A group's shared statistics and a page of its jobs (GroupNotFoundError when unknown).
+
+    The read API's answer is all the page needs: per batch size, what the
+    group's jobs learned on every GPU; per member, its GPU, stage and best
+    batch size.
+    """
+    return await reads.get_group(db, group, after=after, limit=MEMBERS_PER_PAGE)

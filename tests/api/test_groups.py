@@ -137,4 +137,5 @@ async def test_a_run_the_group_s_epochs_doom_is_stopped_at_epoch_two(
     assert trials[-1]["cost"] == pytest.approx(3400.0)  # counted with its predicted cost
     runs = {b["batch_size"]: b for b in (await client.get("/groups/bert")).json()["batch_sizes"]}
     assert (runs[32]["runs"], runs[32]["exhausted"], runs[32]["converged"]) == (1, 0, 0)
+    assert runs[32]["never_converged"] is True  # rule 1: stopped for its cost, converged nowhere
     assert (runs[64]["converged"], runs[64]["min_epochs"]) == (2, 8)

@@ -75,9 +75,10 @@ def test_statistics_count_runs_exhausted_and_converged_epochs() -> None:
     assert stats.mean_epochs == 5.0 and not stats.never_converged
 
 
-def test_only_a_batch_size_that_ran_out_of_epochs_and_never_converged_is_never_converged() -> None:
-    assert GroupBatchSize(runs=1, exhausted=1).never_converged
-    assert not GroupBatchSize(runs=3).never_converged  # stopped for cost: says nothing
+def test_a_batch_size_that_ran_and_never_converged_anywhere_is_never_converged() -> None:
+    assert GroupBatchSize(runs=1, exhausted=1).never_converged  # out of epochs
+    assert GroupBatchSize(runs=3).never_converged  # stopped for its cost, three times
+    assert not GroupBatchSize().never_converged  # never ran: nothing known
     assert not GroupBatchSize(runs=2, exhausted=1, converged=1, min_epochs=5).never_converged
 
 

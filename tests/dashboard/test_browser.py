@@ -2,7 +2,8 @@
 
 One server process on a fresh SQLite file, one job made by ``bso simulate``
 (plus one recurrence whose script died: a Failed trial), one job whose id
-needs URL-encoding, and one browser for the module. Every page must render
+needs URL-encoding, a job group of two GPUs made by ``bso simulate
+--sharing group``, and one browser for the module. Every page must render
 that data, draw its charts from it, log no console error and ask no other
 host for anything.
 
@@ -129,7 +130,7 @@ def test_the_jobs_list_shows_stage_trials_best_batch_size_min_cost_and_savings(
         r.get_attribute("data-job-id"): r
         for r in browser.find_elements(By.CSS_SELECTOR, "#jobs tbody tr")
     }
-    assert set(rows) == {job_id, odd_job}
+    assert {job_id, odd_job} <= set(rows)
     cells = [c.text for c in rows[job_id].find_elements(By.TAG_NAME, "td")]
     assert cells[:4] == [job_id, "MAB", "zeus", str(job["num_trials"])]
     assert cells[6] == str(job["min_cost_batch_size"])
@@ -238,6 +239,82 @@ def test_the_job_page_draws_the_simulated_jobs_trials_and_arms(
     if os.environ.get("BSO_UPDATE_SCREENSHOT"):
         SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
         SCREENSHOT.write_bytes(png)
+
+
+@pytest.fixture(scope="module")
+def group(server: Server, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A job group of two GPUs, made by a simulated run (squad on a40 and v100)."""
+    simulate = subprocess.run(
+        bso_args(
+            "simulate", "--url", server.base_url, "-w", "squad", "--gpu", "a40,v100",
+            "--sharing", "group", "-n", "12",
+        ),
+        env=clean_env(),
+        cwd=tmp_path_factory.mktemp("simulate-group"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert simulate.returncode == 0, simulate.stdout + simulate.stderr
+    jobs = [
+        job
+        for gpu in ("a40", "v100")
+        for job in api(server, "/jobs", job_id_prefix=f"sim-squad-{gpu}")["items"]
+    ]
+    (name,) = {j["group"] for j in jobs}
+    assert len(jobs) == 2 and name is not None
+    return str(name)
+
+
+def table(driver: webdriver.Chrome, css: str, key: str) -> dict[str, list[str]]:
+    """The rows of a table, by their ``data-`` attribute: each cell's text."""
+    return {
+        str(r.get_attribute(key)): [c.text for c in r.find_elements(By.TAG_NAME, "td")]
+        for r in driver.find_elements(By.CSS_SELECTOR, f"{css} tbody tr")
+    }
+
+
+def test_the_group_page_shows_what_its_jobs_share_and_links_both_ways(
+    server: Server, browser: webdriver.Chrome, group: str
+) -> None:
+    visit(browser, server.base_url + "/dashboard")
+    jobs = table(browser, "#jobs", "data-job-id")
+    grouped = sorted(j for j, cells in jobs.items() if cells[-1] == group)
+    assert len(grouped) == 2
+
+    body = api(server, f"/groups/{group}")
+    visit(browser, server.base_url + "/dashboard/groups/" + quote(group, safe=""))
+    assert text(browser, "#group-name") == group
+    assert text(browser, "#max-epochs") == str(body["max_epochs"])
+    shared = table(browser, "#group-batch-sizes", "data-batch-size")
+    assert shared == {
+        str(b["batch_size"]): [
+            str(b["batch_size"]), str(b["runs"]), str(b["exhausted"]),
+            "yes" if b["never_converged"] else "no", str(b["converged"]),
+            "-" if b["min_epochs"] is None else str(b["min_epochs"]),
+            "-" if b["mean_epochs"] is None else f"{b['mean_epochs']:.1f}",
+        ]
+        for b in body["batch_sizes"]
+    }  # fmt: skip
+    assert sum(b["converged"] for b in body["batch_sizes"]) >= 12  # one per recurrence
+    members = table(browser, "#members", "data-job-id")
+    assert sorted(members) == grouped
+    for m in body["members"]:
+        assert members[m["job_id"]] == [
+            m["job_id"], f"{m['number_of_gpus']} \u00d7 {m['gpu_model']}", m["policy"], m["stage"],
+            str(m["num_trials"]), str(m["best_batch_size"]), joules(m["min_cost"]),
+        ]  # fmt: skip
+    assert_offline_and_clean(browser)
+
+    # A member's link opens its job page, whose group links back here.
+    browser.find_element(By.CSS_SELECTOR, f'#members tr[data-job-id="{grouped[0]}"] a').click()
+    WebDriverWait(browser, 10).until(lambda d: d.find_elements(By.ID, "job-id"))
+    assert text(browser, "#job-id") == grouped[0]
+    assert text(browser, "#group") == group
+    browser.find_element(By.CSS_SELECTOR, "#group a").click()
+    WebDriverWait(browser, 10).until(lambda d: d.find_elements(By.ID, "group-name"))
+    assert browser.current_url.endswith("/dashboard/groups/" + quote(group, safe=""))
+    assert_offline_and_clean(browser)
 
 
 def test_swagger_ui_shows_every_operation_with_nothing_from_another_host(

@@ -152,9 +152,10 @@ async def test_an_unknown_job_is_an_html_404(client: httpx.AsyncClient) -> None:
 async def test_every_page_references_only_files_of_this_service(
     client: httpx.AsyncClient,
 ) -> None:
-    job_id = await register(client)
+    job_id = await register(client, group="g")
     await finish(client, await dispatch(client, job_id), cost_time=1.0)
     paths = ["/dashboard", f"/dashboard/jobs/{job_id}", "/dashboard/jobs/none", "/docs", "/redoc"]
+    paths += ["/dashboard/groups/g", "/dashboard/groups/none"]
     for path in paths:
         response = await client.get(path)
         urls = links(response.text)
@@ -214,3 +215,74 @@ async def test_a_trial_whose_lease_expired_is_marked_so(
     ended = html.split('<tr data-trial-number="2" class="failed">', 1)[1].split("</tr>", 1)[0]
     assert "(lease expired)" in lapsed
     assert "(lease expired)" not in ended
+
+
+ODD_GROUP = "team/<i>bert</i> & ?x=1#y %41"
+
+
+def row_cells(html: str, attribute: str, value: object) -> list[str]:
+    """The text of each cell of the table row marked ``attribute="value"``."""
+    row = html.split(f'<tr {attribute}="{escape(str(value))}"', 1)[1].split("</tr>", 1)[0]
+    cells = re.findall(r"<td[^>]*>(.*?)</td>", row, flags=re.DOTALL)
+    return [unescape(re.sub(r"<[^>]+>", "", c)).strip() for c in cells]
+
+
+async def test_the_group_page_shows_the_shared_statistics_and_each_job(
+    client: httpx.AsyncClient,
+) -> None:
+    a40 = await register(client, job_id="job-a40", group=ODD_GROUP, gpu_model="NVIDIA A40")
+    await finish(client, await dispatch(client, a40), cost_time=3.0, epoch=4)  # 64 converges
+    await finish(client, await dispatch(client, a40), cost_time=2.0, epoch=6)  # 32 converges
+    sixteen = await dispatch(client, a40)
+    assert sixteen["batch_size"] == 16
+    await finish(client, sixteen, cost_time=1.0, converged=False, epoch=10)  # exhausted
+    v100 = await register(client, job_id="job-v100", group=ODD_GROUP, gpu_model="Tesla V100")
+    await register(client, job_id="job-alone")
+
+    href = "/dashboard/" + "groups/" + quote(ODD_GROUP, safe="")
+    html = await page(client, href)
+    assert "<i>bert</i>" not in html
+    assert f'<h1 id="group-name">{escape(ODD_GROUP)}</h1>' in html
+    assert 'id="max-epochs">10<' in html and 'id="num-members">2<' in html
+    # batch size, runs, exhausted, never converged, converged, fewest and mean epochs
+    assert row_cells(html, "data-batch-size", 16) == ["16", "1", "1", "yes", "0", "-", "-"]
+    assert row_cells(html, "data-batch-size", 32) == ["32", "1", "0", "no", "1", "6", "6.0"]
+    assert row_cells(html, "data-batch-size", 64) == ["64", "1", "0", "no", "1", "4", "4.0"]
+    assert row_cells(html, "data-batch-size", 128) == ["128", "0", "0", "no", "0", "-", "-"]
+    assert '<tr data-batch-size="16" class="never-converged">' in html
+    # job, GPU, policy, stage, trials, best batch size, min cost
+    assert row_cells(html, "data-job-id", a40) == [
+        a40, "1 \u00d7 NVIDIA A40", "zeus", "Pruning", "3", "32", "400 J",
+    ]  # fmt: skip
+    assert row_cells(html, "data-job-id", v100) == [
+        v100, "1 \u00d7 Tesla V100", "zeus", "Pruning", "0", "-", "-",
+    ]  # fmt: skip
+    assert "job-alone" not in html
+    urls = [unescape(u) for u in links(html)]
+    assert f"/dashboard/jobs/{a40}" in urls and f"/dashboard/jobs/{v100}" in urls
+
+    # The job page and the jobs list link to the group; a job without one shows none.
+    assert href in [unescape(u) for u in links(await page(client, f"/dashboard/jobs/{a40}"))]
+    assert 'id="group"' not in await page(client, "/dashboard/jobs/job-alone")
+    listing = await page(client, "/dashboard")
+    assert [unescape(u) for u in links(listing)].count(href) == 2
+    assert row_cells(listing, "data-job-id", "job-alone")[-1] == "-"
+
+
+async def test_the_group_page_pages_its_jobs(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(views, "MEMBERS_PER_PAGE", 2)
+    for name in ("job-a", "job-b", "job-c"):
+        await register(client, job_id=name, group="g")
+    first = await page(client, "/dashboard/groups/g")
+    assert "job-a" in first and "job-b" in first and "job-c" not in first
+    assert 'id="num-members">2+<' in first
+    (next_link,) = [unescape(u) for u in links(first) if "after=" in u]
+    second = await page(client, next_link)
+    assert "job-c" in second and "job-a" not in second
+
+
+async def test_an_unknown_group_is_an_html_404(client: httpx.AsyncClient) -> None:
+    html = await page(client, "/dashboard/groups/" + quote("<nope>", safe=""), status=404)
+    assert "Unknown job group" in html and "&lt;nope&gt;" in html and "<nope>" not in html
