@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from typer.testing import CliRunner
@@ -86,11 +87,13 @@ def test_before_options_are_parsed_with_clear_errors() -> None:
 
 
 def test_simulate_lists_every_counted_recurrence_in_json() -> None:
-    result = CliRunner().invoke(
-        cli,
-        ["simulate", "--engine", "pure", "-w", "squad", "--gpu", "a40,p100", "--before",
-         "v100:3", "-n", "6", "--json"],
-    )  # fmt: skip
+    with ThreadPoolExecutor(1) as pool:  # its asyncio.run must not touch the tests' loop
+        result = pool.submit(
+            CliRunner().invoke,
+            cli,
+            ["simulate", "--engine", "pure", "-w", "squad", "--gpu", "a40,p100", "--before",
+             "v100:3", "-n", "6", "--json"],
+        ).result()  # fmt: skip
     assert result.exit_code == 0, result.output
     body = json.loads(result.stdout)
     (case,) = body["cases"]
