@@ -33,7 +33,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
-from app import service
+from app import metrics, service
 from app.bandit import Lease
 from app.config import Settings
 from app.db import DatabaseFault, classify
@@ -285,6 +285,12 @@ def _failed_as_unavailable(outcome: Outcome) -> str | None:
     return f"succeeded: {outcome}"
 
 
+def _unavailable_count() -> float:
+    """bso_database_errors_total{kind="unavailable"} of this process (the in-process service)."""
+    labels = {"kind": "unavailable"}
+    return metrics.REGISTRY.get_sample_value("bso_database_errors_total", labels) or 0.0
+
+
 async def snapshot(engine: AsyncEngine, job_id: str) -> dict[str, list[tuple[Any, ...]]]:
     """The rows of the jobs whose id starts with ``job_id``, without clock values or ids."""
     tables = {"job": job, "batch_size": batch_size, "trial": trial, "arm": arm}
@@ -334,6 +340,7 @@ async def test_a_cut_at_any_point_of_a_write_leaves_it_whole_or_undone(
         world.trials = {}
         await setup(world, job_id)
         assert await snapshot(direct, job_id) == before
+        unavailable = _unavailable_count()
         proxy.arm(cut)
         try:
             outcome = await action(world, job_id)
@@ -349,6 +356,8 @@ async def test_a_cut_at_any_point_of_a_write_leaves_it_whole_or_undone(
         assert fired, f"{cut}: the request never reached it"
         statements_cut += cut.statement is not None
         assert _failed_as_unavailable(outcome) is None, (cut, _failed_as_unavailable(outcome))
+        if isinstance(outcome, httpx.Response):
+            assert _unavailable_count() == unavailable + 1, "a 503 not counted as unavailable"
         left = await snapshot(direct, job_id)
         assert left == (after if cut.commit == "after" else before), (cut, left)
 
