@@ -1,16 +1,19 @@
 """A connection cut at any point of any write leaves the job as before or after the request.
 
 SPEC 7: "a crash at any point leaves the database as before or after a whole
-request". The service talks to PostgreSQL through a proxy
+request". On PostgreSQL the service talks to the database through a proxy
 (tests/support/pgproxy.py) that cuts the connection at a chosen point of the
 next transaction: before each of its statements in turn, before its COMMIT,
-and after its COMMIT without passing the answer on. For every kind of write
+and after its COMMIT without passing the answer on. On SQLite, which runs in
+the service's process, the engine's events fail the transaction at the same
+points but the last (tests/support/sqlite_cut.py). For every kind of write
 (registration, dispatch in either stage, entering the bandit stage, a
 dispatch that expires lapsed trials, a final report in either stage, an end,
 the lease sweep), each cut must
 
-- answer the client 503 with Retry-After (the HTTP writes), or raise an error
-  the service classifies as "database unavailable" (the sweep);
+- answer the client 503 with Retry-After, counted as "unavailable" (the HTTP
+  writes), or raise an error the service classifies as "database unavailable"
+  (the sweep, and a dispatch called as the service's function);
 - leave the rows of the job exactly as before the request (cut before the
   COMMIT) or exactly as a request that was not cut leaves them (cut after);
 - let the retry succeed on a fresh connection, with the answer a retry gets;
@@ -23,7 +26,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 import pytest
@@ -45,6 +48,7 @@ from tests.helpers import spec
 from tests.support.consistency import Acknowledged, check_consistency
 from tests.support.pgproxy import Cut, PgProxy
 from tests.support.server import drop_postgres_database, fresh_postgres_database, worker_name
+from tests.support.sqlite_cut import SqliteCutter
 
 LEASE = Lease(3600)
 # Dispatched "in the past", so that the trials the HTTP requests dispatch (now) never lapse.
@@ -55,8 +59,24 @@ CLOCK_COLUMNS = {"created_at", "updated_at", "start_timestamp", "end_timestamp",
 MAX_STATEMENTS = 20  # more statements than any write has
 
 
-@pytest.fixture(scope="module")
-def crash_url(testrun_uid: str) -> Iterator[str]:
+class Cutter(Protocol):
+    """Fails the next transaction at a cut: PgProxy, or SqliteCutter."""
+
+    fired: bool
+
+    def arm(self, cut: Cut) -> None: ...
+    def disarm(self) -> None: ...
+
+
+@pytest.fixture(scope="module", params=["postgresql", "sqlite"])
+def crash_url(
+    request: pytest.FixtureRequest, testrun_uid: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    if request.param == "sqlite":
+        url = f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('crash') / 'bso.db'}"
+        upgrade_head(url)
+        yield url
+        return
     name = f"bso_crash_{testrun_uid[:12]}_{worker_name()}"
     url = fresh_postgres_database(name)
     upgrade_head(url)
@@ -66,32 +86,38 @@ def crash_url(testrun_uid: str) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 async def direct(crash_url: str) -> AsyncIterator[AsyncEngine]:
-    """The checker's own connection, past the proxy."""
+    """The checker's own connection, past the proxy and the cuts."""
     engine = create_async_engine(crash_url, poolclass=NullPool)
     yield engine
     await engine.dispose()
 
 
 @pytest.fixture(scope="module")
-async def proxy(crash_url: str) -> AsyncIterator[PgProxy]:
+async def proxy(crash_url: str) -> AsyncIterator[PgProxy | None]:
+    if crash_url.startswith("sqlite"):
+        yield None
+        return
     url = make_url(crash_url)
     async with PgProxy(url.host or "127.0.0.1", url.port or 5432) as running:
         yield running
 
 
 @pytest.fixture(scope="module")
-async def service_app(crash_url: str, proxy: PgProxy) -> AsyncIterator[FastAPI]:
+async def service_app(crash_url: str, proxy: PgProxy | None) -> AsyncIterator[FastAPI]:
     """The service, connected through the proxy; no leases, so no background sweep."""
-    url = make_url(crash_url).set(host="127.0.0.1", port=proxy.port)
-    settings = Settings(
-        database_url=url.render_as_string(hide_password=False),
-        log_level="CRITICAL",
-        trial_lease_s=0,
-        pool_size=4,
-    )
+    url = crash_url
+    if proxy is not None:
+        proxied = make_url(crash_url).set(host="127.0.0.1", port=proxy.port)
+        url = proxied.render_as_string(hide_password=False)
+    settings = Settings(database_url=url, log_level="CRITICAL", trial_lease_s=0, pool_size=4)
     application = create_app(settings)
     async with application.router.lifespan_context(application):
         yield application
+
+
+@pytest.fixture(scope="module")
+def cutter(service_app: FastAPI, proxy: PgProxy | None) -> Cutter:
+    return proxy if proxy is not None else SqliteCutter(service_app.state.engine)
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +128,8 @@ async def http(service_app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
 
 
 @pytest.fixture(scope="module")
-def acknowledged() -> Acknowledged:
+def acknowledged(crash_url: str) -> Acknowledged:
+    """Per database."""
     return Acknowledged()
 
 
@@ -114,7 +141,7 @@ class World:
     """What a scenario's setup and action use."""
 
     http: httpx.AsyncClient
-    engine: AsyncEngine  # the service's, through the proxy
+    engine: AsyncEngine  # the service's, whose transactions are cut
     acknowledged: Acknowledged
     trials: dict[str, dict[str, Any]]  # the setup's trials, by name
 
@@ -313,7 +340,7 @@ async def test_a_cut_at_any_point_of_a_write_leaves_it_whole_or_undone(
     scenario: str,
     http: httpx.AsyncClient,
     service_app: FastAPI,
-    proxy: PgProxy,
+    cutter: Cutter,
     direct: AsyncEngine,
     acknowledged: Acknowledged,
 ) -> None:
@@ -331,7 +358,9 @@ async def test_a_cut_at_any_point_of_a_write_leaves_it_whole_or_undone(
     assert after != before, "the request changed nothing"
 
     cuts = [Cut.before_statement(k) for k in range(1, MAX_STATEMENTS + 1)]
-    cuts += [Cut.before_commit(), Cut.after_commit()]
+    cuts.append(Cut.before_commit())
+    if service_app.state.engine.dialect.name == "postgresql":
+        cuts.append(Cut.after_commit())
     statements_cut, ran_whole = 0, False
     for index, cut in enumerate(cuts):
         if ran_whole and cut.statement is not None:
@@ -341,12 +370,12 @@ async def test_a_cut_at_any_point_of_a_write_leaves_it_whole_or_undone(
         await setup(world, job_id)
         assert await snapshot(direct, job_id) == before
         unavailable = _unavailable_count()
-        proxy.arm(cut)
+        cutter.arm(cut)
         try:
             outcome = await action(world, job_id)
         finally:
-            fired = proxy.fired
-            proxy.disarm()
+            fired = cutter.fired
+            cutter.disarm()
         if cut.statement is not None and not fired:
             # No k-th statement: the request ran whole; no later one has more.
             assert _succeeded(outcome), outcome
