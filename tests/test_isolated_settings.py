@@ -33,7 +33,10 @@ HOSTILE = {
     "BSO_POOL_SIZE": "1",
     "ZEUS_BSO_LOG_LEVEL": "DEBUG",
 }
-SELECTED = ("tests/api/test_smoke.py", "tests/test_outage.py")
+SELECTED = (
+    "tests/api/test_smoke.py",
+    "tests/test_outage.py::test_terminated_backends_answer_503_and_the_service_recovers",
+)
 
 
 def test_a_dotenv_in_the_checkout_and_bso_variables_around_change_nothing(
