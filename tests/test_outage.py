@@ -202,7 +202,9 @@ async def test_terminated_backends_during_writes_leave_every_job_consistent(
     async with httpx.AsyncClient(base_url=server.base_url, limits=limits, timeout=30) as http:
         job = spec(job_id="outage-2", job_id_prefix="outage", num_pruning_rounds=1,
                    beta_knob=None, mab_seed=None)  # fmt: skip
-        assert (await http.post("/jobs", json=job)).status_code == 201
+        # A connection the kills of the test before left dead in the pool answers 503 once.
+        registered = await _retried(http, "POST", "/jobs", answers, json=job)
+        assert registered.status_code in (200, 201), registered.text
         stop = asyncio.Event()
         clients = [
             asyncio.create_task(_trainer(http, i, stop, answers, acknowledged))
@@ -219,7 +221,7 @@ async def test_terminated_backends_during_writes_leave_every_job_consistent(
         await asyncio.gather(*clients)
         state = (await http.get("/jobs/outage-2")).json()
 
-    assert set(answers) <= {"200", "503"}, (answers, server.log())
+    assert set(answers) <= {"200", "201", "503"}, (answers, server.log())
     assert answers["503"] > 0, f"no write saw the outage: {answers}"
     assert acknowledged.results and acknowledged.ended, acknowledged
     assert state["stage"] == "MAB", state  # through pruning into the bandit stage
