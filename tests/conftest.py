@@ -25,6 +25,20 @@ from tests.support.server import drop_postgres_database, fresh_postgres_database
 RUN_ID = os.environ.get("PYTEST_XDIST_TESTRUNUID", uuid.uuid4().hex)[:12]
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """The suite's settings are its own values, none the caller's (test_isolated_settings.py).
+
+    Drops the BSO_/ZEUS_BSO_ variables of the caller's environment (the processes
+    the suite starts inherit it) and stops Settings from reading a ``.env`` in the
+    working directory, the checkout an operator may have one in for compose.
+    BSO_TEST_POSTGRES_URL stays: it is the suite's own (tests/support/server.py).
+    """
+    for name in list(os.environ):
+        if name.startswith(("BSO_", "ZEUS_BSO_")) and name != "BSO_TEST_POSTGRES_URL":
+            del os.environ[name]
+    Settings.model_config["env_file"] = None
+
+
 @pytest.fixture(scope="session")
 def postgresql_url() -> Iterator[str]:
     """A fresh, migrated PostgreSQL database for this worker of this run."""

@@ -1,8 +1,9 @@
-"""Many clients at once against two uvicorn worker processes sharing PostgreSQL.
+"""Many clients at once against two uvicorn worker processes sharing one database.
 
 Correctness must rest on the database (SPEC 7): trial numbers unique and
 contiguous, every final report recorded exactly once, no 5xx (503 included),
-and the job still walks from pruning into the bandit stage.
+and the job still walks from pruning into the bandit stage. On PostgreSQL
+(row locks) and on one SQLite file (one writer at a time, BEGIN IMMEDIATE).
 """
 
 from __future__ import annotations
@@ -16,9 +17,12 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.pool import NullPool
 
 from app.migrate import upgrade_head
 from tests.helpers import spec
+from tests.support.consistency import Acknowledged, check_consistency
 from tests.support.server import (
     Server,
     bso_args,
@@ -38,26 +42,48 @@ MIN_ROUNDS = 2  # per client, at least; then until it ran one in the bandit stag
 MAX_ROUNDS = 25
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, testrun_uid: str) -> Iterator[Server]:
-    """``bso serve --workers 2`` on a fresh, migrated PostgreSQL database."""
+@pytest.fixture(scope="module", params=["postgresql", "sqlite"])
+def database(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, testrun_uid: str
+) -> Iterator[str]:
+    """A fresh, migrated database: PostgreSQL, or one SQLite file both workers share."""
+    if request.param == "sqlite":
+        url = f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('concurrency-db') / 'bso.db'}"
+        upgrade_head(url)
+        yield url
+        return
     name = f"bso_conc_{testrun_uid[:12]}_{worker_name()}"  # concurrent runs never collide
     url = fresh_postgres_database(name)
     upgrade_head(url)
-    port = free_port()
-    folder = tmp_path_factory.mktemp("concurrency")
-    env = clean_env(BSO_DATABASE_URL=url, BSO_LOG_LEVEL="WARNING")
-    args = bso_args("serve", "--workers", "2", "--host", "127.0.0.1", "--port", str(port))
     try:
-        with running_server(
-            args, port=port, env=env, log_dir=folder, cwd=folder, ready_path="/readyz"
-        ) as running:
-            children = child_processes(running.process.pid)
-            workers = [pid for pid, cmdline in children.items() if "spawn_main" in cmdline]
-            assert len(workers) == 2, f"expected 2 uvicorn workers, found {children}"
-            yield running
+        yield url
     finally:
         drop_postgres_database(name)
+
+
+@pytest.fixture(scope="module")
+def server(database: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """``bso serve --workers 2`` on the database."""
+    port = free_port()
+    folder = tmp_path_factory.mktemp("concurrency")
+    env = clean_env(BSO_DATABASE_URL=database, BSO_LOG_LEVEL="WARNING")
+    args = bso_args("serve", "--workers", "2", "--host", "127.0.0.1", "--port", str(port))
+    with running_server(
+        args, port=port, env=env, log_dir=folder, cwd=folder, ready_path="/readyz"
+    ) as running:
+        children = child_processes(running.process.pid)
+        workers = [pid for pid, cmdline in children.items() if "spawn_main" in cmdline]
+        assert len(workers) == 2, f"expected 2 uvicorn workers, found {children}"
+        yield running
+
+
+async def check_database(url: str, acknowledged: Acknowledged) -> None:
+    """The consistency check (tests/support/consistency.py) on the server's database."""
+    engine = create_async_engine(url, poolclass=NullPool)
+    try:
+        await check_consistency(engine, acknowledged)
+    finally:
+        await engine.dispose()
 
 
 @pytest.fixture
@@ -187,7 +213,7 @@ async def all_trials(http: httpx.AsyncClient, job_id: str) -> list[dict[str, Any
 
 
 async def test_many_clients_on_one_job_keep_trials_contiguous_and_results_exact(
-    http: httpx.AsyncClient, server: Server
+    http: httpx.AsyncClient, server: Server, database: str
 ) -> None:
     job_id = "conc-one"
     job = spec(
@@ -260,6 +286,15 @@ async def test_many_clients_on_one_job_keep_trials_contiguous_and_results_exact(
             observed = costs[arm["batch_size"]]
             assert arm["num_observations"] == len(observed), (arm, observed)
             assert arm["param_mean"] == pytest.approx(-sum(observed) / len(observed)), arm
+
+    # And what the database holds is what whole requests leave, every answer in it.
+    acknowledged = Acknowledged(
+        jobs={job_id},
+        dispatched={(job_id, n): bs for n, bs in record.dispatched.items()},
+        results={(job_id, n): (f.time, f.energy, f.converged) for n, f in record.finals.items()},
+        ended={(job_id, n) for n in record.ended_early},
+    )
+    await check_database(database, acknowledged)
 
 
 def _registration(job_id: str, **overrides: Any) -> dict[str, Any]:

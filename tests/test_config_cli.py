@@ -25,11 +25,16 @@ from tests.support.server import (
 
 @pytest.fixture(autouse=True)
 def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
-    """No BSO_/ZEUS_BSO_ variable from outside, and no .env file in the working directory."""
+    """No BSO_/ZEUS_BSO_ variable from outside, and no .env file in the working directory.
+
+    Settings read a .env here, as they do in a server: the suite turned that off
+    for itself (tests/conftest.py), in a working directory that may hold one.
+    """
     for name in list(os.environ):
         if name.startswith(("BSO_", "ZEUS_BSO_")):
             monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setitem(Settings.model_config, "env_file", ".env")
     yield
 
 

@@ -140,15 +140,19 @@ def running_server(
     env: Mapping[str, str],
     log_dir: Path,
     ready_path: str = "/healthz",
-    cwd: Path = REPO_ROOT,
+    cwd: Path | None = None,
     timeout: float = 30.0,
 ) -> Iterator[Server]:
-    """Start ``args`` (a server listening on ``port``), wait for ``ready_path``, stop it after."""
+    """Start ``args`` (a server listening on ``port``), wait for ``ready_path``, stop it after.
+
+    It runs in ``cwd``, by default ``log_dir``: not the checkout, whose ``.env``
+    (an operator's, for compose) the server would read.
+    """
     log_path = log_dir / f"server-{port}.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             list(args),
-            cwd=cwd,
+            cwd=cwd or log_dir,
             env=dict(env),
             stdout=log,
             stderr=subprocess.STDOUT,

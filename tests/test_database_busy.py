@@ -1,0 +1,137 @@
+"""A busy database answers 503 with Retry-After and counts as busy (SPEC 7), for real.
+
+The lock or the connection is really held: a job row locked by another
+PostgreSQL transaction (the service's ``lock_timeout`` runs out), SQLite's
+write lock held by another connection (its busy timeout runs out), and every
+connection of the service's pool checked out (the pool's timeout runs out).
+Each answer must be 503 with Retry-After and a JSON message, counted in
+``bso_database_errors_total{kind="busy"}``, and the service must serve the
+same request once the holder lets go.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, closing
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.pool import NullPool
+
+from app.config import Settings
+from app.main import create_app
+from tests.helpers import spec
+
+LOCK_TIMEOUT_MS = 300
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+async def busy_app(request: pytest.FixtureRequest) -> AsyncIterator[FastAPI]:
+    """The service with a short lock timeout and a one-connection pool (PostgreSQL)."""
+    url = str(request.getfixturevalue(f"{request.param}_url"))
+    settings = Settings(
+        database_url=url, log_level="CRITICAL", lock_timeout_ms=LOCK_TIMEOUT_MS, pool_size=1
+    )
+    application = create_app(settings)
+    async with application.router.lifespan_context(application):
+        yield application
+
+
+@pytest.fixture
+async def http(busy_app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=busy_app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        yield client
+
+
+async def busy_count(http: httpx.AsyncClient) -> float:
+    page = (await http.get("/metrics")).text
+    found = re.search(r'^bso_database_errors_total\{kind="busy"\} (\S+)$', page, re.MULTILINE)
+    assert found, page
+    return float(found.group(1))
+
+
+def assert_busy(response: httpx.Response) -> None:
+    assert response.status_code == 503, response.text
+    assert response.headers.get("retry-after") == "1", response.headers
+    assert "retry" in response.json()["message"], response.text
+
+
+async def running_trial(http: httpx.AsyncClient) -> dict[str, object]:
+    job_id = f"busy-{uuid.uuid4().hex[:8]}"
+    created = await http.post("/jobs", json=spec(job_id=job_id, job_id_prefix="busy"))
+    assert created.status_code == 201, created.text
+    dispatched = await http.get("/jobs/batch_size", params={"job_id": job_id})
+    assert dispatched.status_code == 200, dispatched.text
+    return dict(dispatched.json())
+
+
+def final_report(trial: dict[str, object]) -> dict[str, object]:
+    return {**trial, "time": 10.0, "energy": 1000.0, "metric": 0.95, "current_epoch": 1}
+
+
+async def test_a_held_job_lock_or_write_lock_answers_503_busy_until_released(
+    busy_app: FastAPI, http: httpx.AsyncClient
+) -> None:
+    trial = await running_trial(http)
+    job_id = str(trial["job_id"])
+    engine = busy_app.state.engine
+    url = engine.url.render_as_string(hide_password=False)
+    before = await busy_count(http)
+    async with AsyncExitStack() as holding:
+        if engine.dialect.name == "postgresql":
+            # Another transaction (another replica's request, say) holds the job's row
+            # (the statement begins it).
+            other = create_async_engine(url, poolclass=NullPool)
+            holding.push_async_callback(other.dispose)
+            holder = await holding.enter_async_context(other.connect())
+            await holder.execute(
+                text("SELECT 1 FROM job WHERE job_id = :j FOR UPDATE"), {"j": job_id}
+            )
+        else:
+            # Another process's connection holds SQLite's write lock.
+            holder_sqlite = holding.enter_context(
+                closing(sqlite3.connect(engine.url.database, isolation_level=None))
+            )
+            holder_sqlite.execute("BEGIN IMMEDIATE")
+        dispatch = await http.get("/jobs/batch_size", params={"job_id": job_id})
+        report = await http.post("/report", json=final_report(trial))
+        end = await http.patch("/trials", json=trial)
+        # Reads that decide nothing take no lock: answered meanwhile.
+        read = await http.get(f"/jobs/{job_id}")
+        if engine.dialect.name == "postgresql":
+            await holder.rollback()
+        else:
+            holder_sqlite.execute("ROLLBACK")
+    for response in (dispatch, report, end):
+        assert_busy(response)
+    assert read.status_code == 200, read.text
+    assert await busy_count(http) == before + 3
+
+    # Released: the same requests are served.
+    assert (await http.post("/report", json=final_report(trial))).json()["converged"] is True
+    assert (await http.get("/jobs/batch_size", params={"job_id": job_id})).status_code == 200
+
+
+async def test_an_exhausted_connection_pool_answers_503_busy(
+    busy_app: FastAPI, http: httpx.AsyncClient
+) -> None:
+    trial = await running_trial(http)
+    engine = busy_app.state.engine
+    before = await busy_count(http)
+    async with AsyncExitStack() as holding:
+        # Every pooled connection in use (long requests, say): no request gets one in time.
+        for _ in range(engine.pool.size()):
+            await holding.enter_async_context(engine.connect())
+        dispatch = await http.get("/jobs/batch_size", params={"job_id": str(trial["job_id"])})
+        report = await http.post("/report", json=final_report(trial))
+    assert_busy(dispatch)
+    assert_busy(report)
+    assert await busy_count(http) == before + 2
+    assert (await http.post("/report", json=final_report(trial))).json()["converged"] is True
