@@ -21,7 +21,7 @@ import httpx
 from bso_client.errors import BSOUnavailableError
 from bso_client.http import NO_RETRY, AsyncTransport, Call, Retry
 from bso_client.meters import EnergyChoice, EnergyMeter
-from bso_client.session import OnUnavailable, Session
+from bso_client.session import OnUnavailable, OptimizerView, Session
 from bso_client.spec import JobSpec
 from bso_client.trial import OPEN_TRIALS, Decision, TrialState, TrialView
 
@@ -84,7 +84,7 @@ class _TrialStart:
         await self._trial.__aexit__(exc_type, exc, tb)
 
 
-class AsyncBatchSizeOptimizer:
+class AsyncBatchSizeOptimizer(OptimizerView):
     """The asyncio twin of ``BatchSizeOptimizer``: the same arguments, awaitable calls."""
 
     def __init__(
@@ -113,22 +113,6 @@ class AsyncBatchSizeOptimizer:
         self._given_client = http_client
         self._transport: AsyncTransport | None = None
         self._running = 0
-
-    @property
-    def job(self) -> JobSpec:
-        return self._session.job
-
-    @property
-    def job_id(self) -> str | None:
-        return self._session.job_id
-
-    @property
-    def url(self) -> str:
-        return self._session.endpoint.safe_url
-
-    @property
-    def registered(self) -> dict[str, Any] | None:
-        return self._session.registered
 
     def _http(self) -> AsyncTransport:
         if self._transport is None:

@@ -79,7 +79,7 @@ class Call:
 
 @dataclass(frozen=True)
 class _Again:
-    """Try again after ``delay`` seconds, unless the tries are spent; ``error`` if they are."""
+    """Try again (after ``retry_after`` seconds when the server said so); ``error`` once spent."""
 
     error: BSOUnavailableError
     retry_after: float | None = None
@@ -125,7 +125,7 @@ def server_message(response: httpx.Response) -> str:
     return response.text[:300]
 
 
-def _judge(call: Call, response: httpx.Response, base: str) -> Any:
+def _judge(call: Call, response: httpx.Response, endpoint: Endpoint) -> Any:
     """The JSON of a 2xx; raise a 4xx; ``_Again`` for a 5xx worth retrying."""
     status = response.status_code
     if 200 <= status < 300:
@@ -133,7 +133,8 @@ def _judge(call: Call, response: httpx.Response, base: str) -> Any:
     if 400 <= status < 500:
         raise BSORejectedError(status, server_message(response), method=call.method, path=call.path)
     error = BSOUnavailableError(
-        f"{call.describe()} at {base}: {status} {server_message(response)}", status_code=status
+        f"{call.describe()} at {endpoint.safe_url}: {status} {server_message(response)}",
+        status_code=status,
     )
     if status == 503:  # rolled back: safe to retry whatever the call
         return _Again(error, retry_after_seconds(response.headers.get("Retry-After")))
@@ -142,9 +143,11 @@ def _judge(call: Call, response: httpx.Response, base: str) -> Any:
     raise error
 
 
-def _judge_failure(call: Call, exc: httpx.TransportError, base: str) -> _Again:
+def _judge_failure(call: Call, exc: httpx.TransportError, endpoint: Endpoint) -> _Again:
     """A request that got no answer: worth retrying, or raise."""
-    error = BSOUnavailableError(f"{call.describe()}: cannot reach the server at {base}: {exc!r}")
+    error = BSOUnavailableError(
+        f"{call.describe()}: cannot reach the server at {endpoint.safe_url}: {exc!r}"
+    )
     # Refused or unconnectable: the request never left, so any call may be repeated.
     if call.idempotent or isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
         return _Again(error)
@@ -194,14 +197,13 @@ class SyncTransport:
     def send(self, call: Call, *, retry: Retry | None = None) -> Any:
         """The answer's JSON; raise ``BSORejectedError`` or ``BSOUnavailableError``."""
         retry = retry or self.endpoint.retry
-        base = self.endpoint.safe_url
         for attempt in range(retry.attempts):
             try:
                 response = self._client.request(call.method, **self.endpoint.request_options(call))
             except httpx.TransportError as exc:
-                outcome: Any = _judge_failure(call, exc, base)
+                outcome: Any = _judge_failure(call, exc, self.endpoint)
             else:
-                outcome = _judge(call, response, base)
+                outcome = _judge(call, response, self.endpoint)
             if not isinstance(outcome, _Again):
                 return outcome
             if attempt + 1 == retry.attempts:
@@ -222,16 +224,15 @@ class AsyncTransport:
 
     async def send(self, call: Call, *, retry: Retry | None = None) -> Any:
         retry = retry or self.endpoint.retry
-        base = self.endpoint.safe_url
         for attempt in range(retry.attempts):
             try:
                 response = await self._client.request(
                     call.method, **self.endpoint.request_options(call)
                 )
             except httpx.TransportError as exc:
-                outcome: Any = _judge_failure(call, exc, base)
+                outcome: Any = _judge_failure(call, exc, self.endpoint)
             else:
-                outcome = _judge(call, response, base)
+                outcome = _judge(call, response, self.endpoint)
             if not isinstance(outcome, _Again):
                 return outcome
             if attempt + 1 == retry.attempts:

@@ -23,7 +23,7 @@ import httpx
 from bso_client.errors import BSOUnavailableError
 from bso_client.http import NO_RETRY, Call, Retry, SyncTransport
 from bso_client.meters import EnergyChoice, EnergyMeter
-from bso_client.session import OnUnavailable, Session
+from bso_client.session import OnUnavailable, OptimizerView, Session
 from bso_client.spec import JobSpec
 from bso_client.trial import OPEN_TRIALS, Decision, TrialState, TrialView
 
@@ -67,7 +67,7 @@ class Trial(TrialView):
             self._optimizer._end(self._state, raise_errors=exc is None)
 
 
-class BatchSizeOptimizer:
+class BatchSizeOptimizer(OptimizerView):
     """The client of a bso server for one recurring job (sync; see ``AsyncBatchSizeOptimizer``).
 
     Args:
@@ -110,25 +110,6 @@ class BatchSizeOptimizer:
         self._given_client = http_client
         self._transport: SyncTransport | None = None
         self._running = 0  # trials not yet ended: the connection is kept for their reports
-
-    @property
-    def job(self) -> JobSpec:
-        return self._session.job
-
-    @property
-    def job_id(self) -> str | None:
-        """The job's id: the spec's, or the server's once it registered a null one."""
-        return self._session.job_id
-
-    @property
-    def url(self) -> str:
-        """The server's URL, without any credential in it."""
-        return self._session.endpoint.safe_url
-
-    @property
-    def registered(self) -> dict[str, Any] | None:
-        """The server's answer to the registration (the job as stored), once registered."""
-        return self._session.registered
 
     def _http(self) -> SyncTransport:
         if self._transport is None:

@@ -184,3 +184,28 @@ class Session:
         self._warn_once(
             "end", f"ending the trial failed ({exc}); its lease will end it on the server"
         )
+
+
+class OptimizerView:
+    """What an optimizer shows, sync or async: its job and id, the server, the registration."""
+
+    _session: Session
+
+    @property
+    def job(self) -> JobSpec:
+        return self._session.job
+
+    @property
+    def job_id(self) -> str | None:
+        """The job's id: the spec's, or the server's once it registered a null one."""
+        return self._session.job_id
+
+    @property
+    def url(self) -> str:
+        """The server's URL, without any credential in it."""
+        return self._session.endpoint.safe_url
+
+    @property
+    def registered(self) -> dict[str, Any] | None:
+        """The server's answer to the registration (the job as stored), once registered."""
+        return self._session.registered
