@@ -86,7 +86,8 @@ class Registration:
     created: bool
 
 
-def _new_job(spec: JobSpec, job_id: str, now: datetime) -> dict[str, Any]:
+def new_job_row(spec: JobSpec, job_id: str, now: datetime) -> dict[str, Any]:
+    """The jobs row of a just-registered job (also the base of an imported Zeus job)."""
     return {
         **{name: getattr(spec, name) for name in JOB_SPEC_FIELDS},
         "job_id": job_id,
@@ -130,7 +131,7 @@ async def register_job(
         async with autocommit(engine) as conn:
             existing = await repo.load_job(conn, spec.job_id)
         if existing is not None:
-            return _existing(spec, existing)
+            return confirm_registered(spec, existing)
     requested = spec
     group = spec.group or (spec.job_id_prefix if group_by_prefix else None)
     spec = spec.model_copy(update={"policy": spec.policy or default_policy, "group": group})
@@ -142,18 +143,18 @@ async def register_job(
             while True:
                 job_id = f"{spec.job_id_prefix}-{secrets.token_hex(4)}"
                 if await repo.insert_job_if_absent(
-                    conn, _new_job(spec, job_id, now), spec.batch_sizes
+                    conn, new_job_row(spec, job_id, now), spec.batch_sizes
                 ):
                     break
         else:
             job_id = spec.job_id
             if not await repo.insert_job_if_absent(
-                conn, _new_job(spec, job_id, now), spec.batch_sizes
+                conn, new_job_row(spec, job_id, now), spec.batch_sizes
             ):
                 existing = await repo.load_job(conn, job_id)
                 if existing is None:  # deleted between our insert and this read: rare
                     raise JobSpecMismatchError(f"Job {job_id!r} changed concurrently; retry.")
-                return _existing(requested, existing)
+                return confirm_registered(requested, existing)
     logger.info("registered job %s", job_id)
     job = CreatedJob.model_construct(**{**spec.model_dump(), "job_id": job_id})
     return Registration(job, created=True)
@@ -179,7 +180,7 @@ async def _join_group(conn: AsyncConnection, name: str, spec: JobSpec, now: date
         )
 
 
-def _existing(spec: JobSpec, existing: repo.JobState) -> Registration:
+def confirm_registered(spec: JobSpec, existing: repo.JobState) -> Registration:
     """Compare a registration with the job registered under its id: 200 or 409."""
     registered = created_job(existing.job, existing.batch_sizes)
     differing = [

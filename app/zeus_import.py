@@ -42,7 +42,7 @@ from app.bandit import (
     zeus_cost,
 )
 from app.schemas import JOB_SPEC_FIELDS, JobSpec
-from app.service import _new_job
+from app.service import new_job_row
 from app.zeus_source import ZeusJob
 
 
@@ -207,7 +207,7 @@ def map_job(zeus: ZeusJob, *, now: datetime) -> MappedJob:
     arms = tuple(_arm(zeus, a) for a in zeus.arms)
     if stage == Stage.MAB and not arms:
         raise RowRefusedError("its Job row", "in the MAB stage but without arms")
-    values = _new_job(spec, zeus.job_id, now) | {
+    values = new_job_row(spec, zeus.job_id, now) | {
         "stage": stage.value,
         "min_cost": job["min_cost"],
         "min_cost_batch_size": job["min_cost_batch_size"],

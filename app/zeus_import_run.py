@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app import repository as repo
 from app.db import autocommit
 from app.errors import JobSpecMismatchError
-from app.service import _existing
+from app.service import confirm_registered
 from app.zeus_import import MappedJob, RowRefusedError, map_job
 from app.zeus_source import SourceError, job_ids, open_source, read_job
 
@@ -62,7 +62,7 @@ async def _write(engine: AsyncEngine, mapped: MappedJob, *, dry_run: bool) -> st
             existing = await repo.load_job(conn, job_id)  # inserted meanwhile
         if existing is None:
             return None
-    _existing(mapped.spec, existing)  # raises on a different spec
+    confirm_registered(mapped.spec, existing)  # raises on a different spec
     return "already here with the same spec"
 
 

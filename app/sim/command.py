@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
 from dataclasses import asdict
 from enum import StrEnum
 from pathlib import Path
@@ -31,10 +30,9 @@ from rich.progress import (
 
 from app.bandit import Policy
 from app.jobs_command import Token
-from app.sim.engines import Engine, HttpEngine, in_process_service
+from app.sim.engines import open_engine
 from app.sim.group_command import simulate_group  # --- job groups (issue 13)
 from app.sim.groups import Perturbation, Sharing  # --- job groups (issue 13)
-from app.sim.pure_engine import PureEngine
 from app.sim.replay import replay
 from app.sim.results import CaseResult, MetricCurve, ReplaySettings
 from app.sim.summary import render_summary
@@ -66,18 +64,6 @@ def _cases(workload: str, gpu: str, everything: bool, power_limit: int | None) -
         raise typer.BadParameter(str(exc)) from exc
 
 
-@asynccontextmanager
-async def _engine(kind: EngineKind, url: str | None, token: str | None) -> AsyncIterator[Engine]:
-    if url is not None:
-        async with HttpEngine.for_url(url, token=token) as engine:
-            yield engine
-    elif kind is EngineKind.PURE:
-        yield PureEngine()
-    else:
-        async with in_process_service() as engine:
-            yield engine
-
-
 async def _replay_all(
     cases: Sequence[Case],
     settings: ReplaySettings,
@@ -94,7 +80,7 @@ async def _replay_all(
         TimeElapsedColumn(),
     )
     with Progress(*columns, console=console) as progress:
-        async with _engine(kind, url, token) as engine:
+        async with open_engine(url, pure=kind is EngineKind.PURE, token=token) as engine:
             for case in cases:
                 task = progress.add_task(case.name, total=settings.recurrences_for(case))
 
@@ -210,7 +196,7 @@ def simulate(
         simulate_group(
             workload=workload, everything=everything, gpu=gpu,
             sharing=sharing or Sharing.GROUP, before=before or [], perturb=perturb,
-            settings=settings, pure=engine is EngineKind.PURE, url=url,
+            settings=settings, pure=engine is EngineKind.PURE, url=url, token=token,
             power_limit=power_limit, json_output=json_output,
         )  # fmt: skip
         return

@@ -186,3 +186,20 @@ async def in_process_service(
         app = create_app(Settings(database_url=url, log_level=log_level))
         async with app.router.lifespan_context(app), HttpEngine.for_app(app) as engine:
             yield engine
+
+
+@asynccontextmanager
+async def open_engine(
+    url: str | None, *, pure: bool, token: str | None = None
+) -> AsyncIterator[Engine]:
+    """The engine ``bso simulate`` asked for: a server at ``url``, pure, or in-process."""
+    from app.sim.pure_engine import PureEngine  # it imports this module
+
+    if url is not None:
+        async with HttpEngine.for_url(url, token=token) as engine:
+            yield engine
+    elif pure:
+        yield PureEngine()
+    else:
+        async with in_process_service() as engine:
+            yield engine

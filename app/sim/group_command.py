@@ -10,14 +10,13 @@ from __future__ import annotations
 import asyncio
 import json
 import statistics
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from app.sim.engines import Engine, HttpEngine, in_process_service
+from app.sim.engines import open_engine
 from app.sim.groups import (
     DEFAULT_RECURRENCES,
     GroupPlan,
@@ -27,9 +26,9 @@ from app.sim.groups import (
     parse_before,
     replay_group,
 )
-from app.sim.pure_engine import PureEngine
 from app.sim.results import ReplaySettings
 from app.sim.traces import GPUS, WORKLOADS, TraceError, Workload, find_workload
+from app.urls import redact_url
 
 
 def parse_gpus(text: str) -> tuple[str, ...]:
@@ -42,27 +41,16 @@ def parse_gpus(text: str) -> tuple[str, ...]:
     return gpus
 
 
-@asynccontextmanager
-async def _engine(pure: bool, url: str | None) -> AsyncIterator[Engine]:
-    if url is not None:
-        async with HttpEngine.for_url(url) as engine:
-            yield engine
-    elif pure:
-        yield PureEngine()
-    else:
-        async with in_process_service() as engine:
-            yield engine
-
-
 async def _replay(
     workloads: Sequence[Workload],
     settings: ReplaySettings,
     plan: GroupPlan,
     pure: bool,
     url: str | None,
+    token: str | None,
     power_limit: int | None,
 ) -> list[GroupResult]:
-    async with _engine(pure, url) as engine:
+    async with open_engine(url, pure=pure, token=token) as engine:
         return [
             await replay_group(engine, w, settings, plan, power_limit=power_limit)
             for w in workloads
@@ -95,6 +83,7 @@ def simulate_group(
     settings: ReplaySettings,
     pure: bool,
     url: str | None,
+    token: str | None,
     power_limit: int | None,
     json_output: bool,
 ) -> None:
@@ -108,8 +97,8 @@ def simulate_group(
         )  # fmt: skip
     except (TraceError, ValueError) as exc:
         raise typer.BadParameter(str(exc)) from exc
-    results = asyncio.run(_replay(workloads, settings, plan, pure, url, power_limit))
-    kind = url if url is not None else "pure" if pure else "service"
+    results = asyncio.run(_replay(workloads, settings, plan, pure, url, token, power_limit))
+    kind = redact_url(url) if url is not None else "pure" if pure else "service"  # printed
     if json_output:
         body = {"engine": kind, "cases": [r.to_dict() for r in results]}
         typer.echo(json.dumps(body, indent=2))
