@@ -184,14 +184,15 @@ async def job_exists(conn: AsyncConnection, job_id: str) -> bool:
     return (await conn.execute(_JOB_EXISTS, {"job_id": job_id})).first() is not None
 
 
-def _insert_if_absent(table: Table, key: Column[Any]) -> dict[str, Any]:
-    """``INSERT ... ON CONFLICT DO NOTHING RETURNING key`` in each dialect's spelling."""
-    return {
-        dialect.__name__.rsplit(".", 1)[-1]: dialect.insert(table)
-        .on_conflict_do_nothing()
-        .returning(key)
+def _insert_if_absent(table: Table, key: Column[Any] | None = None) -> dict[str, Any]:
+    """``INSERT ... ON CONFLICT DO NOTHING [RETURNING key]`` in each dialect's spelling."""
+    statements = {
+        dialect.__name__.rsplit(".", 1)[-1]: dialect.insert(table).on_conflict_do_nothing()
         for dialect in (postgresql, sqlite)
     }
+    if key is None:
+        return statements
+    return {name: statement.returning(key) for name, statement in statements.items()}
 
 
 _INSERT_JOB = _insert_if_absent(job, job.c.job_id)
@@ -935,10 +936,7 @@ GroupRow = Row[Any]  # a row of the job_group table
 
 _INSERT_GROUP = _insert_if_absent(job_group, job_group.c.name)
 _GROUP = select(job_group).where(job_group.c.name == bindparam("name"))
-_INSERT_GROUP_BATCH_SIZES = {
-    dialect.__name__.rsplit(".", 1)[-1]: dialect.insert(group_batch_size).on_conflict_do_nothing()
-    for dialect in (postgresql, sqlite)
-}
+_INSERT_GROUP_BATCH_SIZES = _insert_if_absent(group_batch_size)
 
 
 async def join_group(
