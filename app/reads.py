@@ -10,9 +10,7 @@ import math
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app import bandit
-from app import repository as repo
 from app.bandit import Stage, TrialStatus, TrialType
-from app.db import autocommit
 from app.errors import GroupNotFoundError, JobNotFoundError
 from app.schemas import (
     JOB_SPEC_FIELDS,
@@ -26,6 +24,8 @@ from app.schemas import (
     PruningProgress,
     TrialPage,
 )
+from app.store import arms, groups, jobs, trials
+from app.store.engine import autocommit
 
 
 def _finite(value: float) -> float | None:
@@ -33,17 +33,17 @@ def _finite(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
-async def _progress(conn: AsyncConnection, state: repo.JobState) -> PruningProgress | None:
+async def _progress(conn: AsyncConnection, state: jobs.JobState) -> PruningProgress | None:
     if state.job.stage != Stage.PRUNING:
         return None
     job = state.job
     never: frozenset[int] = frozenset()
     if job.group is not None:
-        never = (await repo.group_knowledge(conn, job.group, job.job_id)).never_converged()
+        never = (await groups.group_knowledge(conn, job.group, job.job_id)).never_converged()
     try:
         step = bandit.pruning_walk(
             state.params,
-            await repo.explorations(conn, job.job_id),
+            await trials.explorations(conn, job.job_id),
             min_cost_batch_size=job.min_cost_batch_size,
             start_batch_size=job.start_batch_size,
             never_converged=never,
@@ -59,7 +59,7 @@ async def _progress(conn: AsyncConnection, state: repo.JobState) -> PruningProgr
 
 async def get_job(engine: AsyncEngine, job_id: str) -> JobRead:
     async with autocommit(engine) as conn:
-        state = await repo.load_job(conn, job_id)
+        state = await jobs.load_job(conn, job_id)
         if state is None:
             raise JobNotFoundError(job_id)
         progress = await _progress(conn, state)
@@ -82,7 +82,7 @@ async def list_jobs(
     engine: AsyncEngine, *, prefix: str | None, after: str | None, limit: int
 ) -> JobPage:
     async with autocommit(engine) as conn:
-        jobs = await repo.list_jobs(conn, prefix=prefix, after=after, limit=limit + 1)
+        rows = await jobs.list_jobs(conn, prefix=prefix, after=after, limit=limit + 1)
     items = [
         JobSummary(
             job_id=j.job_id,
@@ -95,9 +95,9 @@ async def list_jobs(
             num_trials=j.next_trial_number - 1,
             created_at=j.created_at,
         )
-        for j in jobs[:limit]
+        for j in rows[:limit]
     ]
-    return JobPage(items=items, next_after=items[-1].job_id if len(jobs) > limit else None)
+    return JobPage(items=items, next_after=items[-1].job_id if len(rows) > limit else None)
 
 
 async def list_trials(
@@ -112,9 +112,9 @@ async def list_trials(
 ) -> TrialPage:
     """A page of a job's trials; with ``lease``, each Dispatched one's lease expiry."""
     async with autocommit(engine) as conn:
-        if not await repo.job_exists(conn, job_id):
+        if not await jobs.job_exists(conn, job_id):
             raise JobNotFoundError(job_id)
-        trials = await repo.list_trials(
+        found = await trials.list_trials(
             conn,
             job_id,
             status=status,
@@ -123,17 +123,15 @@ async def list_trials(
             limit=limit + 1,
             lease=lease,
         )
-    items = trials[:limit]
-    return TrialPage(
-        items=items, next_after=items[-1].trial_number if len(trials) > limit else None
-    )
+    items = found[:limit]
+    return TrialPage(items=items, next_after=items[-1].trial_number if len(found) > limit else None)
 
 
 async def list_arms(engine: AsyncEngine, job_id: str) -> list[ArmRead]:
     async with autocommit(engine) as conn:
-        if not await repo.job_exists(conn, job_id):
+        if not await jobs.job_exists(conn, job_id):
             raise JobNotFoundError(job_id)
-        arms = await repo.arms(conn, job_id)
+        posteriors = await arms.job_arms(conn, job_id)
     return [
         ArmRead(
             batch_size=a.batch_size,
@@ -142,7 +140,7 @@ async def list_arms(engine: AsyncEngine, job_id: str) -> list[ArmRead]:
             reward_precision=_finite(a.reward_precision),
             num_observations=a.num_observations,
         )
-        for a in arms
+        for a in posteriors
     ]
 
 
@@ -151,11 +149,11 @@ async def get_group(
 ) -> GroupRead:
     """A group's definition of converged, its statistics per batch size, a page of its jobs."""
     async with autocommit(engine) as conn:
-        row = await repo.group_row(conn, group)
+        row = await groups.group_row(conn, group)
         if row is None:
             raise GroupNotFoundError(group)
-        stats = await repo.group_stats(conn, group)
-        members = await repo.group_members(conn, group, after=after, limit=limit + 1)
+        stats = await groups.group_stats(conn, group)
+        members = await groups.group_members(conn, group, after=after, limit=limit + 1)
     return GroupRead(
         group=row.name,
         target_metric=row.target_metric,

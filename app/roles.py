@@ -1,6 +1,6 @@
 """Who may do what: the three roles, and the caller a request acts for.
 
-Pure rules that import nothing of the app (app/models.py builds a CHECK
+Pure rules that import nothing of the app (app/store/tables.py builds a CHECK
 constraint from :class:`Role`): the HTTP layer (auth.py) finds the caller
 from its token and demands a role, and the write use cases check a
 trainer's job prefixes on the job row they read anyway (service.py). Both

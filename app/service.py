@@ -8,7 +8,6 @@ deadlock. The transaction commits when the use case returns.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import secrets
 from dataclasses import dataclass
@@ -18,8 +17,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from app import bandit, metrics
-from app import repository as repo
+from app import bandit
 from app.bandit import (
     FailureReason,
     GroupKnowledge,
@@ -32,7 +30,6 @@ from app.bandit import (
     TrialType,
     Verdict,
 )
-from app.db import autocommit
 from app.errors import (
     BatchSizeMismatchError,
     ForbiddenError,
@@ -42,7 +39,6 @@ from app.errors import (
     NoConvergedBatchSizeError,
     TrialNotFoundError,
 )
-from app.repository import ExpiredTrial, JobRow, Renewal, TrialState
 from app.roles import ANYONE, Principal
 from app.schemas import (
     JOB_SPEC_FIELDS,
@@ -53,6 +49,11 @@ from app.schemas import (
     TrialId,
     TrialRead,
 )
+from app.store import arms, groups, jobs, rows, trials
+from app.store.engine import autocommit
+from app.store.rows import JobRow
+from app.store.trials import ExpiredTrial, Renewal, TrialState
+from app.telemetry import metrics
 
 logger = logging.getLogger(__name__)
 
@@ -129,7 +130,7 @@ async def register_job(
     _authorize(caller, spec.job_id_prefix, spec.job_id)
     if spec.job_id is not None:
         async with autocommit(engine) as conn:
-            existing = await repo.load_job(conn, spec.job_id)
+            existing = await jobs.load_job(conn, spec.job_id)
         if existing is not None:
             return confirm_registered(spec, existing)
     requested = spec
@@ -142,16 +143,16 @@ async def register_job(
             # 32 random bits; on the rare collision, draw again.
             while True:
                 job_id = f"{spec.job_id_prefix}-{secrets.token_hex(4)}"
-                if await repo.insert_job_if_absent(
+                if await jobs.insert_job_if_absent(
                     conn, new_job_row(spec, job_id, now), spec.batch_sizes
                 ):
                     break
         else:
             job_id = spec.job_id
-            if not await repo.insert_job_if_absent(
+            if not await jobs.insert_job_if_absent(
                 conn, new_job_row(spec, job_id, now), spec.batch_sizes
             ):
-                existing = await repo.load_job(conn, job_id)
+                existing = await jobs.load_job(conn, job_id)
                 if existing is None:  # deleted between our insert and this read: rare
                     raise JobSpecMismatchError(f"Job {job_id!r} changed concurrently; retry.")
                 return confirm_registered(requested, existing)
@@ -162,7 +163,7 @@ async def register_job(
 
 async def _join_group(conn: AsyncConnection, name: str, spec: JobSpec, now: datetime) -> None:
     """Create the group or check that the job agrees with it on what converged means."""
-    row = await repo.join_group(
+    row = await groups.join_group(
         conn, name, target_metric=spec.target_metric,
         higher_is_better_metric=spec.higher_is_better_metric, max_epochs=spec.max_epochs,
         batch_sizes=spec.batch_sizes, now=now,
@@ -180,7 +181,7 @@ async def _join_group(conn: AsyncConnection, name: str, spec: JobSpec, now: date
         )
 
 
-def confirm_registered(spec: JobSpec, existing: repo.JobState) -> Registration:
+def confirm_registered(spec: JobSpec, existing: jobs.JobState) -> Registration:
     """Compare a registration with the job registered under its id: 200 or 409."""
     registered = created_job(existing.job, existing.batch_sizes)
     differing = [
@@ -201,7 +202,7 @@ def confirm_registered(spec: JobSpec, existing: repo.JobState) -> Registration:
 async def delete_job(engine: AsyncEngine, job_id: str) -> None:
     """Delete a job with its batch sizes, trials and arms."""
     async with engine.begin() as conn:
-        if not await repo.delete_job(conn, job_id):
+        if not await jobs.delete_job(conn, job_id):
             raise JobNotFoundError(job_id)
     logger.info("deleted job %s", job_id)
 
@@ -219,7 +220,7 @@ def _generator(job: JobRow) -> np.random.Generator:
     return rng
 
 
-def _log_expired(expired: list[ExpiredTrial], lease: Lease) -> None:
+def log_expired(expired: list[ExpiredTrial], lease: Lease) -> None:
     """Log and count trials whose lease expired (once their transaction committed)."""
     metrics.leases_expired(len(expired))
     for t in expired:
@@ -242,30 +243,30 @@ async def dispatch_trial(
     first (under the job's lock), so that lost explorations are explored again.
     """
     async with engine.begin() as conn:
-        state = await repo.lock_job(conn, job_id)
+        state = await jobs.lock_job(conn, job_id)
         if state is None:
             raise JobNotFoundError(job_id)
         job = state.job
         _authorize(caller, job.job_id_prefix, job_id)  # before anything is written
         expired: list[ExpiredTrial] = []
         if (renewed_before := lease.expired_before(now)) is not None:
-            expired = await repo.expire_job_trials(
+            expired = await trials.expire_job_trials(
                 conn, job_id, renewed_before=renewed_before, now=now
             )
         in_bandit = job.stage == Stage.MAB
         explorations = {}
-        arms: tuple[bandit.ArmPosterior, ...] = ()
+        posteriors: tuple[bandit.ArmPosterior, ...] = ()
         if in_bandit:
-            arms = await repo.arms(conn, job_id)
+            posteriors = await arms.job_arms(conn, job_id)
         else:
-            explorations = await repo.explorations(conn, job_id)
+            explorations = await trials.explorations(conn, job_id)
         group: GroupKnowledge | None = None
         start = job.start_batch_size
         if job.group is not None and not in_bandit:
-            group = await repo.group_knowledge(conn, job.group, job_id)
+            group = await groups.group_knowledge(conn, job.group, job_id)
             if start is None and job.next_trial_number == 1:  # rule 3, once per job
                 start = bandit.walk_start(
-                    state.params, await repo.sibling_best(conn, job.group, job_id)
+                    state.params, await groups.sibling_best(conn, job.group, job_id)
                 )
         rng = _generator(job)
         try:
@@ -274,7 +275,7 @@ async def dispatch_trial(
                 in_bandit_stage=in_bandit,
                 min_cost_batch_size=job.min_cost_batch_size,
                 explorations=explorations,
-                arms=arms,
+                arms=posteriors,
                 rng=rng,
                 group=group,
                 start_batch_size=start,
@@ -283,7 +284,7 @@ async def dispatch_trial(
             raise NoConvergedBatchSizeError(str(exc)) from exc
         stage = Stage(job.stage)
         if decision.new_arms is not None:
-            await repo.insert_arms(conn, job_id, decision.new_arms)
+            await arms.insert_arms(conn, job_id, decision.new_arms)
             stage = Stage.MAB
             logger.info("job %s enters the bandit stage with arms %s", job_id,
                         [a.batch_size for a in decision.new_arms])  # fmt: skip
@@ -292,12 +293,12 @@ async def dispatch_trial(
             rng_state = dict(rng.bit_generator.state)
         # The trial number comes from the job's counter, under its row lock.
         number = job.next_trial_number
-        await repo.add_trial(
+        await trials.add_trial(
             conn, job, number=number, batch_size=decision.batch_size,
             trial_type=decision.trial_type, stage=stage, rng_state=rng_state, now=now,
             pruning_round=decision.pruning_round, start_batch_size=start,
         )  # fmt: skip
-    _log_expired(expired, lease)
+    log_expired(expired, lease)
     logger.info("job %s trial %d: %s batch size %d", job_id, number, decision.trial_type,
                 decision.batch_size)  # fmt: skip
     metrics.trial_dispatched(decision.trial_type)
@@ -322,11 +323,11 @@ async def _load_trial(
     The caller's job prefixes are checked on the job row read here anyway.
 
     ``lock``: take the job's row lock first, and read what it guards after.
-    ``renew``: renew the trial's lease if it is due (see repository.load_trial).
+    ``renew``: renew the trial's lease if it is due (see trials.load_trial).
     """
-    if lock and not await repo.lock_job_row(conn, key.job_id):
+    if lock and not await jobs.lock_job_row(conn, key.job_id):
         raise JobNotFoundError(key.job_id)
-    state = await repo.load_trial(conn, key.job_id, key.trial_number, renew=renew)
+    state = await trials.load_trial(conn, key.job_id, key.trial_number, renew=renew)
     if state is None:
         raise JobNotFoundError(key.job_id)
     _authorize(caller, state.job.job_id_prefix, key.job_id)
@@ -387,7 +388,7 @@ async def _group_knowledge(
     """What a group's job reads from its group to judge a report (None: no group)."""
     if state.job.group is None or trial.status != TrialStatus.DISPATCHED:
         return None
-    return await repo.group_knowledge(
+    return await groups.group_knowledge(
         conn, state.job.group, state.job.job_id, from_batch_size=trial.batch_size
     )
 
@@ -398,7 +399,7 @@ def _judge(
     result: TrainingResult,
     group: GroupKnowledge | None = None,
 ) -> Judgement:
-    job, params = state.job, repo.job_params(state.job)
+    job, params = state.job, rows.job_params(state.job)
     if group is not None:
         member = bandit.judge_member(
             params, min_cost=job.min_cost, batch_size=trial.batch_size, time=result.time,
@@ -466,7 +467,7 @@ async def report_result(
         if trial.status == TrialStatus.DISPATCHED:
             judged = _judge(state, trial, result, await _group_knowledge(conn, state, trial))
             if not judged.verdict.stop_train and judged.last_report is not None:
-                await repo.remember_report(conn, trial, judged.last_report)
+                await trials.remember_report(conn, trial, judged.last_report)
     if trial.status != TrialStatus.DISPATCHED:
         metrics.report_answered(metrics.ALREADY_ENDED)
         return _answer_for_ended(trial)  # ended trials never change again
@@ -484,7 +485,7 @@ async def report_result(
         verdict = judged.verdict
         if not verdict.stop_train:  # min_cost moved meanwhile: a rare race
             if judged.last_report is not None:
-                await repo.remember_report(conn, trial, judged.last_report)
+                await trials.remember_report(conn, trial, judged.last_report)
             metrics.report_answered(verdict.reason)
             return ReportResponse(stop_train=False, converged=False, message=verdict.message)
         await _record_result(conn, state, trial, result, judged, now)
@@ -518,7 +519,9 @@ async def _record_result(
     refit = job.stage == Stage.MAB and state.is_arm
     earlier: list[float] = []
     if refit and params.window_size > 1:
-        costs = await repo.recent_costs(conn, job.job_id, trial.batch_size, params.window_size - 1)
+        costs = await trials.recent_costs(
+            conn, job.job_id, trial.batch_size, params.window_size - 1
+        )
         earlier = [bandit.reward(c) for c in costs]
     lesson = bandit.learn(
         params, verdict, batch_size=trial.batch_size, min_cost=job.min_cost,
@@ -528,7 +531,7 @@ async def _record_result(
     # The trial's cost is what it counts as (a predictive stop: the predicted
     # cost, as the pruning walk and window refits read it back); time and
     # energy are as reported.
-    await repo.record_result(
+    await arms.record_result(
         conn, trial, time=result.time, energy=result.energy, cost=judged.recorded_cost,
         converged=verdict.converged, stats=lesson.stats, min_cost=lesson.min_cost,
         min_cost_batch_size=lesson.min_cost_batch_size, arm_=lesson.arm, now=now,
@@ -539,12 +542,12 @@ async def _record_result(
 
 def _group_result(
     state: TrialState, judged: Judgement, result: TrainingResult
-) -> repo.GroupResult | None:
+) -> groups.GroupResult | None:
     """What a final report of a group's job adds to its group (None: no group)."""
     if state.job.group is None:
         return None
     verdict = judged.verdict
-    return repo.GroupResult(
+    return groups.GroupResult(
         state.job.group,
         converged=verdict.converged,
         exhausted=verdict.reason is bandit.StopReason.MAX_EPOCHS,
@@ -572,8 +575,8 @@ async def end_trial(
         _, trial = await _load_trial(conn, trial_id, caller, lock=True)
         if trial.status != TrialStatus.DISPATCHED:
             return trial
-        await repo.fail_trial(conn, trial, now, FailureReason.ENDED)
-        await repo.touch_job(conn, trial.job_id, now)
+        await trials.fail_trial(conn, trial, now, FailureReason.ENDED)
+        await jobs.touch_job(conn, trial.job_id, now)
     logger.info("job %s trial %d ended without a result", trial.job_id, trial.trial_number)
     metrics.trial_ended(TrialStatus.FAILED)
     ended = max(now, trial.start_timestamp)
@@ -584,33 +587,3 @@ async def end_trial(
             "failure_reason": FailureReason.ENDED,
         }
     )
-
-
-# ------------------------------------------------------------ lease sweep
-
-SWEEP_BATCH = 100  # jobs locked per transaction
-
-
-async def expire_leases(
-    engine: AsyncEngine, *, now: datetime, lease: Lease, stop: asyncio.Event | None = None
-) -> int:
-    """Mark every trial whose lease ran out Failed, across all jobs; how many were.
-
-    Each batch of jobs is one transaction holding their row locks. Jobs that
-    another request or replica holds are skipped: a dispatch of that job
-    expires its trials under the lock, and the next sweep takes the rest.
-    Once ``stop`` is set (the server shuts down) no further batch starts.
-    """
-    renewed_before = lease.expired_before(now)
-    if renewed_before is None:
-        return 0
-    total = 0
-    while True:
-        async with engine.begin() as conn:
-            locked, expired = await repo.expire_lapsed_trials(
-                conn, renewed_before=renewed_before, now=now, max_jobs=SWEEP_BATCH
-            )
-        _log_expired(expired, lease)
-        total += len(expired)
-        if locked < SWEEP_BATCH or (stop is not None and stop.is_set()):
-            return total

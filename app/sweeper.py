@@ -3,7 +3,7 @@
 A dispatch expires its own job's lapsed trials, but a job nobody dispatches
 any more (its last training process was killed) would keep its Dispatched
 trials forever. Every process sweeps; replicas share the work because the
-sweep skips jobs whose rows another transaction holds (service.expire_leases).
+sweep skips jobs whose rows another transaction holds (:func:`expire_leases`).
 """
 
 from __future__ import annotations
@@ -13,13 +13,42 @@ import logging
 import random
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
+from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.bandit import Lease
-from app.service import expire_leases, utcnow
+from app.service import log_expired, utcnow
+from app.store import trials
 
 logger = logging.getLogger(__name__)
+
+SWEEP_BATCH = 100  # jobs locked per transaction
+
+
+async def expire_leases(
+    engine: AsyncEngine, *, now: datetime, lease: Lease, stop: asyncio.Event | None = None
+) -> int:
+    """Mark every trial whose lease ran out Failed, across all jobs; how many were.
+
+    Each batch of jobs is one transaction holding their row locks. Jobs that
+    another request or replica holds are skipped: a dispatch of that job
+    expires its trials under the lock, and the next sweep takes the rest.
+    Once ``stop`` is set (the server shuts down) no further batch starts.
+    """
+    renewed_before = lease.expired_before(now)
+    if renewed_before is None:
+        return 0
+    total = 0
+    while True:
+        async with engine.begin() as conn:
+            locked, expired = await trials.expire_lapsed_trials(
+                conn, renewed_before=renewed_before, now=now, max_jobs=SWEEP_BATCH
+            )
+        log_expired(expired, lease)
+        total += len(expired)
+        if locked < SWEEP_BATCH or (stop is not None and stop.is_set()):
+            return total
 
 
 async def sweep_forever(engine: AsyncEngine, lease: Lease, stop: asyncio.Event) -> None:

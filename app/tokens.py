@@ -26,11 +26,11 @@ from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app import repository as repo
-from app.db import autocommit
 from app.errors import DomainError, TokenNameTakenError, TokenNotFoundError, UnauthorizedError
-from app.repository import TokenRow
 from app.roles import Principal, Role
+from app.store import tokens as token_rows
+from app.store.engine import autocommit
+from app.store.tokens import TokenRow
 
 logger = logging.getLogger(__name__)
 
@@ -115,10 +115,10 @@ async def create_token(
                 "created_at": now,
                 "revoked_at": None,
             }
-            if await repo.insert_token(conn, values):
+            if await token_rows.insert_token(conn, values):
                 break
             # The name, or (48 random bits) the id: tell which, or draw again.
-            if (taken := await repo.token_by_name(conn, name)) is not None:
+            if (taken := await token_rows.token_by_name(conn, name)) is not None:
                 state = "revoked" if taken.revoked_at is not None else "live"
                 raise TokenNameTakenError(
                     f"A token named {name!r} exists ({state}); names are never reused: "
@@ -131,7 +131,7 @@ async def create_token(
 
 async def list_tokens(engine: AsyncEngine) -> list[TokenInfo]:
     async with autocommit(engine) as conn:
-        return [_info(row) for row in await repo.list_tokens(conn)]
+        return [_info(row) for row in await token_rows.list_tokens(conn)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,8 +143,8 @@ class Revocation:
 async def revoke_token(engine: AsyncEngine, name: str, *, now: datetime) -> Revocation:
     """Revoke a token by name (idempotent); every server refuses it within its cache time."""
     async with engine.begin() as conn:
-        newly = await repo.revoke_token(conn, name, now)
-        row = await repo.token_by_name(conn, name)
+        newly = await token_rows.revoke_token(conn, name, now)
+        row = await token_rows.token_by_name(conn, name)
     if row is None:
         raise TokenNotFoundError(name)
     if newly:
@@ -200,7 +200,7 @@ class TokenVerifier:
     async def _read(self, engine: AsyncEngine, token_id: str) -> _Checked:
         read_at = time.monotonic()
         async with autocommit(engine) as conn:
-            row = await repo.token_by_id(conn, token_id)
+            row = await token_rows.token_by_id(conn, token_id)
         if row is None:
             self._rows.pop(token_id, None)
             raise UnauthorizedError(INVALID)

@@ -35,11 +35,13 @@ import httpx
 
 from app import tokens
 from app.config import AuthMode, Settings
-from app.main import create_app
+from app.http.app import create_app
 from app.roles import Role
 from app.service import utcnow
-from bench.common import fresh_database, markdown_table, wait_until_quiet
 from bench.hotloop import job_spec
+from bench.load import wait_until_quiet
+from bench.reporting import markdown_table
+from bench.servers import fresh_database
 
 MODES: list[tuple[str, AuthMode, float]] = [
     ("off", "off", 2.0),
@@ -119,8 +121,8 @@ async def guard_alone(url: str, n: int, rounds: int) -> list[list[str]]:
     """CPU per request of a route without a database: no guard, guard with auth off, on."""
     from fastapi import Depends, FastAPI
 
-    from app.auth import viewer
-    from app.db import create_engine
+    from app.http.auth import viewer
+    from app.store.engine import create_engine
 
     engine = create_engine(Settings(database_url=url))
     made = await tokens.create_token(engine, "guard", Role.VIEWER, [], now=utcnow())

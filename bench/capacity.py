@@ -30,7 +30,7 @@ other processes' CPU during the step (this machine is shared: read them).
 
 The server is ``bso serve --workers W`` exactly as deployed (BSO_AUTH=required
 with a trainer token, log level WARNING) on a fresh PostgreSQL database;
-the client is bench.common.RawClient in this process (on uvloop).
+the client is bench.load.RawClient in this process (on uvloop).
 
 Examples::
 
@@ -54,26 +54,17 @@ from pathlib import Path
 from typing import Any
 
 from app.sim.traces import WORKLOADS, Case, build_case
-from bench.common import (
+from bench.load import RawClient, RawClientError, machine_cpu_seconds, wait_until_quiet
+from bench.profiling import py_spy, summarize_stacks, top_frames
+from bench.reporting import Recorder, latency_rows, machine_summary, markdown_table, percentiles_ms
+from bench.servers import (
     VENV_BIN,
-    RawClient,
-    RawClientError,
-    Recorder,
     Server,
     bso_server,
     cpu_seconds,
     fresh_database,
-    latency_rows,
-    machine_cpu_seconds,
-    machine_summary,
-    markdown_table,
-    percentiles_ms,
     postgres_cpu_seconds,
-    py_spy,
     status_kib,
-    summarize_stacks,
-    top_frames,
-    wait_until_quiet,
 )
 
 ENDPOINTS = ("POST /jobs", "GET /jobs/batch_size", "POST /report", "PATCH /trials")

@@ -25,7 +25,7 @@ import warnings
 import httpx
 from bso_client import BatchSizeOptimizer, EnergyWarning, JobSpec
 
-from bench.common import bso_server, fresh_database
+from bench.servers import bso_server, fresh_database
 
 
 def _ms(values: list[float]) -> str:

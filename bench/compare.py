@@ -40,16 +40,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from bench.common import (
-    ROOT,
-    Server,
-    bso_server,
-    checkout_label,
-    fresh_database,
-    hello_server,
-    markdown_table,
-)
 from bench.hotloop import Workload, measure
+from bench.reporting import markdown_table
+from bench.servers import ROOT, Server, bso_server, checkout_label, fresh_database, hello_server
 
 RSS_TARGET_MIB = 130
 RATIO_TARGET = 0.8

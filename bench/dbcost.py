@@ -3,9 +3,9 @@
 Not an HTTP benchmark: it explains the hot loop's numbers. The same primary-key
 lookup of a job row goes through raw asyncpg, then through SQLAlchemy's
 layers (driver-level SQL, Core ``select`` with a compiled-cache hit); then
-the per-request frames of the service (app/db.py's engine: ``engine.begin()``
+the per-request frames of the service (app/store/engine.py's engine: ``engine.begin()``
 with the row lock, an AUTOCOMMIT connection for lock-free reads, a bare pool
-checkout) with app/repository.py's statements; and last, whole use cases of
+checkout) with app/store's statements; and last, whole use cases of
 app/service.py that the hot loop calls most. Reports the best of 3 runs of
 ``--n`` calls, in microseconds of this process's CPU per call (the round
 trip's PostgreSQL side is not counted).
@@ -27,12 +27,10 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 
-from bench.common import (
-    fresh_database,
-    markdown_table,
-    wait_until_quiet,
-)
 from bench.hotloop import job_spec
+from bench.load import wait_until_quiet
+from bench.reporting import markdown_table
+from bench.servers import fresh_database
 
 ROWS: list[list[str]] = []
 
@@ -54,11 +52,12 @@ async def run(url: str, n: int) -> None:
     import asyncpg
     from sqlalchemy import select, text
 
-    from app import repository, service
+    from app import service
     from app.config import Settings
-    from app.db import autocommit, create_engine
-    from app.models import job
     from app.schemas import JobSpec, TrainingResult, TrialId
+    from app.store import jobs, trials
+    from app.store.engine import autocommit, create_engine
+    from app.store.tables import job
 
     settings = Settings(database_url=url, log_level="WARNING")
     engine = create_engine(settings)  # the service's engine, configured as it serves
@@ -117,31 +116,29 @@ async def run(url: str, n: int) -> None:
 
     async def locked_frame() -> None:
         async with engine.begin() as conn:
-            await repository.lock_job(conn, "cost-1")
+            await jobs.lock_job(conn, "cost-1")
 
     await timed(
-        "now: engine.begin() + repository.lock_job (job FOR UPDATE JOIN batch sizes)",
+        "now: engine.begin() + jobs.lock_job (job FOR UPDATE JOIN batch sizes)",
         n,
         locked_frame,
     )
 
     async def lock_free_read() -> None:
         async with autocommit(engine) as conn:
-            await repository.load_trial(conn, "cost-1", trial.trial_number)
+            await trials.load_trial(conn, "cost-1", trial.trial_number)
 
     await timed(
-        "now: autocommit(engine) + repository.load_trial (job, trial, stats, arm: one read)",
+        "now: autocommit(engine) + trials.load_trial (job, trial, stats, arm: one read)",
         n,
         lock_free_read,
     )
 
     async def load_job() -> None:
         async with autocommit(engine) as conn:
-            await repository.load_job(conn, "cost-1")
+            await jobs.load_job(conn, "cost-1")
 
-    await timed(
-        "now: autocommit(engine) + repository.load_job (job, batch sizes, arms)", n, load_job
-    )
+    await timed("now: autocommit(engine) + jobs.load_job (job, batch sizes, arms)", n, load_job)
     report = TrainingResult(
         job_id="cost-1",
         batch_size=trial.batch_size,

@@ -15,7 +15,7 @@ have stored):
    written by the service) and a final POST /report: trial 1 is real.
 2. Trials 2..n are bulk-inserted into ``trial`` as finished MAB trials
    (about 5 % Failed, the rest Succeeded with cost = zeus_cost(energy, time)),
-   through SQLAlchemy Core on app.models' ``trial`` table, so that the
+   through SQLAlchemy Core on app.store.tables' ``trial`` table, so that the
    column types store the values (timestamps in the one format that
    ``UTCDateTime`` writes, on SQLite too), exactly as the service does.
 3. Every ``batch_size`` row's running statistics (count, mean, M2 of the
@@ -24,7 +24,7 @@ have stored):
    job's ``next_trial_number``, ``min_cost`` and ``min_cost_batch_size`` are
    recomputed from the trials (Core updates of ``batch_size``, ``arm``,
    ``job``), then the tables are ANALYZEd. The bench's engine is the
-   service's own (``app.db.create_engine``: on SQLite the same PRAGMAs and
+   service's own (``app.store.engine.create_engine``: on SQLite the same PRAGMAs and
    ``BEGIN IMMEDIATE``).
 
 Every job is built before any is measured, so all sizes see the same table
@@ -51,15 +51,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bench.common import (
-    RawClient,
-    bso_server,
-    fresh_database,
-    machine_cpu_seconds,
-    markdown_table,
-    percentiles_ms,
-    wait_until_quiet,
-)
+from bench.load import RawClient, machine_cpu_seconds, wait_until_quiet
+from bench.reporting import markdown_table, percentiles_ms
+from bench.servers import bso_server, fresh_database
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
@@ -122,8 +116,8 @@ async def build_job(
         reward,
         zeus_cost,
     )
-    from app.models import arm, batch_size, job
-    from app.models import trial as trial_table
+    from app.store.tables import arm, batch_size, job
+    from app.store.tables import trial as trial_table
 
     rng = random.Random(f"{job_id}")
     await expect(client, "POST", "/jobs", json=job_spec(job_id, window))
@@ -214,7 +208,7 @@ async def one_iteration(
     """Dispatch and finish one trial; return both latencies; delete the trial again."""
     from sqlalchemy import delete
 
-    from app.models import trial as trial_table
+    from app.store.tables import trial as trial_table
 
     t0 = time.perf_counter()
     trial = await expect(client, "GET", "/jobs/batch_size", params={"job_id": job_id})
@@ -255,7 +249,7 @@ async def run_database(url: str, server_url: str, args: argparse.Namespace) -> l
     from sqlalchemy import text
 
     from app.config import Settings
-    from app.db import create_engine
+    from app.store.engine import create_engine
 
     engine = create_engine(Settings(database_url=url, log_level="WARNING"))
     results = []

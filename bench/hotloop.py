@@ -5,7 +5,7 @@ register (POST /jobs, 201 the first time, 200 after), dispatch (GET
 /jobs/batch_size), one report per epoch (POST /report with cumulative time and
 energy; the last epoch reaches the target) and end (PATCH /trials). At most
 ``--concurrency`` requests are in flight at once, over keep-alive connections
-(bench.common.RawClient by default; ``--client httpx`` for httpx.AsyncClient
+(bench.load.RawClient by default; ``--client httpx`` for httpx.AsyncClient
 with a pool sized to the concurrency).
 
 In the same run a FastAPI hello-world (bench/hello_app.py), served by uvicorn
@@ -36,24 +36,16 @@ from typing import Any
 
 import httpx
 
-from bench.common import (
-    RawClient,
-    RawClientError,
-    Recorder,
+from bench.load import RawClient, RawClientError, machine_cpu_seconds, wait_until_quiet
+from bench.profiling import profile_samples, py_spy, summarize_stacks, top_frames
+from bench.reporting import Recorder, latency_rows, markdown_table
+from bench.servers import (
     Server,
     bso_server,
     cpu_seconds,
     fresh_database,
     hello_server,
-    latency_rows,
-    machine_cpu_seconds,
-    markdown_table,
     postgres_cpu_seconds,
-    profile_samples,
-    py_spy,
-    summarize_stacks,
-    top_frames,
-    wait_until_quiet,
 )
 
 ENDPOINTS = ("POST /jobs", "GET /jobs/batch_size", "POST /report", "PATCH /trials")
@@ -71,7 +63,7 @@ class Workload:
     seeded: bool
     target: str  # "bso" or "hello"
     prefix: str
-    client: str = "raw"  # "raw" (bench.common.RawClient) or "httpx"
+    client: str = "raw"  # "raw" (bench.load.RawClient) or "httpx"
 
 
 def job_spec(job_id: str, prefix: str, seed: int | None) -> dict[str, Any]:
@@ -403,7 +395,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--client",
         choices=["raw", "httpx"],
         default="raw",
-        help="raw: lean keep-alive HTTP/1.1 client (bench/common.py); "
+        help="raw: lean keep-alive HTTP/1.1 client (bench/load.py); "
         "httpx: httpx.AsyncClient, pool sized to the concurrency "
         "(CPU-bound at ~500 req/s here)",
     )

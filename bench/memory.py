@@ -25,8 +25,9 @@ import time
 
 import httpx
 
-from bench.common import bso_server, fresh_database, markdown_table, status_kib
 from bench.hotloop import Workload, measure
+from bench.reporting import markdown_table
+from bench.servers import bso_server, fresh_database, status_kib
 
 TARGET_MIB = 130
 

@@ -34,9 +34,9 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Message
 
 from app.config import Settings
-from app.log import JsonFormatter
-from app.main import BsoApp, create_app
-from app.migrate import upgrade_head
+from app.http.app import BsoApp, create_app
+from app.store.migrate import upgrade_head
+from app.telemetry.log import JsonFormatter
 from tests.helpers import spec as job_spec
 
 APP: FastAPI | None = None

@@ -39,17 +39,10 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from bench.common import (
-    ADMIN_URL,
-    ROOT,
-    RawClient,
-    admin,
-    bso_server,
-    checkout_label,
-    fresh_database,
-)
-from bench.common import markdown_table as table
 from bench.hotloop import job_spec
+from bench.load import RawClient
+from bench.reporting import markdown_table as table
+from bench.servers import ADMIN_URL, ROOT, admin, bso_server, checkout_label, fresh_database
 
 LOG = Path("/var/log/postgresql/postgresql-15-main.log")
 EPOCHS = 3

@@ -14,8 +14,8 @@ from alembic import context
 from sqlalchemy.engine import Connection
 
 from app.config import Settings
-from app.db import create_engine
-from app.models import metadata
+from app.store.engine import create_engine
+from app.store.tables import metadata
 
 config = context.config
 if config.config_file_name is not None and config.attributes.get("configure_logging", True):

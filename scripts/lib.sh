@@ -69,10 +69,14 @@ python_version() {
 }
 
 # Make venv $1 (default .venv) on the newest supported Python (or, with $2 =
-# oldest, the oldest) and `pip install -e '.[dev]' -e ./client` into it, unless it
-# already has that Python and both pyproject.toml files are unchanged since its last install.
+# oldest, the oldest) and install bso into it, unless it already has that Python,
+# both pyproject.toml files are unchanged since its last install, and that install
+# covers $3:
+#   serve (default)  `pip install -e .`: what `bso serve` needs, for scripts/dev.sh
+#   dev              `pip install -e '.[dev]' -e ./client`: the test and lint tools too
+# A dev install covers serve, so dev.sh reuses a venv that test.sh made.
 ensure_venv() {
-    local dir="${1:-$VENV_DIR}" which="${2:-newest}" python want stamp
+    local dir="${1:-$VENV_DIR}" which="${2:-newest}" extras="${3:-serve}" python want stamp have
     stamp="$dir/.bso-install-stamp"
     python="$(find_python "$which")" \
         || die "No Python 3.11, 3.12 or 3.13 found. Install one, or point PYTHON at its binary."
@@ -86,14 +90,20 @@ ensure_venv() {
         "$python" -m venv "$dir"
     fi
     want="$(install_fingerprint "$dir")"
-    if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -x "$dir/bin/bso" ]; then
+    have="$(cat "$stamp" 2>/dev/null || true)"
+    if [ -x "$dir/bin/bso" ] && { [ "$have" = "$want dev" ] || [ "$have" = "$want $extras" ]; }; then
         echo "$dir (Python $(python_version "$dir/bin/python")) is up to date with pyproject.toml and client/pyproject.toml"
         return 0
     fi
-    echo "Installing bso, its dev dependencies and bso-client into $dir (Python $(python_version "$dir/bin/python"); the first run takes a minute)"
     rm -f "$stamp"
-    "$dir/bin/python" -m pip install --quiet --disable-pip-version-check -e '.[dev]' -e ./client
-    printf '%s\n' "$want" >"$stamp"
+    if [ "$extras" = dev ]; then
+        echo "Installing bso, its dev dependencies and bso-client into $dir (Python $(python_version "$dir/bin/python"); the first run takes a minute)"
+        "$dir/bin/python" -m pip install --quiet --disable-pip-version-check -e '.[dev]' -e ./client
+    else
+        echo "Installing bso into $dir (Python $(python_version "$dir/bin/python"))"
+        "$dir/bin/python" -m pip install --quiet --disable-pip-version-check -e .
+    fi
+    printf '%s %s\n' "$want" "$extras" >"$stamp"
 }
 
 # The real Zeus 0.16 server of tests/zeus_import/ lives in its own venv: it needs

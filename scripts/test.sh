@@ -17,13 +17,13 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 . scripts/lib.sh
 
 step "Python environments: the newest and the oldest supported Python"
-ensure_venv "$VENV_DIR" newest
+ensure_venv "$VENV_DIR" newest dev
 newest="$(python_version "$VENV_DIR/bin/python")"
 oldest="$(python_version "$(find_python oldest)")"
 oldest_venv=""
 if [ "$oldest" != "$newest" ]; then
     oldest_venv=".venv-$oldest"
-    ensure_venv "$oldest_venv" oldest
+    ensure_venv "$oldest_venv" oldest dev
 else
     echo "Only Python $newest is available here: the suite runs once."
 fi

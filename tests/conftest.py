@@ -17,8 +17,8 @@ import pytest
 from fastapi import FastAPI
 
 from app.config import Settings
-from app.main import create_app
-from app.migrate import upgrade_head
+from app.http.app import create_app
+from app.store.migrate import upgrade_head
 from tests.support.server import drop_postgres_database, fresh_postgres_database, worker_name
 
 # xdist shares one id among the workers of a run; without xdist, make one.

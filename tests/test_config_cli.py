@@ -14,7 +14,7 @@ import pytest
 from pydantic import ValidationError
 
 from app.config import Settings, deprecated_settings
-from app.migrate import head_revision
+from app.store.migrate import head_revision
 from tests.support.server import (
     bso_args,
     clean_env,

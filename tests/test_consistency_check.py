@@ -15,7 +15,7 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from app.models import arm, batch_size, job, trial
+from app.store.tables import arm, batch_size, job, trial
 from tests.helpers import dispatch, finish, register
 from tests.support.consistency import Acknowledged, check_consistency, consistency_problems
 

@@ -36,14 +36,15 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
-from app import metrics, service
+from app import service, sweeper
 from app.bandit import Lease
 from app.config import Settings
-from app.db import DatabaseFault, classify
-from app.main import create_app
-from app.migrate import upgrade_head
-from app.models import arm, batch_size, job, trial
+from app.http.app import create_app
 from app.schemas import JobSpec
+from app.store.engine import DatabaseFault, classify
+from app.store.migrate import upgrade_head
+from app.store.tables import arm, batch_size, job, trial
+from app.telemetry import metrics
 from tests.helpers import spec
 from tests.support.consistency import Acknowledged, check_consistency
 from tests.support.pgproxy import Cut, PgProxy
@@ -272,7 +273,7 @@ async def expiring_dispatch(world: World, job_id: str) -> Outcome:
 
 async def sweep(world: World, job_id: str) -> Outcome:
     try:
-        return await service.expire_leases(world.engine, now=LATER, lease=LEASE)
+        return await sweeper.expire_leases(world.engine, now=LATER, lease=LEASE)
     except Exception as exc:
         return exc
 

@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
 from app.config import Settings
-from app.main import create_app
+from app.http.app import create_app
 from tests.helpers import spec
 
 LOCK_TIMEOUT_MS = 300

@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml  # type: ignore[import-untyped]
 
-from app import metrics
+from app.telemetry import metrics
 from tests.support.server import REPO_ROOT
 
 DEPLOY = Path(REPO_ROOT) / "deploy"

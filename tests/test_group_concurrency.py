@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from app.migrate import upgrade_head
+from app.store.migrate import upgrade_head
 from tests.helpers import spec
 from tests.support.server import (
     Server,

@@ -11,7 +11,7 @@ import pytest
 from pydantic import ValidationError
 
 from app.config import Settings
-from app.main import create_app
+from app.http.app import create_app
 from tests.helpers import dispatch, finish, spec
 from tests.support.server import bso_args, clean_env
 

@@ -30,7 +30,7 @@ import yaml  # type: ignore[import-untyped]
 from sqlalchemy.engine import make_url
 
 from app.config import Settings, deprecated_settings
-from app.main import create_app
+from app.http.app import create_app
 from tests.support.server import (
     REPO_ROOT,
     VENV_BIN,

@@ -20,11 +20,11 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app import service
+from app import service, sweeper
 from app.bandit import Lease
 from app.config import Settings
-from app.db import DatabaseFault, classify, create_engine
 from app.schemas import JobSpec
+from app.store.engine import DatabaseFault, classify, create_engine
 from tests.helpers import spec
 
 LEASE = Lease(3600)
@@ -77,13 +77,13 @@ async def test_two_replicas_sweeping_at_once_expire_each_trial_once(
 ) -> None:
     first, second = replicas
     await _lapsed_jobs(first)
-    monkeypatch.setattr(service, "SWEEP_BATCH", 4)  # many small transactions, interleaved
+    monkeypatch.setattr(sweeper, "SWEEP_BATCH", 4)  # many small transactions, interleaved
 
     # A request holds one job's lock throughout: the sweeps pass it by.
     async with first.connect() as holder:
         await holder.execute(text("SELECT 1 FROM job WHERE job_id = 'sweep-07' FOR UPDATE"))
         sweeps = [
-            service.expire_leases(engine, now=LATER, lease=LEASE)
+            sweeper.expire_leases(engine, now=LATER, lease=LEASE)
             for engine in (first, second)
             for _ in range(3)
         ]
@@ -97,8 +97,8 @@ async def test_two_replicas_sweeping_at_once_expire_each_trial_once(
 
     # Released: the next sweep, on either replica, takes the rest.
     again = await asyncio.gather(
-        service.expire_leases(first, now=LATER, lease=LEASE),
-        service.expire_leases(second, now=LATER, lease=LEASE),
+        sweeper.expire_leases(first, now=LATER, lease=LEASE),
+        sweeper.expire_leases(second, now=LATER, lease=LEASE),
     )
     assert sum(again) == 2, again
     assert await _statuses(first) == {("Failed", "LeaseExpired"): 2 * JOBS}
@@ -109,7 +109,7 @@ async def test_two_sqlite_replicas_sweeping_at_once_take_turns_and_expire_each_t
 ) -> None:
     first, second = sqlite_replicas
     await _lapsed_jobs(first)
-    monkeypatch.setattr(service, "SWEEP_BATCH", 4)  # many small transactions, interleaved
+    monkeypatch.setattr(sweeper, "SWEEP_BATCH", 4)  # many small transactions, interleaved
     path = first.url.database
     assert path is not None
 
@@ -118,7 +118,7 @@ async def test_two_sqlite_replicas_sweeping_at_once_take_turns_and_expire_each_t
     with closing(sqlite3.connect(path, isolation_level=None)) as holder:
         holder.execute("BEGIN IMMEDIATE")
         with pytest.raises(Exception) as refused:  # the driver's error, wrapped
-            await service.expire_leases(first, now=LATER, lease=LEASE)
+            await sweeper.expire_leases(first, now=LATER, lease=LEASE)
         holder.execute("ROLLBACK")
     assert classify(refused.value) is DatabaseFault.BUSY, refused.value
     assert await _statuses(second) == {("Dispatched", None): 2 * JOBS}
@@ -128,7 +128,7 @@ async def test_two_sqlite_replicas_sweeping_at_once_take_turns_and_expire_each_t
     with closing(sqlite3.connect(path, isolation_level=None)) as holder:
         holder.execute("BEGIN IMMEDIATE")
         sweeps = [
-            asyncio.ensure_future(service.expire_leases(engine, now=LATER, lease=LEASE))
+            asyncio.ensure_future(sweeper.expire_leases(engine, now=LATER, lease=LEASE))
             for engine in (first, second)
             for _ in range(3)
         ]

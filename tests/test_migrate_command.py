@@ -18,8 +18,8 @@ from alembic import command
 from sqlalchemy import Connection
 
 from app.config import Settings
-from app.db import create_engine
-from app.migrate import alembic_config, current_revision, head_revision
+from app.store.engine import create_engine
+from app.store.migrate import alembic_config, current_revision, head_revision
 from tests.support.server import (
     bso_args,
     clean_env,

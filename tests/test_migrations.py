@@ -19,10 +19,10 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import CheckConstraint, Connection, inspect
 
 from app.config import Settings
-from app.db import create_engine
-from app.main import create_app
-from app.migrate import alembic_config, head_revision, upgrade_head
-from app.models import metadata
+from app.http.app import create_app
+from app.store.engine import create_engine
+from app.store.migrate import alembic_config, head_revision, upgrade_head
+from app.store.tables import metadata
 from tests.support.server import (
     REPO_ROOT,
     VENV_BIN,

@@ -16,11 +16,11 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy.exc import OperationalError
 
-from app import metrics
 from app.config import Settings
-from app.log import JsonFormatter, TextFormatter
-from app.main import create_app
-from app.request_context import RequestInfo, bind_job, enter, leave
+from app.http.app import create_app
+from app.telemetry import metrics
+from app.telemetry.context import RequestInfo, bind_job, enter, leave
+from app.telemetry.log import JsonFormatter, TextFormatter
 from tests.support.server import REPO_ROOT
 
 
@@ -158,6 +158,6 @@ def test_text_lines_name_the_request_when_there_is_one() -> None:
 
 def test_the_bso_command_does_not_import_prometheus_client_before_serve_sets_it_up() -> None:
     # prometheus-client fixes its mode at import: PROMETHEUS_MULTIPROC_DIR must come first.
-    code = "import sys, app.cli; assert 'prometheus_client' not in sys.modules, 'imported'"
+    code = "import sys, app.cli.main; assert 'prometheus_client' not in sys.modules, 'imported'"
     result = subprocess.run([sys.executable, "-c", code], cwd=Path(REPO_ROOT), capture_output=True)
     assert result.returncode == 0, result.stderr.decode()

@@ -19,8 +19,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from app.jobs_command import client as cli_client
-from app.migrate import upgrade_head
+from app.cli.jobs import client as cli_client
+from app.store.migrate import upgrade_head
 from tests.helpers import spec
 from tests.support.server import (
     Server,

@@ -24,7 +24,7 @@ import pytest
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
-from app.migrate import upgrade_head
+from app.store.migrate import upgrade_head
 from tests.helpers import spec
 from tests.support.consistency import Acknowledged, check_consistency
 from tests.support.server import (

@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 import pytest
 
-from app.migrate import alembic_config, head_revision, upgrade_head
+from app.store.migrate import alembic_config, head_revision, upgrade_head
 from tests.helpers import spec
 from tests.support.releases import Release, export, previous_release
 from tests.support.server import (

@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from sqlalchemy import insert
 from sqlalchemy.exc import IntegrityError
 
-from app.models import trial
+from app.store.tables import trial
 from tests.helpers import dispatch, register
 
 REFUSED = IntegrityError

@@ -37,14 +37,15 @@ from schemathesis.specs.openapi.checks import (
 from schemathesis.specs.openapi.schemas import OpenApiSchema
 from sqlalchemy import delete
 
-from app import repository, tokens
+from app import tokens
 from app.config import Settings
-from app.db import create_engine
-from app.main import create_app
-from app.models import job
+from app.http.app import create_app
 from app.roles import Role
 from app.schemas import JOB_SPEC_EXAMPLE
 from app.service import utcnow
+from app.store import tokens as token_rows
+from app.store.engine import create_engine
+from app.store.tables import job
 
 CHECKS = [
     not_a_server_error,
@@ -91,7 +92,7 @@ async def _admin_token(settings: Settings) -> str:
         known = _TOKENS.get(settings.database_url)
         if known is not None:
             async with engine.connect() as conn:
-                if await repository.token_by_id(conn, known.split("_")[1]) is not None:
+                if await token_rows.token_by_id(conn, known.split("_")[1]) is not None:
                     return known
         name = f"schemathesis-{uuid.uuid4().hex[:8]}"
         made = await tokens.create_token(engine, name, Role.ADMIN, [], now=utcnow())

@@ -20,8 +20,8 @@ from alembic import command
 from fastapi import FastAPI
 
 from app.config import Settings
-from app.main import create_app
-from app.migrate import alembic_config, head_revision, upgrade_head
+from app.http.app import create_app
+from app.store.migrate import alembic_config, head_revision, upgrade_head
 from tests.helpers import spec
 from tests.support.server import (
     bso_args,

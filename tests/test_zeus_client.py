@@ -20,7 +20,7 @@ from zeus.optimizer.batch_size import client as zeus_client
 from zeus.optimizer.batch_size.common import CreatedJob, JobSpec
 from zeus.optimizer.batch_size.exceptions import ZeusBSORuntimError, ZeusBSOTrainFailError
 
-from app.migrate import upgrade_head
+from app.store.migrate import upgrade_head
 from tests.support.server import (
     Server,
     clean_env,

@@ -15,9 +15,9 @@ from fastapi.responses import HTMLResponse
 from app.dashboard import views
 from app.dashboard.render import render
 from app.dashboard.views import group_view, job_view, jobs_view
-from app.docs_ui import root_path
 from app.errors import GroupNotFoundError, JobNotFoundError
-from app.routes import DatabaseDep, JobIdPath, read
+from app.http.docs_ui import root_path
+from app.http.routes import DatabaseDep, JobIdPath, read
 from app.schemas import PRINTABLE
 
 REFRESH_S = 5  # while a trial runs, the page reloads itself this often

@@ -26,7 +26,7 @@ from app.dashboard.estimates import (
     pruning_rows,
 )
 from app.errors import JobNotFoundError
-from app.routes import DatabaseDep
+from app.http.routes import DatabaseDep
 from app.schemas import GroupRead, JobRead, TrialRead
 
 TRIAL_WINDOW = 2000  # trials per job that charts and estimates use

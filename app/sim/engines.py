@@ -1,6 +1,6 @@
 """The optimiser a replay talks to: the Zeus wire API over HTTP, or the pure algorithm.
 
-:class:`Engine` is the four calls a training script makes: register the job,
+:class:`~app.sim.protocol.Engine` is the four calls a training script makes: register the job,
 get a batch size (a new trial), report after every epoch, end the trial.
 :class:`HttpEngine` speaks only the Zeus wire API (POST /jobs,
 GET /jobs/batch_size, POST /report, PATCH /trials), so it drives this service
@@ -15,23 +15,15 @@ import asyncio
 import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import httpx
 
 from app.schemas import JobSpec
+from app.sim.protocol import Engine, EngineError, ReportAnswer, TrialId
 from app.urls import redact_url
-
-
-class EngineError(Exception):
-    """The optimiser refused a call (an HTTP error status, or its in-memory twin)."""
-
-    def __init__(self, status_code: int, message: str) -> None:
-        super().__init__(f"{status_code}: {message}")
-        self.status_code = status_code
-        self.message = message
 
 
 def wire_body(spec: JobSpec) -> dict[str, Any]:
@@ -41,46 +33,6 @@ def wire_body(spec: JobSpec) -> dict[str, Any]:
         if body[name] is None:
             del body[name]
     return body
-
-
-@dataclass(frozen=True, slots=True)
-class TrialId:
-    """A dispatched trial: which job, which batch size, which number."""
-
-    job_id: str
-    batch_size: int
-    trial_number: int
-
-
-@dataclass(frozen=True, slots=True)
-class ReportAnswer:
-    """The optimiser's answer to an epoch report."""
-
-    stop_train: bool
-    converged: bool
-    message: str
-
-
-class Engine(Protocol):
-    """What a training script asks of the batch size optimiser."""
-
-    async def register(self, spec: JobSpec) -> str:
-        """Register the job (app.schemas.JobSpec, the wire's model); returns its job_id."""
-        ...
-
-    async def next_trial(self, job_id: str) -> TrialId:
-        """Dispatch a new trial and say which batch size to train with."""
-        ...
-
-    async def report(
-        self, trial: TrialId, *, time: float, energy: float, metric: float, current_epoch: int
-    ) -> ReportAnswer:
-        """Report cumulative time/energy and the metric after ``current_epoch``."""
-        ...
-
-    async def end_trial(self, trial: TrialId) -> None:
-        """End the trial (a no-op when a final report already ended it)."""
-        ...
 
 
 def _error_message(response: httpx.Response) -> str:
@@ -176,8 +128,8 @@ async def in_process_service(
     lifespan runs around the requests, as under a real server.
     """
     from app.config import Settings
-    from app.main import create_app
-    from app.migrate import upgrade_head
+    from app.http.app import create_app
+    from app.store.migrate import upgrade_head
 
     with tempfile.TemporaryDirectory(prefix="bso-sim-") as scratch:
         url = sqlite_url(directory if directory is not None else Path(scratch))
@@ -193,7 +145,7 @@ async def open_engine(
     url: str | None, *, pure: bool, token: str | None = None
 ) -> AsyncIterator[Engine]:
     """The engine ``bso simulate`` asked for: a server at ``url``, pure, or in-process."""
-    from app.sim.pure_engine import PureEngine  # it imports this module
+    from app.sim.pure_engine import PureEngine  # numpy and the algorithm: only when asked for
 
     if url is not None:
         async with HttpEngine.for_url(url, token=token) as engine:

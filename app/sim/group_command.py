@@ -1,6 +1,6 @@
 """``bso simulate`` with several GPUs: one recurring job across GPU types (app.sim.groups).
 
-Called by :mod:`app.sim.command` when ``--gpu`` names several GPUs or
+Called by :mod:`app.cli.simulate` when ``--gpu`` names several GPUs or
 ``--sharing`` / ``--before`` is given. Prints a table (mean cost / oracle per
 GPU and overall) or, with ``--json``, every counted recurrence.
 """

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from app.sim.engines import Engine, EngineError
+from app.sim.protocol import Engine, EngineError
 from app.sim.replay import MAX_TRIES, job_spec, train
 from app.sim.results import ReplaySettings
 from app.sim.traces import GPUS, Case, PathSampler, Workload, build_case, expected_costs

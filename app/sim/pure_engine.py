@@ -62,7 +62,7 @@ from app.bandit import (
 )
 from app.bandit.types import TrialStatus
 from app.schemas import JobSpec
-from app.sim.engines import EngineError, ReportAnswer, TrialId
+from app.sim.protocol import EngineError, ReportAnswer, TrialId
 
 
 @dataclass(slots=True)

@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from app.schemas import JobSpec
-from app.sim.engines import Engine, EngineError, TrialId
+from app.sim.protocol import Engine, EngineError, TrialId
 from app.sim.results import Baseline, CaseResult, MetricCurve, ReplaySettings, TryRecord
 from app.sim.traces import Case, PathSampler, converges, expected_costs, oracle_batch_size
 

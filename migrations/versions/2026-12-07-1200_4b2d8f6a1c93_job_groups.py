@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-from app.models import UTCDateTime
+from app.store.tables import UTCDateTime
 
 revision: str = "4b2d8f6a1c93"
 down_revision: str | None = "3b7e2d91c4a8"

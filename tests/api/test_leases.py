@@ -14,10 +14,10 @@ import httpx
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app import reads, service
+from app import reads, service, sweeper
 from app.bandit import Lease
 from app.config import Settings
-from app.main import create_app
+from app.http.app import create_app
 from app.schemas import ReportResponse, TrainingResult, TrialId, TrialRead
 from tests.helpers import register
 
@@ -97,7 +97,7 @@ async def test_a_trial_that_reports_more_often_than_its_lease_never_expires(
     stored, at, epoch = 0.0, 0.0, 0
     for step in range(6):
         at += renew_every - 1 if step % 2 == 0 else gap
-        assert await service.expire_leases(app.state.engine, now=_at(at), lease=LEASE) == 0
+        assert await sweeper.expire_leases(app.state.engine, now=_at(at), lease=LEASE) == 0
         epoch += 1
         answer = await _report(app, trial, _at(at), epoch=epoch)
         assert answer.stop_train is False, (step, answer)
@@ -118,8 +118,8 @@ async def test_a_trial_that_stops_reporting_expires_one_lease_after_its_last_ren
     trial = await _dispatch(app, job_id, T0)
     assert (await _report(app, trial, _at(100))).stop_train is False  # renews: 100 s > 60 s
     engine = app.state.engine
-    assert await service.expire_leases(engine, now=_at(100 + LEASE.seconds), lease=LEASE) == 0
-    assert await service.expire_leases(engine, now=_at(101 + LEASE.seconds), lease=LEASE) == 1
+    assert await sweeper.expire_leases(engine, now=_at(100 + LEASE.seconds), lease=LEASE) == 0
+    assert await sweeper.expire_leases(engine, now=_at(101 + LEASE.seconds), lease=LEASE) == 1
     (shown,) = await _trials(app, job_id)
     assert (shown.status, shown.failure_reason) == ("Failed", "LeaseExpired")
 
@@ -152,7 +152,7 @@ async def test_a_report_on_an_expired_trial_gets_stop_train_and_changes_nothing(
 ) -> None:
     job_id = await register(client)
     trial = await _dispatch(app, job_id, T0)
-    assert await service.expire_leases(app.state.engine, now=EXPIRED, lease=LEASE) == 1
+    assert await sweeper.expire_leases(app.state.engine, now=EXPIRED, lease=LEASE) == 1
     before = (await client.get(f"/jobs/{job_id}")).json()
     (expired,) = await _trials(app, job_id)
     for final in (False, True):  # a "keep training" report and a converging one
@@ -197,13 +197,13 @@ async def test_the_sweep_expires_trials_of_idle_jobs_and_only_lapsed_ones(
     live = await register(client, job_id="job-live")
     await _dispatch(app, live, _at(10))
     engine: AsyncEngine = app.state.engine
-    assert await service.expire_leases(engine, now=_at(LEASE.seconds + 5), lease=LEASE) == 3
-    assert await service.expire_leases(engine, now=_at(LEASE.seconds + 5), lease=LEASE) == 0
+    assert await sweeper.expire_leases(engine, now=_at(LEASE.seconds + 5), lease=LEASE) == 3
+    assert await sweeper.expire_leases(engine, now=_at(LEASE.seconds + 5), lease=LEASE) == 0
     for job_id in idle:
         assert _shape(await _trials(app, job_id)) == [("Exploration", 64, "Failed", "LeaseExpired")]
     assert _shape(await _trials(app, live)) == [("Exploration", 64, "Dispatched", None)]
     assert (
-        await service.expire_leases(engine, now=EXPIRED + timedelta(hours=9), lease=Lease(0)) == 0
+        await sweeper.expire_leases(engine, now=EXPIRED + timedelta(hours=9), lease=Lease(0)) == 0
     )
 
 
@@ -215,7 +215,7 @@ async def test_leases_off_never_expire_and_show_no_expiry(
     trial = await service.dispatch_trial(app.state.engine, job_id, now=T0, lease=off)
     later = T0 + timedelta(days=365)
     await service.dispatch_trial(app.state.engine, job_id, now=later, lease=off)
-    assert await service.expire_leases(app.state.engine, now=later, lease=off) == 0
+    assert await sweeper.expire_leases(app.state.engine, now=later, lease=off) == 0
     trials = await _trials(app, job_id, lease=off)
     assert [(t.status, t.lease_expires_at) for t in trials] == [("Dispatched", None)] * 2
     result = TrainingResult(**trial.model_dump(), time=1.0, energy=1.0, metric=0.1,

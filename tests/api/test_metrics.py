@@ -14,7 +14,7 @@ import httpx
 from fastapi import FastAPI
 from prometheus_client.parser import text_string_to_metric_families
 
-from app import service
+from app import service, sweeper
 from app.bandit import Lease
 from tests.helpers import dispatch, finish, register, report
 
@@ -134,6 +134,6 @@ async def test_expired_leases_are_counted_by_dispatch_and_by_the_sweep(
     after = await scrape(client)
     assert grown(before, after, "bso_leases_expired_total") == 1
     assert grown(before, after, "bso_trials_ended_total", status="Failed") == 1
-    assert await service.expire_leases(engine, now=later + timedelta(seconds=61), lease=lease) == 1
+    assert await sweeper.expire_leases(engine, now=later + timedelta(seconds=61), lease=lease) == 1
     swept = await scrape(client)
     assert grown(after, swept, "bso_leases_expired_total") == 1

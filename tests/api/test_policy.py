@@ -14,7 +14,7 @@ from sqlalchemy import event, select
 
 from app.bandit import Policy
 from app.config import Settings
-from app.models import batch_size, trial
+from app.store.tables import batch_size, trial
 from tests.helpers import dispatch, register, report, spec
 
 # One batch size, no pruning rounds: the bandit from the first trial. Energy 0,

@@ -12,8 +12,8 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from app.auth import MALFORMED, MISSING, presented_token
 from app.errors import UnauthorizedError
+from app.http.auth import MALFORMED, MISSING, presented_token
 from app.roles import Role
 from tests.helpers import basic, bearer, new_token, register, spec
 

@@ -15,11 +15,12 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from app import repository, tokens
+from app import tokens
 from app.config import Settings
-from app.main import create_app
+from app.http.app import create_app
 from app.roles import Role
 from app.service import utcnow
+from app.store import tokens as token_rows
 from tests.helpers import bearer, new_token
 
 
@@ -120,13 +121,13 @@ async def test_a_cached_token_costs_no_database_read(
 ) -> None:
     token = await new_token(auth_app, "ci", Role.VIEWER)
     reads: list[str] = []
-    real = repository.token_by_id
+    real = token_rows.token_by_id
 
     async def counting(conn: Any, token_id: str) -> Any:
         reads.append(token_id)
         return await real(conn, token_id)
 
-    monkeypatch.setattr(repository, "token_by_id", counting)
+    monkeypatch.setattr(token_rows, "token_by_id", counting)
     for _ in range(5):
         assert (await auth_client.get("/jobs", headers=bearer(token))).status_code == 200
     assert len(reads) == 1  # the default BSO_AUTH_CACHE_S is 2 s

@@ -17,7 +17,7 @@ import httpx
 import pytest
 from bso_client import EnergyMeter, Host, JobSpec, Retry
 
-from app.migrate import upgrade_head
+from app.store.migrate import upgrade_head
 from tests.conftest import RUN_ID
 from tests.support.server import (
     Server,

@@ -14,7 +14,7 @@ import pytest
 from fastapi import FastAPI
 from markupsafe import escape
 
-from app import service
+from app import service, sweeper
 from app.bandit import Lease
 from app.dashboard import views
 from tests.helpers import dispatch, end, finish, register
@@ -208,7 +208,7 @@ async def test_a_trial_whose_lease_expired_is_marked_so(
     lease, at = Lease(60), service.utcnow()
     await service.dispatch_trial(app.state.engine, job_id, now=at, lease=lease)  # abandoned
     later = at + timedelta(seconds=61)
-    assert await service.expire_leases(app.state.engine, now=later, lease=lease) == 1
+    assert await sweeper.expire_leases(app.state.engine, now=later, lease=lease) == 1
     await end(client, await dispatch(client, job_id))  # ended by its script: no mark
     html = await page(client, f"/dashboard/jobs/{job_id}")
     lapsed = html.split('<tr data-trial-number="1" class="failed">', 1)[1].split("</tr>", 1)[0]

@@ -8,7 +8,7 @@ import pytest
 import typer
 from typer.testing import CliRunner, Result
 
-from app.sim.command import register
+from app.cli.simulate import register
 from app.sim.results import TryRecord
 from app.sim.summary import compress_sequence
 

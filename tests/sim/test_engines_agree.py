@@ -8,13 +8,13 @@ import pytest
 
 from app.bandit import Policy
 from app.config import Settings
-from app.main import create_app
-from app.migrate import upgrade_head
+from app.http.app import create_app
 from app.sim.engines import HttpEngine, in_process_service, sqlite_url
 from app.sim.pure_engine import PureEngine
 from app.sim.replay import replay
 from app.sim.results import ReplaySettings
 from app.sim.traces import build_case, find_workload
+from app.store.migrate import upgrade_head
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from app.bandit import Policy
-from app.cli import cli
+from app.cli.main import cli
 from app.sim.engines import in_process_service
 from app.sim.groups import GroupPlan, Perturbation, Sharing, parse_before, replay_group, schedule
 from app.sim.pure_engine import PureEngine

@@ -10,7 +10,8 @@ import pytest
 
 from app.bandit import Policy
 from app.schemas import JobSpec
-from app.sim.engines import EngineError, wire_body
+from app.sim.engines import wire_body
+from app.sim.protocol import EngineError
 from app.sim.pure_engine import PureEngine
 from app.sim.replay import metric_at, replay
 from app.sim.results import MetricCurve, ReplaySettings

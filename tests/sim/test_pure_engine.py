@@ -5,7 +5,7 @@ from dataclasses import replace
 import pytest
 
 from app.schemas import JobSpec
-from app.sim.engines import EngineError, TrialId
+from app.sim.protocol import EngineError, TrialId
 from app.sim.pure_engine import PureEngine
 from tests.sim.synthetic import respec
 

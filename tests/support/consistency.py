@@ -31,7 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import bandit
 from app.bandit import ArmPosterior, RewardStats, Stage, TrialStatus, TrialType
-from app.models import arm, batch_size, job, trial
+from app.store.tables import arm, batch_size, job, trial
 
 TrialKey = tuple[str, int]  # (job_id, trial_number)
 

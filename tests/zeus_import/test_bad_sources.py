@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from app.migrate import upgrade_head
+from app.store.migrate import upgrade_head
 from tests.support.server import free_port
 from tests.support.zeus_server import Imported, create_zeus_schema, import_zeus
 

@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from app.config import Settings
-from app.main import create_app
+from app.http.app import create_app
 from tests.conftest import RUN_ID
 from tests.support.server import drop_postgres_database, fresh_postgres_database, worker_name
 from tests.support.zeus_server import (

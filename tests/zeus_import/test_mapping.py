@@ -17,9 +17,9 @@ import httpx
 from fastapi import FastAPI
 from sqlalchemy import select
 
-from app.models import arm, batch_size, job, trial
-from app.zeus_import import map_job
-from app.zeus_source import ZeusJob, zeus_job, zeus_trial
+from app.store.tables import arm, batch_size, job, trial
+from app.zeus_import.mapping import map_job
+from app.zeus_import.source import ZeusJob, zeus_job, zeus_trial
 from tests.support.zeus_server import dispatch, recurrences
 
 NOW = datetime(2026, 12, 7, 9, 0, tzinfo=UTC)

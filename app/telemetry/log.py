@@ -5,11 +5,11 @@ Applied twice, never at import time: by ``bso serve`` before uvicorn starts
 parent process and in every worker, are formatted the same way from the
 first one) and in the app's lifespan (``uvicorn app.main:app``, tests).
 
-Each request is logged once, by app/observe.py on ``app.access``, when its
+Each request is logged once, by app/http/observe.py on ``app.access``, when its
 answer is sent: uvicorn's access log is switched off in both formats, since
 it knows neither the route, the request id nor the duration.
 
-Formatters read the current request (app/request_context.py) when a line is
+Formatters read the current request (app/telemetry/context.py) when a line is
 formatted, which happens in the thread and context that logged it.
 """
 
@@ -22,7 +22,7 @@ import os
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from app.request_context import current_request
+from app.telemetry.context import current_request
 
 if TYPE_CHECKING:  # not imported: a starting worker imports this module before it answers pings
     from app.config import LogFormat
@@ -90,7 +90,7 @@ def logging_config(level: str, log_format: LogFormat) -> dict[str, Any]:
         return {
             "version": 1,
             "disable_existing_loggers": False,
-            "formatters": {"json": {"()": "app.log.JsonFormatter"}},
+            "formatters": {"json": {"()": "app.telemetry.log.JsonFormatter"}},
             "handlers": {
                 "stderr": {
                     "class": "logging.StreamHandler",
@@ -111,7 +111,7 @@ def logging_config(level: str, log_format: LogFormat) -> dict[str, Any]:
     return {
         "version": 1,
         "disable_existing_loggers": False,
-        "formatters": {"plain": {"()": "app.log.TextFormatter"}},
+        "formatters": {"plain": {"()": "app.telemetry.log.TextFormatter"}},
         "handlers": {
             "stderr": {
                 "class": "logging.StreamHandler",

@@ -13,10 +13,9 @@ from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
 from fastapi.responses import JSONResponse
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app import metrics, reads, service
-from app.auth import NOT_A_TRAINER, NOT_AN_ADMIN, UNAUTHENTICATED, TrainerDep, admin, viewer
+from app import reads, service
 from app.bandit import Lease, TrialStatus, TrialType
-from app.request_context import bind_job
+from app.http.auth import NOT_A_TRAINER, NOT_AN_ADMIN, UNAUTHENTICATED, TrainerDep, admin, viewer
 from app.schemas import (
     JOB_SPEC_EXAMPLE,
     PRINTABLE,
@@ -37,6 +36,8 @@ from app.schemas import (
     error_example,
 )
 from app.service import utcnow
+from app.telemetry import metrics
+from app.telemetry.context import bind_job
 
 
 async def get_database(request: Request) -> AsyncEngine:

@@ -1,7 +1,7 @@
 """The ``bso`` command: serve, migrate, tokens, simulate, jobs.
 
 Nothing imported here imports prometheus-client: ``bso serve`` must set
-PROMETHEUS_MULTIPROC_DIR before it is first imported (see app/metrics.py).
+PROMETHEUS_MULTIPROC_DIR before it is first imported (see app/telemetry/metrics.py).
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ from typing import Annotated, Any
 import typer
 from pydantic import ValidationError
 
+from app.cli.import_zeus import register as register_import_zeus
+from app.cli.jobs import register as register_jobs
+from app.cli.simulate import register as register_simulate
+from app.cli.tokens import register as register_tokens
 from app.config import Settings, get_settings
-from app.jobs_command import register as register_jobs
-from app.sim.command import register as register_simulate
-from app.tokens_command import register as register_tokens
-from app.zeus_import_command import register as register_import_zeus
 
 cli = typer.Typer(
     name="bso",
@@ -68,7 +68,7 @@ def migrate() -> None:
 
     Safe to run several at once: they take turns (a PostgreSQL advisory lock).
     """
-    from app.migrate import MigrationError, upgrade_head
+    from app.store.migrate import MigrationError, upgrade_head
 
     settings = _settings()
     if settings.is_in_memory:
@@ -95,10 +95,10 @@ def serve(
     ] = None,
 ) -> None:
     """Serve the API. The embedded SQLite default is migrated automatically first."""
-    from app.log import configure_logging
-    from app.migrate import upgrade_head
-    from app.serve import serve as run_server
-    from app.serve import uvicorn_config
+    from app.cli.serve import serve as run_server
+    from app.cli.serve import uvicorn_config
+    from app.store.migrate import upgrade_head
+    from app.telemetry.log import configure_logging
 
     settings = _settings()
     if settings.is_in_memory and (workers or settings.workers) > 1:

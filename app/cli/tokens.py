@@ -3,7 +3,7 @@
 Like ``bso migrate``, these act on the configured database (they are how the
 first admin token comes to exist), through the use cases of app/tokens.py.
 The database modules are imported only when a command runs, so that ``bso
-serve`` imports no more than it did (see app/cli.py).
+serve`` imports no more than it did (see app/cli/main.py).
 """
 
 from __future__ import annotations
@@ -45,9 +45,9 @@ def _on_database(work: Callable[[AsyncEngine], Awaitable[T]]) -> T:
     Exits with a message (never a traceback) when it is not there yet, cannot
     be reached, or refuses the request.
     """
-    from app.db import DATABASE_ERRORS, create_engine
     from app.errors import DomainError
-    from app.migrate import check_schema
+    from app.store.engine import DATABASE_ERRORS, create_engine
+    from app.store.migrate import check_schema
 
     settings = _read_settings()
     if settings.is_in_memory:

@@ -5,7 +5,7 @@ directory before any worker starts; each worker then writes its counts to its
 own files there, and /metrics, whichever worker answers it, sums them all.
 prometheus-client chooses its mode once, when ``prometheus_client.values`` is
 first imported, so the variable must be set before this module is imported
-(app/cli.py imports nothing that imports it). Without the variable (tests, a
+(app/cli/main.py imports nothing that imports it). Without the variable (tests, a
 plain ``uvicorn app.main:app`` with one worker) the counts live in this
 process and /metrics shows them.
 

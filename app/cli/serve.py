@@ -34,7 +34,7 @@ from uvicorn.config import LOGGING_CONFIG, STARTUP_FAILURE
 from uvicorn.supervisors.multiprocess import Multiprocess
 
 from app.config import Settings
-from app.log import uvicorn_log_config
+from app.telemetry.log import uvicorn_log_config
 
 # Seconds a worker may take to answer the supervisor's ping; a starting worker
 # answers once uvicorn is imported (about 0.2 s of CPU here).
@@ -50,10 +50,10 @@ def uvicorn_config(settings: Settings, *, host: str, port: int, workers: int) ->
         workers=workers,
         log_level=settings.log_level.lower(),
         log_config=uvicorn_log_config(settings.log_level, settings.log_format) or LOGGING_CONFIG,
-        access_log=False,  # app.access logs each request once (app/observe.py)
+        access_log=False,  # app.access logs each request once (app/http/observe.py)
         proxy_headers=True,
-        # Bounds on header size and on the time to send a request (app/http_limits.py).
-        http="app.http_limits:LimitedHttpToolsProtocol",
+        # Bounds on header size and on the time to send a request (app/http/limits.py).
+        http="app.http.limits:LimitedHttpToolsProtocol",
         h11_max_incomplete_event_size=settings.max_header_bytes,
         timeout_graceful_shutdown=settings.shutdown_timeout_s,
         timeout_worker_healthcheck=WORKER_HEALTHCHECK_S,

@@ -1,10 +1,10 @@
 """What the current request is: its id and, once known, its job, for every log line.
 
 A context variable holds one mutable ``RequestInfo`` per request, set by the
-middleware in app/observe.py. Code below it (routes, use cases) only adds to
+middleware in app/http/observe.py. Code below it (routes, use cases) only adds to
 that object, so what it adds is seen even from a copied context (a task or a
-thread started inside the request). Standard library only: app/log.py reads it
-and must not import prometheus-client (see app/metrics.py).
+thread started inside the request). Standard library only: app/telemetry/log.py reads it
+and must not import prometheus-client (see app/telemetry/metrics.py).
 """
 
 from __future__ import annotations

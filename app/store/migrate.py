@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 import migrations
 from app.config import Settings
-from app.db import DatabaseFault, autocommit, classify, create_engine
+from app.store.engine import DatabaseFault, autocommit, classify, create_engine
 
 if TYPE_CHECKING:
     from alembic.config import Config

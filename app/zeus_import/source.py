@@ -2,7 +2,7 @@
 
 Zeus's tables are not ours, so they are declared here as SQLAlchemy Core
 tables, column for column as ``zeus.optimizer.batch_size.server.database.schema``
-creates them, rather than in app/models.py (the repository layer owns our
+creates them, rather than in app/store/tables.py (the repository layer owns our
 schema only). Declared rather than reflected: the declared types turn what
 each driver returns (MySQL's TINYINT booleans, PostgreSQL's native enums,
 naive timestamps) into the same Python values. Reflection only checks that

@@ -10,7 +10,7 @@ attribute read: no round trip. While it does not, requests read the revision
 again at most once per ``recheck_s`` for the whole process, and /readyz reads
 it on every probe, so a replica becomes ready by itself when the migration
 ends. A statement that fails on a missing table or column (the database was
-downgraded or replaced) makes the gate read it again too (app/errors.py).
+downgraded or replaced) makes the gate read it again too (app/http/error_handlers.py).
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from contextlib import suppress
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app import migrate
-from app.migrate import SchemaCheck
+from app.store import migrate
+from app.store.migrate import SchemaCheck
 
 logger = logging.getLogger(__name__)
 
@@ -130,7 +130,7 @@ class RequireSchema:
             or scope["path"].startswith(_EXEMPT)
             or await gate.recheck()
             # Unreachable: the request finds out itself, and is answered as any
-            # request on a database outage (503, app/errors.py).
+            # request on a database outage (503, app/http/error_handlers.py).
             or gate.unreachable
         ):
             await self.app(scope, receive, send)

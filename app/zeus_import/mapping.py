@@ -15,7 +15,7 @@ algorithm's own functions, as our service would have computed it:
   ``PATCH /trials`` (the only way Zeus fails one), reason ``Ended``.
 
 Zeus writes naive timestamps (its server's local time): they are read as UTC.
-Pure: rows in, rows out (app/zeus_import_run.py reads and writes them).
+Pure: rows in, rows out (app/zeus_import/run.py reads and writes them).
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from app.bandit import (
 )
 from app.schemas import JOB_SPEC_FIELDS, JobSpec
 from app.service import new_job_row
-from app.zeus_source import ZeusJob
+from app.zeus_import.source import ZeusJob
 
 
 class RowRefusedError(Exception):
@@ -55,7 +55,7 @@ class RowRefusedError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class MappedJob:
-    """A Zeus job as our tables hold it, ready for ``repository.insert_imported_job``."""
+    """A Zeus job as our tables hold it, ready for ``app.store.jobs.insert_imported_job``."""
 
     spec: JobSpec
     job: dict[str, Any]

@@ -29,7 +29,7 @@ from rich.progress import (
 )
 
 from app.bandit import Policy
-from app.jobs_command import Token
+from app.cli.jobs import Token
 from app.sim.engines import open_engine
 from app.sim.group_command import simulate_group  # --- job groups (issue 13)
 from app.sim.groups import Perturbation, Sharing  # --- job groups (issue 13)

@@ -1,8 +1,8 @@
 """One ``bso import-zeus`` run: each Zeus job read, mapped, and written in its own transaction.
 
 What happens to each job is said as it happens (imported, skipped, refused),
-then counted in a :class:`Summary`. The mapping is app/zeus_import.py's,
-the reading app/zeus_source.py's, the writing the repository's.
+then counted in a :class:`Summary`. The mapping is app/zeus_import/mapping.py's,
+the reading app/zeus_import/source.py's, the writing the repository's.
 """
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app import repository as repo
-from app.db import autocommit
 from app.errors import JobSpecMismatchError
 from app.service import confirm_registered
-from app.zeus_import import MappedJob, RowRefusedError, map_job
-from app.zeus_source import SourceError, job_ids, open_source, read_job
+from app.store import jobs
+from app.store.engine import autocommit
+from app.zeus_import.mapping import MappedJob, RowRefusedError, map_job
+from app.zeus_import.source import SourceError, job_ids, open_source, read_job
 
 
 @dataclass
@@ -53,13 +53,13 @@ async def _write(engine: AsyncEngine, mapped: MappedJob, *, dry_run: bool) -> st
     job_id = mapped.job["job_id"]
     begin = autocommit(engine) if dry_run else engine.begin()
     async with begin as conn:
-        existing = await repo.load_job(conn, job_id)
+        existing = await jobs.load_job(conn, job_id)
         if existing is None and not dry_run:
-            if await repo.insert_imported_job(
+            if await jobs.insert_imported_job(
                 conn, mapped.job, mapped.batch_sizes, mapped.trials, mapped.arms
             ):
                 return None
-            existing = await repo.load_job(conn, job_id)  # inserted meanwhile
+            existing = await jobs.load_job(conn, job_id)  # inserted meanwhile
         if existing is None:
             return None
     confirm_registered(mapped.spec, existing)  # raises on a different spec

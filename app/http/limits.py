@@ -15,7 +15,7 @@ settings (``BSO_MAX_HEADER_BYTES``, ``BSO_REQUEST_TIMEOUT_S``):
   kept-alive connection; otherwise it is answered ``408`` and closed.
   Between requests, uvicorn's keep-alive timeout (5 s) still applies.
 
-``bso serve`` runs uvicorn with it (``http="app.http_limits:LimitedHttpToolsProtocol"``).
+``bso serve`` runs uvicorn with it (``http="app.http.limits:LimitedHttpToolsProtocol"``).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The schema: tables, their column types and constraints (SQLAlchemy Core).
 
 Constraints make the invalid states of SPEC section 3 impossible to store;
-every query a request makes has an index (see repository.py). Alembic's
+every query a request makes has an index (see the store's modules). Alembic's
 migrations are checked against this metadata (tests/test_migrations.py).
 """
 

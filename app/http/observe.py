@@ -18,8 +18,8 @@ from fastapi.routing import iter_route_contexts
 from starlette.routing import Mount, compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app import metrics
-from app.request_context import RequestInfo, enter, leave, request_id_from
+from app.telemetry import metrics
+from app.telemetry.context import RequestInfo, enter, leave, request_id_from
 
 access_logger = logging.getLogger("app.access")
 

@@ -1,9 +1,9 @@
 """``bso import-zeus SOURCE_URL [--dry-run]``: move a Zeus server's jobs into BSO_DATABASE_URL.
 
-The work is app/zeus_import_run.py's; this module turns it into a command that
+The work is app/zeus_import/run.py's; this module turns it into a command that
 migrates the target first, prints one line per job and a summary, and ends
 with one line (never a traceback) when a database cannot be used. Database
-modules are imported only when the command runs (see app/cli.py).
+modules are imported only when the command runs (see app/cli/main.py).
 """
 
 from __future__ import annotations
@@ -47,8 +47,8 @@ def register(cli: typer.Typer, read_settings: Callable[[], Settings]) -> None:
         """
         from sqlalchemy import exc as sa_exc
 
-        from app.migrate import upgrade_head
-        from app.zeus_source import SourceError, source_url
+        from app.store.migrate import upgrade_head
+        from app.zeus_import.source import SourceError, source_url
 
         settings = read_settings()
         if settings.is_in_memory:
@@ -76,9 +76,9 @@ async def _run(settings: Settings, source: URL, *, dry_run: bool, absent: bool) 
 
     ``absent``: the target is a SQLite file that does not exist (yet).
     """
-    from app.db import create_engine
-    from app.migrate import current_revision, head_revision
-    from app.zeus_import_run import import_zeus
+    from app.store.engine import create_engine
+    from app.store.migrate import current_revision, head_revision
+    from app.zeus_import.run import import_zeus
 
     engine = None
     if not (dry_run and absent):

@@ -1,0 +1,156 @@
+"""Jobs and their batch sizes: register, read, lock, list, delete.
+
+:func:`lock_job` locks the job row until the transaction ends, which
+serialises every request that changes a job across workers and replicas
+(SPEC 7). SQLite has no row locks and ignores the clause: there ``BEGIN
+IMMEDIATE`` (app/store/engine.py) serialises writers.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Select, bindparam, delete, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from app.bandit import ArmPosterior, JobParams
+from app.store.arms import insert_arms
+from app.store.rows import NOW, JobRow, insert_if_absent, job_params, page
+from app.store.tables import batch_size, job, trial
+
+
+@dataclass(frozen=True, slots=True)
+class JobState:
+    """A job with its batch sizes and arms, as one read returns them."""
+
+    job: JobRow
+    batch_sizes: tuple[int, ...]
+    arms: tuple[ArmPosterior, ...]  # ascending, when read (empty while pruning)
+
+    @property
+    def params(self) -> JobParams:
+        return job_params(self.job, self.batch_sizes)
+
+
+_JOB_AND_BATCH_SIZES = (
+    select(job, batch_size.c.batch_size)
+    .join_from(job, batch_size, batch_size.c.job_id == job.c.job_id)
+    .where(job.c.job_id == bindparam("job_id"))
+    .order_by(batch_size.c.batch_size)
+)
+# Locked, a statement sees the job row as the lock holder left it, but the
+# rows it joins as they were when it started (PostgreSQL, READ COMMITTED): a
+# locked read joins only what never changes (the batch sizes), and what may
+# have changed meanwhile is read by the next statement.
+_JOB_LOCKED = _JOB_AND_BATCH_SIZES.with_for_update(of=job)
+
+
+async def _job_state(conn: AsyncConnection, statement: Select[Any], job_id: str) -> JobState | None:
+    rows = (await conn.execute(statement, {"job_id": job_id})).all()
+    if not rows:
+        return None
+    return JobState(rows[0], tuple(r.batch_size for r in rows), ())
+
+
+async def load_job(conn: AsyncConnection, job_id: str) -> JobState | None:
+    """A job and its batch sizes in one round trip (not its arms: see :func:`arms`)."""
+    return await _job_state(conn, _JOB_AND_BATCH_SIZES, job_id)
+
+
+async def lock_job(conn: AsyncConnection, job_id: str) -> JobState | None:
+    """Lock a job's row until the transaction ends; the job and its batch sizes."""
+    return await _job_state(conn, _JOB_LOCKED, job_id)
+
+
+_LOCK_JOB_ROW = select(job.c.job_id).where(job.c.job_id == bindparam("job_id")).with_for_update()
+
+
+async def lock_job_row(conn: AsyncConnection, job_id: str) -> bool:
+    """Lock a job's row until the transaction ends; False if there is no such job."""
+    return (await conn.execute(_LOCK_JOB_ROW, {"job_id": job_id})).first() is not None
+
+
+_JOB_EXISTS = select(job.c.job_id).where(job.c.job_id == bindparam("job_id"))
+
+
+async def job_exists(conn: AsyncConnection, job_id: str) -> bool:
+    return (await conn.execute(_JOB_EXISTS, {"job_id": job_id})).first() is not None
+
+
+_INSERT_JOB = insert_if_absent(job, job.c.job_id)
+
+
+async def insert_job_if_absent(
+    conn: AsyncConnection, values: Mapping[str, Any], batch_sizes: Sequence[int]
+) -> bool:
+    """Insert a job and its batch sizes unless the job_id exists; True if inserted.
+
+    ON CONFLICT DO NOTHING rather than select-then-insert: two concurrent
+    registrations of one id cannot both insert (the second waits for the
+    first to commit, then does nothing), and different ids never wait.
+    """
+    statement = _INSERT_JOB[conn.dialect.name]
+    if (await conn.execute(statement, dict(values))).first() is None:
+        return False
+    await conn.execute(
+        insert(batch_size),
+        [
+            {"job_id": values["job_id"], "batch_size": bs, "reward_count": 0,
+             "reward_mean": 0.0, "reward_m2": 0.0}
+            for bs in batch_sizes
+        ],
+    )  # fmt: skip
+    return True
+
+
+async def insert_imported_job(
+    conn: AsyncConnection,
+    values: Mapping[str, Any],
+    batch_sizes: Sequence[Mapping[str, Any]],
+    trials: Sequence[Mapping[str, Any]],
+    arms: Sequence[ArmPosterior],
+) -> bool:
+    """Insert a whole job as ``bso import-zeus`` maps it; False if the job_id exists.
+
+    Its batch sizes come with their running statistics, its trials with
+    their results and leases, its arms as fitted (app/zeus_import/mapping.py).
+    """
+    if (await conn.execute(_INSERT_JOB[conn.dialect.name], dict(values))).first() is None:
+        return False
+    await conn.execute(insert(batch_size), [dict(b) for b in batch_sizes])
+    if trials:
+        await conn.execute(insert(trial), [dict(t) for t in trials])
+    if arms:
+        await insert_arms(conn, values["job_id"], arms)
+    return True
+
+
+_DELETE_JOB = delete(job).where(job.c.job_id == bindparam("job_id"))
+
+
+async def delete_job(conn: AsyncConnection, job_id: str) -> bool:
+    """Delete a job; its batch sizes, trials and arms go by cascade."""
+    return (await conn.execute(_DELETE_JOB, {"job_id": job_id})).rowcount > 0
+
+
+async def list_jobs(
+    conn: AsyncConnection, *, prefix: str | None, after: str | None, limit: int
+) -> list[JobRow]:
+    # ix_job_job_id_prefix with a prefix, the primary key without.
+    statement = page(
+        select(job).order_by(job.c.job_id).limit(limit),
+        (job.c.job_id_prefix, operator.eq, prefix),
+        (job.c.job_id, operator.gt, after),
+    )
+    return list((await conn.execute(statement)).all())
+
+
+_TOUCH_JOB = update(job).where(job.c.job_id == bindparam("k_job_id")).values(updated_at=NOW)
+
+
+async def touch_job(conn: AsyncConnection, job_id: str, now: datetime) -> None:
+    await conn.execute(_TOUCH_JOB, {"k_job_id": job_id, "now": now})
