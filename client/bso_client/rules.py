@@ -28,9 +28,10 @@ def check_url(url: str) -> str:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         shown = url if "@" not in url else "***@" + url.rsplit("@", 1)[1]
+        host = shown.split("://", 1)[-1].split("/")[0] or "127.0.0.1:8000"
         raise ValueError(
-            f"the bso server URL {shown!r} has no http:// or https:// scheme and host: write it "
-            f"as http://HOST:PORT, such as http://{shown.split('/')[0] or '127.0.0.1:8000'}"
+            f"the bso server URL {shown!r} needs an http:// or https:// scheme and a host "
+            f"(BSO_URL or url=): write it as http://HOST:PORT, such as http://{host}"
         )
     return url
 

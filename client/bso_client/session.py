@@ -232,7 +232,7 @@ class Session:
         """What a replay of the spool changed: the running trial's decision, a warning."""
         if replay.dropped:
             warn(
-                f"{replay.dropped} kept report(s) were dropped: the server at "
+                f"{replay.dropped} kept report(s) and end(s) were dropped: the server at "
                 f"{self.endpoint.safe_url} no longer holds their trial (its lease expired, or "
                 "it was deleted)",
                 UnavailableWarning,
