@@ -352,6 +352,16 @@ class TrialView:
         """The last report's answer."""
         return self._state.decision
 
+    def follow(self, decision: Decision) -> Decision:
+        """On a rank other than 0, take rank 0's ``decision`` (broadcast) as this trial's.
+
+        So every rank's ``bso.trials()`` tries again, or ends, together. Rank
+        0's trial keeps its own; either way ``decision`` is returned.
+        """
+        if not self.leader:
+            self._state.decision = decision
+        return decision
+
     def __repr__(self) -> str:
         return (
             f"Trial(job_id={self.job_id!r}, batch_size={self.batch_size}, "
