@@ -59,7 +59,7 @@ def recurrence(
     bso: BatchSizeOptimizer, data: digits.Digits, number: int, devices: int, max_tries: int = 20
 ) -> list[digits.Row]:
     """One recurrence: ``trainer.fit`` a fresh model per try, until a try reaches the target."""
-    rows = []
+    rows: list[digits.Row] = []
     for trial in bso.trials(max_tries=max_tries):
         model = DigitsModel(data, batch_size=bso.job.default_batch_size)
         with trial:

@@ -50,7 +50,7 @@ def train_epoch(
 def recurrence(
     bso: BatchSizeOptimizer, data: digits.Digits, number: int, max_tries: int = 20
 ) -> list[digits.Row]:
-    rows = []
+    rows: list[digits.Row] = []
     for trial in bso.trials(max_tries=max_tries):  # rank 0 asks the server; the others never
         module, optimizer = fresh_model()
         model = torch.nn.parallel.DistributedDataParallel(module)  # rank 0's weights everywhere

@@ -66,7 +66,7 @@ def recurrence(
     instead of letting the client measure wall time: on a shared machine, other
     processes' load makes wall time vary several-fold between identical runs.
     """
-    rows = []
+    rows: list[digits.Row] = []
     for trial in bso.trials(max_tries=max_tries):
         model, optimizer = fresh_model()  # each try trains from scratch
         acc, reporting, reporting_cpu = 0.0, 0.0, 0.0

@@ -95,7 +95,7 @@ def recurrence(
     bso: BatchSizeOptimizer, data: digits.Digits, number: int, output_dir: str, max_tries: int = 20
 ) -> list[digits.Row]:
     """One recurrence: a fresh model and ``Trainer`` per try, until a try reaches the target."""
-    rows = []
+    rows: list[digits.Row] = []
     for trial in bso.trials(max_tries=max_tries):
         with trial:
             args = training_arguments(bso, output_dir)

@@ -148,13 +148,12 @@ def test_server_killed_mid_run_the_run_stops_at_its_target(
         meter.work(100.0)
         assert not trial.report(metric=0.5).fallback
         kill(server)
-        with pytest.warns(UnavailableWarning, match="keeps its reports") as caught:
-            with trial:
-                for epoch in range(2, trial.max_epochs + 1):
-                    meter.work(100.0)
-                    decision = trial.report(metric=0.95 if epoch >= 7 else 0.5)
-                    if decision.stop:
-                        break
+        with pytest.warns(UnavailableWarning, match="keeps its reports") as caught, trial:
+            for epoch in range(2, trial.max_epochs + 1):
+                meter.work(100.0)
+                decision = trial.report(metric=0.95 if epoch >= 7 else 0.5)
+                if decision.stop:
+                    break
     assert len(caught) == 1
     assert trial.epoch == 7  # the target's epoch, not max_epochs (15)
     assert decision.stop and decision.converged and decision.fallback
@@ -260,7 +259,8 @@ def test_kept_reports_past_their_lease_are_dropped_with_one_warning(
             with bso.trial() as again:
                 pass
         said = [str(w.message) for w in caught if w.category is UnavailableWarning]
-        assert len(said) == 1 and said[0].startswith("3 kept report(s) and end(s) were dropped"), said
+        assert len(said) == 1, said
+        assert said[0].startswith("3 kept report(s) and end(s) were dropped"), said
         assert again.trial_number == 2
     assert kept(spool) == []
 
@@ -270,16 +270,15 @@ def test_a_job_deleted_mid_run_warns_once_and_training_goes_on(
 ) -> None:
     meter = CountingMeter()
     bso = BatchSizeOptimizer(job=spec(job_id), url=server.base_url, energy=meter)
-    with pytest.warns(RejectedWarning) as caught:
-        with bso.trial() as trial:
+    with pytest.warns(RejectedWarning) as caught, bso.trial() as trial:
+        meter.work(100.0)
+        trial.report(metric=0.5)
+        deleted = httpx.delete(server.base_url + "/jobs", params={"job_id": job_id})
+        assert deleted.status_code == 200
+        for epoch in range(2, trial.max_epochs + 1):
             meter.work(100.0)
-            trial.report(metric=0.5)
-            deleted = httpx.delete(server.base_url + "/jobs", params={"job_id": job_id})
-            assert deleted.status_code == 200
-            for epoch in range(2, trial.max_epochs + 1):
-                meter.work(100.0)
-                if trial.report(metric=0.95 if epoch >= 4 else 0.5).stop:
-                    break
+            if trial.report(metric=0.95 if epoch >= 4 else 0.5).stop:
+                break
     assert trial.epoch == 4 and trial.decision is not None and trial.decision.converged
     assert len(caught) == 1, [str(w.message) for w in caught]
     message = str(caught[0].message)

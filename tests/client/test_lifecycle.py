@@ -152,7 +152,7 @@ def test_energy_warning_only_when_the_cost_rests_on_a_default(
                 trial.report(metric=0.5)
     said = [str(w.message) for w in caught if w.category is EnergyWarning]
     assert len(said) == 1, said
-    assert "max_power x time" in said[0] and "energy=\"none\"" in said[0]
+    assert "max_power x time" in said[0] and 'energy="none"' in said[0]
     host_power = bso.registered["max_power"] if bso.registered else None
     assert f"max_power {host_power:g} W from" in said[0]
     assert "the default for a CPU host" in said[0] or "RAPL's package power limit" in said[0]

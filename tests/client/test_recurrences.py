@@ -88,7 +88,7 @@ def test_an_exception_in_a_try_ends_the_recurrence(server: Server, job_id: str) 
 
 
 def test_a_try_left_without_a_with_block_is_ended_by_the_next(server: Server, job_id: str) -> None:
-    """Leaving the loop early without a stop: the try ends (Failed), the recurrence is unfinished."""
+    """Leaving the loop early, no stop: the try ends (Failed), the recurrence is unfinished."""
     bso = BatchSizeOptimizer(job=spec(job_id), url=server.base_url, energy=CountingMeter())
     for trial in bso.trials():
         trial.report(metric=0.1)  # then the caller's own loop ends, no stop

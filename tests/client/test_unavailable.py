@@ -138,7 +138,9 @@ def test_server_stopped_during_a_trial_back_and_gone_again(
     # Reports 5 and 6 and the trial's end wait in the spool for the server.
     kept = [json.loads(line) for line in next(spool.glob("*.jsonl")).read_text().splitlines()]
     assert [(k["kind"], k["body"].get("current_epoch")) for k in kept] == [
-        ("report", 5), ("report", 6), ("end", None)
+        ("report", 5),
+        ("report", 6),
+        ("end", None),
     ]
 
 
