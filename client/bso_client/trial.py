@@ -390,8 +390,8 @@ class _OpenTrials:
             pending, self._open = list(self._open.values()), {}
         for endpoint, state in pending:
             call = state.end_call()
-            if call is None:
-                continue
+            if call is None or state.spooled:
+                continue  # kept reports go first, at the job's next start (or the lease ends it)
             options = {**endpoint.request_options(call), "timeout": min(endpoint.timeout, 5.0)}
             try:
                 with httpx.Client() as http:

@@ -190,3 +190,34 @@ def test_lightning_callback_on_two_ddp_processes(server: Server, tmp_path: Path)
     result = run_example("lightning_digits", server, tmp_path, job_id, 2, "--devices", "2")
     check_recurrences(result, 2)
     check_against_server(server, job_id, result)
+
+
+def test_without_a_server_the_plain_example_stops_at_the_target_and_prices_runs_right(
+    tmp_path: Path,
+) -> None:
+    """The server unreachable: every run trains at the default batch size, the client stops
+    it at the target (not max_epochs), and its row costs what the server would have counted
+    (max_power x time, the energy being max_power x time here), "server unreachable"."""
+    out = tmp_path / "result.json"
+    env = clean_env(
+        BSO_URL=f"http://127.0.0.1:{free_port()}", BSO_TOKEN="", BSO_SPOOL_DIR=str(tmp_path)
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "examples.plain_pytorch", "--job-id", "digits-test-away",
+         "--recurrences", "2", "--seed", "0", "--json", str(out)],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "UnavailableWarning" in done.stderr
+    result = json.loads(out.read_text())
+    rows = result["rows"]
+    assert [(row["recurrence"], row["try_number"]) for row in rows] == [(1, 1), (2, 1)]
+    for row in rows:
+        assert row["trial_number"] is None and row["batch_size"] == DEFAULT_BATCH_SIZE
+        assert row["stopped"] == "server unreachable: target reached", row
+        assert row["accuracy"] >= 0.90 and row["epochs"] < MAX_EPOCHS
+        assert row["energy_source"] == "max_power x time"
+        # eta 0.5: 0.5 x energy + 0.5 x max_power x time, with energy = max_power x time.
+        assert row["cost"] == pytest.approx(row["energy_j"]) and row["cost"] > 0
+    summary = result["summary"]
+    assert summary["converged_recurrences"] == 2 and summary["stage"] is None
