@@ -82,22 +82,13 @@ class Spool:
         self.full_warned = False
 
     @contextlib.contextmanager
-    def _locked(self, *, wait: bool = True) -> Iterator[bool]:
-        """Hold the spool's lock (``False`` without it when ``wait`` is off and it is taken)."""
+    def _locked(self) -> Iterator[None]:
+        """Hold the spool's lock (a file beside it) while its records change."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path.with_suffix(".lock"), "a") as lock:
-            if fcntl is None:
-                yield True
-                return
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-            except BlockingIOError:
-                yield False
-                return
-            try:
-                yield True
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+            if fcntl is not None:
+                fcntl.flock(lock, fcntl.LOCK_EX)  # closing the file releases it
+            yield
 
     def _read(self) -> list[Record]:
         try:
@@ -128,22 +119,31 @@ class Spool:
         return self._read()
 
     def add(self, record: Record) -> bool:
-        """Keep ``record`` after the others; False (and a warning) when the disk refused."""
+        """Keep ``record`` after the others; False (and a warning) when the disk refused.
+
+        An append, unless the spool is full: then the oldest records go.
+        """
+        line = json.dumps({"kind": record.kind, "body": record.body}) + "\n"
         try:
             with self._locked():
-                records = self._read()
-                records.append(record)
-                if len(records) > MAX_RECORDS:
-                    dropped = len(records) - MAX_RECORDS
-                    records = records[dropped:]
-                    if not self.full_warned:
-                        self.full_warned = True
-                        warn(
-                            f"the report spool {self.path} is full ({MAX_RECORDS} records): its "
-                            f"{dropped} oldest were dropped",
-                            UnavailableWarning,
-                        )
-                self._write(records)
+                try:
+                    held = self.path.read_bytes().count(b"\n")
+                except FileNotFoundError:
+                    held = 0
+                if held < MAX_RECORDS:
+                    with open(self.path, "a", encoding="utf-8") as out:
+                        out.write(line)
+                    return True
+                records = [*self._read(), record]
+                dropped = len(records) - MAX_RECORDS
+                self._write(records[dropped:])
+                if not self.full_warned:
+                    self.full_warned = True
+                    warn(
+                        f"the report spool {self.path} is full ({MAX_RECORDS} records): its "
+                        "oldest are dropped to keep the newest",
+                        UnavailableWarning,
+                    )
         except OSError as exc:
             warn(
                 f"a report could not be kept in {self.path} ({exc}); it is lost, training goes on",
