@@ -17,6 +17,7 @@ import pytest
 from bso_client import EnergyWarning, Host, MeterUnavailableError
 from bso_client.http import Call
 from bso_client.meters import open_meter, rapl
+from bso_client.meters.none import TimeOnlyMeter
 from bso_client.meters.nvml import NvmlMeter, visible_handles
 from bso_client.meters.rapl import RaplMeter, cpu_host
 from bso_client.trial import Dispatch, Stopwatch, TrialState
@@ -248,15 +249,19 @@ def test_auto_on_a_cpu_host_takes_rapl_then_time_only(
     monkeypatch.setitem(sys.modules, "pynvml", None)
     monkeypatch.setitem(sys.modules, "zeus.monitor", None)
     monkeypatch.setattr(rapl, "POWERCAP", powercap)
-    with pytest.warns(EnergyWarning, match=r"RAPL.*gpu_model 'cpu'.*275 W"):
+    # Opening a meter warns of nothing: the client warns only when a report's cost
+    # rests on a max_power the caller did not give (tests/client/test_lifecycle.py).
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", EnergyWarning)
         meter = open_meter("auto")
-    assert meter.name == "rapl"
-    meter.close()
-    monkeypatch.setattr(rapl, "POWERCAP", tmp_path / "nothing")
-    with pytest.warns(EnergyWarning, match=r"max_power x time.*'cpu'.*100 W") as caught:
+        assert meter.name == "rapl" and meter.host == Host("cpu", 1, 275.0)
+        meter.close()
+        monkeypatch.setattr(rapl, "POWERCAP", tmp_path / "nothing")
         meter = open_meter("auto")
+    assert isinstance(meter, TimeOnlyMeter)
     assert meter.name == "none" and not meter.measures_energy
-    assert "nvml: nvidia-ml-py is not installed" in str(caught[0].message)
+    assert "nvml: nvidia-ml-py is not installed" in meter.reason
+    assert meter.max_power_source == "the default for a CPU host, gpu_model 'cpu'"
     assert meter.host == Host("cpu", 1, 100.0)
 
 
@@ -271,9 +276,11 @@ def test_named_meters_that_cannot_work_say_why(monkeypatch: pytest.MonkeyPatch) 
 def test_energy_none_still_describes_gpus_nvml_sees(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "pynvml", fake_pynvml(two_a100s()))
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    with pytest.warns(EnergyWarning, match=r"2 x NVIDIA A100, max_power 800 W"):
-        meter = open_meter("none")
+    meter = open_meter("none")
     assert meter.host == Host("NVIDIA A100", 2, 800.0)
+    assert isinstance(meter, TimeOnlyMeter)
+    assert meter.max_power_source == "NVML's power limits of 2 x NVIDIA A100"
+    assert meter.reason == 'energy="none"'
 
 
 # --------------------------------------------------------------- stopwatch

@@ -7,6 +7,7 @@ a PostgreSQL job row that another transaction holds locked.
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 import warnings
@@ -94,7 +95,7 @@ def own_server(backend: str, tmp_path: Path) -> Iterator[tuple[str, Path]]:
 
 
 def test_server_stopped_during_a_trial_back_and_gone_again(
-    own_server: tuple[str, Path], job_id: str
+    own_server: tuple[str, Path], job_id: str, spool: Path
 ) -> None:
     """Reports fall back while the server is away, reach it when it is back; training completes."""
     url, folder = own_server
@@ -121,16 +122,26 @@ def test_server_stopped_during_a_trial_back_and_gone_again(
         assert not decision.stop and not decision.fallback
         reported = read(server, f"/jobs/{job_id}/trials")["items"][0]
         assert reported["status"] == "Dispatched" and reported["batch_size"] == trial.batch_size
-    # Gone for good: the run trains to its last epoch and leaves the block quietly.
+    # Gone for good: the run trains to max_epochs (the client stops it there, its target
+    # not reached) and leaves the block quietly: the report warning was given already.
     with warnings.catch_warnings(record=True) as later:
         warnings.simplefilter("always")
         with trial:
-            for epoch in (5, 6):
-                meter.work(100)
-                assert not trial.report(metric=0.1 * epoch).stop
+            meter.work(100)
+            assert not trial.report(metric=0.5).stop
+            meter.work(100)
+            last = trial.report(metric=0.6)
+            assert last.stop and not last.converged and last.fallback
+            assert "max_epochs (6)" in last.message
     assert trial.epoch == 6 and trial.batch_size == 32
-    said = [str(w.message).split(" (")[0] for w in later if w.category is UnavailableWarning]
-    assert said == ["ending the trial failed"], said  # the report warning was given already
+    assert [w for w in later if issubclass(w.category, UnavailableWarning)] == []
+    # Reports 5 and 6 and the trial's end wait in the spool for the server.
+    kept = [json.loads(line) for line in next(spool.glob("*.jsonl")).read_text().splitlines()]
+    assert [(k["kind"], k["body"].get("current_epoch")) for k in kept] == [
+        ("report", 5),
+        ("report", 6),
+        ("end", None),
+    ]
 
 
 @contextmanager
