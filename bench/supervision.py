@@ -141,7 +141,8 @@ def run_kills(checkout: Path, database: str, kills: int, burners: int, clients: 
 
         async def measure() -> None:
             tasks = [
-                asyncio.create_task(client([server.port], 0, stop, outcomes)) for _ in range(clients)
+                asyncio.create_task(client([server.port], 0, stop, outcomes))
+                for _ in range(clients)
             ]
             for _ in range(kills):
                 await asyncio.sleep(1.0)

@@ -73,7 +73,9 @@ def server(database: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         args, port=port, env=env, log_dir=folder, cwd=folder, ready_path="/readyz"
     ) as running:
         workers = worker_processes(running.process.pid)
-        assert len(workers) == 2, f"expected 2 workers, found {child_processes(running.process.pid)}"
+        assert len(workers) == 2, (
+            f"expected 2 workers, found {child_processes(running.process.pid)}"
+        )
         yield running
 
 

@@ -23,7 +23,6 @@ import uvicorn
 from uvicorn.config import LOGGING_CONFIG, STARTUP_FAILURE
 
 from app.cli.supervisor import Supervisor
-
 from app.config import Settings
 from app.telemetry.log import uvicorn_log_config
 

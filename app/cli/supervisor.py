@@ -28,6 +28,7 @@ replaces pods, and ``--workers`` sets the size.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -48,15 +49,21 @@ logger = logging.getLogger("uvicorn.error")
 # How often each worker is asked whether it still answers (a hung worker's test;
 # a dead one is noticed at once, by its sentinel).
 PING_INTERVAL_S = 1.0
-_STOP_SIGNALS = {signal.SIGTERM: "SIGTERM", signal.SIGINT: "SIGINT"}
-_IGNORED_SIGNALS = {signal.SIGHUP: "SIGHUP", signal.SIGTTIN: "SIGTTIN", signal.SIGTTOU: "SIGTTOU"}
+_STOP_SIGNALS: dict[int, str] = {signal.SIGTERM: "SIGTERM", signal.SIGINT: "SIGINT"}
+_IGNORED_SIGNALS: dict[int, str] = {
+    signal.SIGHUP: "SIGHUP",
+    signal.SIGTTIN: "SIGTTIN",
+    signal.SIGTTOU: "SIGTTOU",
+}
 _fork = multiprocessing.get_context("fork")
 
 
 class Worker:
-    """One worker process: a fork of the supervisor running uvicorn's server on the shared socket."""
+    """A worker process: a fork of the supervisor serving on the shared socket."""
 
-    def __init__(self, config: Config, sockets: list[socket.socket], close_in_child: list[int]):
+    def __init__(
+        self, config: Config, sockets: list[socket.socket], close_in_child: list[int]
+    ) -> None:
         self.parent_conn, self.child_conn = _fork.Pipe()
         self.process: BaseProcess = _fork.Process(
             target=_run_worker,
@@ -113,10 +120,8 @@ def _run_worker(
     for signum in (*_STOP_SIGNALS, *_IGNORED_SIGNALS):
         signal.signal(signum, signal.SIG_DFL)  # uvicorn's server installs its own as it starts
     for fd in close_in_child:  # the wake-up pipe and the other workers' ping pipes
-        try:
+        with contextlib.suppress(OSError):
             os.close(fd)
-        except OSError:
-            pass
     server = Server(config)
 
     def answer_pings() -> None:
@@ -129,10 +134,8 @@ def _run_worker(
 
     threading.Thread(target=answer_pings, daemon=True).start()
     config.configure_logging()
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         server.run(sockets)
-    except KeyboardInterrupt:
-        pass
     if not server.started:
         sys.exit(STARTUP_FAILURE)
 
@@ -174,7 +177,7 @@ class Supervisor:
                 logger.warning("Received %s: not supported, ignored.", _IGNORED_SIGNALS[signum])
 
     def _stop_listening(self) -> None:
-        """Close the supervisor's copy of the socket: the port closes once the workers close theirs."""
+        """Close this copy of the listening socket: the port closes once the workers' do."""
         for sock in self.sockets:
             sock.close()
 
@@ -190,14 +193,18 @@ class Supervisor:
     def _replace(self, index: int, worker: Worker, *, hung: bool) -> None:
         if hung:
             logger.warning(
-                "Child process [%s] did not answer within %g s: killed", worker.pid, self.healthcheck_s
+                "Child process [%s] did not answer within %g s: killed",
+                worker.pid,
+                self.healthcheck_s,
             )
             worker.kill()
         worker.close()
         if worker.exitcode == STARTUP_FAILURE:
             # It failed before serving: the app or its settings are broken, and
             # every replacement would fail the same way.
-            logger.error("Child process [%s] failed to start, stopping the parent process.", worker.pid)
+            logger.error(
+                "Child process [%s] failed to start, stopping the parent process.", worker.pid
+            )
             self.should_exit = True
             self.exit_code = STARTUP_FAILURE
             return
@@ -238,7 +245,7 @@ class Supervisor:
                 return
 
     def run(self) -> int:
-        """Serve until told to stop; the exit status (uvicorn's STARTUP_FAILURE if workers cannot start)."""
+        """Serve until told to stop; the exit status (STARTUP_FAILURE: workers cannot start)."""
         logger.info("Started parent process [%s]", os.getpid())
         self._install_signals()
         self.config.load()  # once, here: every worker is a fork with the app already imported

@@ -200,7 +200,11 @@ def child_processes(pid: int) -> dict[int, str]:
 
 def worker_processes(pid: int) -> set[int]:
     """The workers of ``bso serve --workers N`` started as ``pid``: its children (forks)."""
-    return {child for child, cmdline in child_processes(pid).items() if "resource_tracker" not in cmdline}
+    return {
+        child
+        for child, cmdline in child_processes(pid).items()
+        if "resource_tracker" not in cmdline
+    }
 
 
 def bso_args(*args: str) -> list[str]:
