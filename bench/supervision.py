@@ -17,8 +17,10 @@ the database) without pause:
   A client reuses a connection only if the server has not closed it (as
   httpx does), so "lost" counts only real races.
 
-``--checkout PATH`` serves another checkout (its ``.venv``) for a before/after
-comparison: ``python -m bench.supervision --checkout /work/main``.
+``--gunicorn`` serves with the alternative evaluated instead (gunicorn's
+arbiter, uvicorn-worker, ``--preload``; install both first). ``--checkout
+PATH`` serves another checkout (its ``.venv``) for a before/after comparison:
+``python -m bench.supervision --checkout /work/main``.
 """
 
 from __future__ import annotations
@@ -28,17 +30,27 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.load import busy_cores
 from bench.reporting import machine_summary
-from bench.servers import ROOT, Server, bso_server, checkout_label, fresh_database
+from bench.servers import (
+    ROOT,
+    VENV_BIN,
+    Server,
+    bso_server,
+    checkout_label,
+    free_port,
+    fresh_database,
+)
 
 
 def burn_cpu(count: int) -> list[subprocess.Popen[bytes]]:
@@ -54,16 +66,58 @@ def log_lines(server: Server) -> list[dict[str, object]]:
     return lines
 
 
+# gunicorn's text log: "[time] [pid] [LEVEL] message".
+_GUNICORN_STARTED = re.compile(r"\[(\d+)\] \[INFO\] Application startup complete\.")
+
+
 def started_pids(server: Server) -> set[int]:
+    """Workers that logged their startup (bso serve's JSON lines, or gunicorn's text)."""
     found = set()
     for line in log_lines(server):
         if line.get("message") == "Application startup complete.":
             found.add(int(str(line["pid"])))
+    with open(server.log_path, errors="replace") as handle:
+        found.update(int(pid) for pid in _GUNICORN_STARTED.findall(handle.read()))
     return found
 
 
 def died(server: Server, pid: int) -> bool:
-    return any(line.get("message") == f"Child process [{pid}] died" for line in log_lines(server))
+    """Whether the supervisor logged the death of ``pid`` (uvicorn's or gunicorn's arbiter)."""
+    if any(line.get("message") == f"Child process [{pid}] died" for line in log_lines(server)):
+        return True
+    with open(server.log_path, errors="replace") as handle:
+        return f"Worker (pid:{pid}) was sent SIGKILL" in handle.read()
+
+
+def gunicorn_server(database_url: str) -> Server:
+    """The alternative evaluated: gunicorn's arbiter, uvicorn-worker, the app preloaded.
+
+    Needs ``pip install gunicorn uvicorn-worker`` (not dependencies of bso).
+    """
+    port = free_port()
+    metrics = tempfile.mkdtemp(prefix="bso-bench-metrics-")
+    return Server(
+        name="gunicorn",
+        argv=[
+            str(VENV_BIN / "gunicorn"),
+            "app.main:app",
+            "--worker-class",
+            "uvicorn_worker.UvicornWorker",
+            "--workers",
+            "2",
+            "--preload",
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--log-level",
+            "info",
+            "--graceful-timeout",
+            "20",
+        ],
+        port=port,
+        env={"BSO_DATABASE_URL": database_url, "PROMETHEUS_MULTIPROC_DIR": metrics},
+        ready_path="/readyz",
+        workers=2,
+    )
 
 
 # ------------------------------------------------------------------ load
@@ -130,9 +184,14 @@ async def client(ports: list[int], first: int, stop: asyncio.Event, outcomes: Ou
 # --------------------------------------------------------------- the runs
 
 
-def run_kills(checkout: Path, database: str, kills: int, burners: int, clients: int) -> None:
-    server = bso_server(database, workers=2, log_level="INFO", checkout=checkout)
-    server.env["BSO_LOG_FORMAT"] = "json"
+def run_kills(
+    checkout: Path, database: str, kills: int, burners: int, clients: int, gunicorn: bool
+) -> None:
+    if gunicorn:
+        server = gunicorn_server(database)
+    else:
+        server = bso_server(database, workers=2, log_level="INFO", checkout=checkout)
+        server.env["BSO_LOG_FORMAT"] = "json"
     noticed: list[float] = []
     replaced: list[float] = []
     with server:
@@ -190,8 +249,15 @@ def _restart(server: Server) -> None:
     server.__enter__()
 
 
-def run_rolling(checkout: Path, database: str, clients: int, burners: int, rounds: int) -> None:
-    servers = [bso_server(database, workers=2, checkout=checkout, name=f"bso{i}") for i in (0, 1)]
+def run_rolling(
+    checkout: Path, database: str, clients: int, burners: int, rounds: int, gunicorn: bool
+) -> None:
+    if gunicorn:
+        servers = [gunicorn_server(database) for _ in (0, 1)]
+    else:
+        servers = [
+            bso_server(database, workers=2, checkout=checkout, name=f"bso{i}") for i in (0, 1)
+        ]
     outcomes = Outcomes()
     with servers[0], servers[1]:
         ports = [s.port for s in servers]
@@ -234,15 +300,23 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="rolling restarts of both servers")
     parser.add_argument("--burners", type=int, default=2)
     parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument(
+        "--gunicorn", action="store_true", help="serve with gunicorn + uvicorn-worker, preloaded"
+    )
     args = parser.parse_args()
     print(machine_summary())
-    print(f"serving {args.checkout} at {checkout_label(args.checkout)}")
+    what = "gunicorn + uvicorn-worker --preload" if args.gunicorn else "bso serve"
+    print(f"serving {args.checkout} at {checkout_label(args.checkout)} with {what}")
     print(f"machine busy before the run: {busy_cores(2):.2f} cores (other work on it)")
     with fresh_database("postgres", checkout=args.checkout) as database:
         if args.what in ("kills", "both"):
-            run_kills(args.checkout, database, args.kills, args.burners, args.clients)
+            run_kills(
+                args.checkout, database, args.kills, args.burners, args.clients, args.gunicorn
+            )
         if args.what in ("rolling", "both"):
-            run_rolling(args.checkout, database, args.clients, args.burners, args.rounds)
+            run_rolling(
+                args.checkout, database, args.clients, args.burners, args.rounds, args.gunicorn
+            )
 
 
 if __name__ == "__main__":

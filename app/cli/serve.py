@@ -22,6 +22,7 @@ import sys
 import uvicorn
 from uvicorn.config import LOGGING_CONFIG, STARTUP_FAILURE
 
+from app.cli.server import DrainingServer
 from app.cli.supervisor import Supervisor
 from app.config import Settings
 from app.telemetry.log import uvicorn_log_config
@@ -54,7 +55,7 @@ def uvicorn_config(settings: Settings, *, host: str, port: int, workers: int) ->
 def serve(config: uvicorn.Config) -> None:
     """Serve until SIGTERM or SIGINT: in this process with one worker, else with a supervisor."""
     if config.workers == 1:
-        server = uvicorn.Server(config)
+        server = DrainingServer(config)
         server.run()
         if not server.started:
             sys.exit(STARTUP_FAILURE)

@@ -42,7 +42,8 @@ from multiprocessing.process import BaseProcess
 from typing import Any
 
 from uvicorn.config import STARTUP_FAILURE, Config
-from uvicorn.server import Server
+
+from app.cli.server import DrainingServer
 
 logger = logging.getLogger("uvicorn.error")
 
@@ -122,7 +123,7 @@ def _run_worker(
     for fd in close_in_child:  # the wake-up pipe and the other workers' ping pipes
         with contextlib.suppress(OSError):
             os.close(fd)
-    server = Server(config)
+    server = DrainingServer(config)
 
     def answer_pings() -> None:
         try:
