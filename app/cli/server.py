@@ -4,9 +4,10 @@ A connection the kernel has completed (the client has connected, and may
 have sent its request) waits in the listening socket's queue until a worker
 accepts it. When the last copy of the socket closes, the kernel resets every
 connection still queued: their requests are lost, although the client saw
-its connection accepted. Measured: most of the 20 requests lost in a rolling
-restart of two servers under CPU load, after kept-alive connections were
-drained (app/http/limits.py). So on shutdown this server first accepts every
+its connection accepted. Measured (bench/supervision.py): with kept-alive
+connections already drained (app/http/limits.py), a rolling restart of two
+servers under CPU load still lost 20 requests this way; with this, 0. So on
+shutdown this server first accepts every
 connection queued, then closes the socket in the same step, then drains them
 with the rest: each is answered and closed.
 
