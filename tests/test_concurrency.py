@@ -33,6 +33,7 @@ from tests.support.server import (
     fresh_postgres_database,
     running_server,
     worker_name,
+    worker_processes,
 )
 
 CLIENTS = 32
@@ -71,9 +72,10 @@ def server(database: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     with running_server(
         args, port=port, env=env, log_dir=folder, cwd=folder, ready_path="/readyz"
     ) as running:
-        children = child_processes(running.process.pid)
-        workers = [pid for pid, cmdline in children.items() if "spawn_main" in cmdline]
-        assert len(workers) == 2, f"expected 2 uvicorn workers, found {children}"
+        workers = worker_processes(running.process.pid)
+        assert len(workers) == 2, (
+            f"expected 2 workers, found {child_processes(running.process.pid)}"
+        )
         yield running
 
 
