@@ -37,8 +37,10 @@ async def stored(client: httpx.AsyncClient, app: Any) -> Rows:
     for index, (metric, epochs) in enumerate(outcomes):
         trial_ = await dispatch(client, jobs[index % 2])
         for epoch in range(1, epochs + 1):
-            answer = await report(client, trial_, time=10.0 * epoch, energy=1000.0 * epoch,
-                                  metric=metric if epoch == epochs else 0.1, epoch=epoch)  # fmt: skip
+            answer = await report(
+                client, trial_, time=10.0 * epoch, energy=1000.0 * epoch,
+                metric=metric if epoch == epochs else 0.1, epoch=epoch,
+            )  # fmt: skip
             assert answer.status_code == 200, answer.text
         assert answer.json()["stop_train"], answer.json()
     ended = await dispatch(client, jobs[0])

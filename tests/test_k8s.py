@@ -652,7 +652,7 @@ def restricted_violations(pod: dict[str, Any]) -> list[str]:
             problems.append(f"{where}: privileged")
         if context.get("allowPrivilegeEscalation") is not False:
             problems.append(f"{where}: allowPrivilegeEscalation is not false")
-        if not (context.get("runAsNonRoot", pod_context.get("runAsNonRoot")) is True):
+        if context.get("runAsNonRoot", pod_context.get("runAsNonRoot")) is not True:
             problems.append(f"{where}: runAsNonRoot is not true")
         if context.get("runAsUser") == 0:
             problems.append(f"{where}: runAsUser: 0")
