@@ -79,7 +79,7 @@ def fault_proxy(upstream: str, faults: Faults) -> Iterator[str]:
             self.end_headers()
             self.wfile.write(content)
 
-        do_GET = do_POST = do_PATCH = do_DELETE = _handle
+        do_GET = do_POST = do_PATCH = do_DELETE = _handle  # noqa: N815 (http.server's names)
 
     port = free_port()
     server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
