@@ -19,7 +19,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -683,7 +683,7 @@ def test_the_restricted_check_sees_what_the_standard_forbids() -> None:
     """The check above is not vacuous: each change breaks a rule it names."""
     pod = one(render("dev"), "StatefulSet", "bso-postgres")["spec"]["template"]["spec"]
     assert restricted_violations(pod) == []
-    breakages = {
+    breakages: dict[str, Callable[[dict[str, Any]], object]] = {
         "allowPrivilegeEscalation": lambda p: p["containers"][0]["securityContext"].pop(
             "allowPrivilegeEscalation"
         ),
