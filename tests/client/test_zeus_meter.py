@@ -12,7 +12,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import pytest
-import zeus.device  # type: ignore[import-untyped]
+import zeus.device
 from bso_client import BatchSizeOptimizer, Host, MeterUnavailableError
 from bso_client.meters import open_meter
 from bso_client.meters.zeus import WINDOW, ZeusMeter
