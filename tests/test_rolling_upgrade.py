@@ -7,11 +7,12 @@ checkout on the same database, as pods of both releases do while a
 Deployment rolls. A Zeus client's whole life (register, dispatch, reports,
 end, reads, delete) then alternates between the two, and so do two jobs of
 one job group (the newest migration made the groups' tables): every answer
-2xx, and the group's statistics count this release's final reports once each. A migration that breaks
-the expand/contract rule of docs/upgrades.md fails it: e.g. a NOT NULL column
-without a default that the old code's inserts leave out (500 on the old
-server), a renamed or dropped column (500), or data one release writes that
-the other cannot read (a 4xx/5xx, or answers that disagree).
+2xx, and the group's statistics count this release's final reports once each.
+A migration that breaks the expand/contract rule of docs/upgrades.md fails
+it: e.g. a NOT NULL column without a default that the old code's inserts
+leave out (500 on the old server), a renamed or dropped column (500), or
+data one release writes that the other cannot read (a 4xx/5xx, or answers
+that disagree).
 """
 
 from __future__ import annotations
