@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Boolean, MetaData, Table, insert, select, text
+from sqlalchemy import Boolean, Connection, MetaData, Table, insert, select, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
@@ -39,6 +39,10 @@ def _name(kind: str) -> str:
     return f"bso_test_zeusform_{kind}_{RUN_ID}_{worker_name()}"
 
 
+def reflect(connection: Connection, name: str) -> Table:
+    return Table(name, MetaData(), autoload_with=connection)
+
+
 def copy_rows(sqlite_source: Path, url: str) -> None:
     """The SQLite source's rows (written as Zeus writes them) into another Zeus database."""
 
@@ -49,12 +53,8 @@ def copy_rows(sqlite_source: Path, url: str) -> None:
             async with source.connect() as read, target.begin() as write:
                 for name in ("Job", "BatchSize", "Trial"):
                     # Each side's own table, reflected: typed values (booleans, datetimes).
-                    mine = await read.run_sync(
-                        lambda c, n=name: Table(n, MetaData(), autoload_with=c)
-                    )
-                    theirs = await write.run_sync(
-                        lambda c, n=name: Table(n, MetaData(), autoload_with=c)
-                    )
+                    mine = await read.run_sync(reflect, name)
+                    theirs = await write.run_sync(reflect, name)
                     rows = [dict(r._mapping) for r in await read.execute(select(mine))]
                     for row in rows:
                         for column in theirs.c:
