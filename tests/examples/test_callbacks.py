@@ -24,6 +24,7 @@ from bso_client import BatchSizeOptimizer, JobSpec
 from bso_client.huggingface import BatchSizeOptimizerCallback
 from transformers import TrainerControl, TrainerState, TrainingArguments
 
+from tests.client.conftest import CountingMeter
 from tests.support.server import Server, bso_args, clean_env, free_port, running_server
 
 
@@ -57,7 +58,7 @@ def test_a_metric_name_without_eval_means_the_eval_metric(
 ) -> None:
     job_id = f"hf-{uuid.uuid4().hex[:8]}"
     args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=8)
-    bso = BatchSizeOptimizer(job=job(job_id), url=server.base_url, energy="none")
+    bso = BatchSizeOptimizer(job=job(job_id), url=server.base_url, energy=CountingMeter())
     with bso, bso.trial() as trial:
         callback = BatchSizeOptimizerCallback(trial, args, metric=metric)
         assert callback.metric == "eval_accuracy"
@@ -83,14 +84,16 @@ def test_a_rank_that_took_itself_for_rank_0_is_refused_at_setup(
     monkeypatch.setenv("RANK", "1")  # as torchrun sets it in the second process
     args = TrainingArguments(output_dir=str(tmp_path))
     # rank=0 given on every rank by mistake: this process's trial would talk to the server.
-    bso = BatchSizeOptimizer(job=job(job_id), url=server.base_url, energy="none", rank=0)
+    bso = BatchSizeOptimizer(job=job(job_id), url=server.base_url, energy=CountingMeter(), rank=0)
     with bso, bso.trial() as trial:
         assert trial.leader
         with pytest.raises(RuntimeError, match="rank 1 holds a trial that talks to the server"):
             BatchSizeOptimizerCallback(trial, args, metric="accuracy")
     # Told its rank, the same process opens a local stand-in and never calls the server.
     other = f"hf-{uuid.uuid4().hex[:8]}"
-    follower = BatchSizeOptimizer(job=job(other), url=server.base_url, energy="none", rank=1)
+    follower = BatchSizeOptimizer(
+        job=job(other), url=server.base_url, energy=CountingMeter(), rank=1
+    )
     with follower, follower.trial() as trial:
         assert not trial.leader
         BatchSizeOptimizerCallback(trial, args, metric="accuracy")
