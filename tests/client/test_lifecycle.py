@@ -97,9 +97,10 @@ def test_client_time_leaves_out_its_own_http_time(server: Server, job_id: str) -
             time.sleep(0.05)  # "training"
             trial.report(metric=0.1)
         measured = trial.time
-    wall = time.monotonic() - started
-    assert wall > 4 * 0.3  # register, dispatch, 2 reports (and a PATCH)
-    assert 0.1 <= measured < 0.3, measured
+        elapsed = time.monotonic() - started  # register, dispatch, 2 reports: 4 x 0.3 s of HTTP
+    assert measured >= 2 * 0.05, measured  # the training is counted
+    # ... and none of the HTTP: a bound a slow machine only widens, never breaks.
+    assert measured <= elapsed - 4 * 0.3, (measured, elapsed)
     reported = read(server, f"/jobs/{job_id}/trials")["items"][0]
     assert reported["status"] == "Failed"  # left the block without a final report
     assert reported["failure_reason"] == "Ended"

@@ -203,21 +203,35 @@ def test_a_real_503_is_retried_after_retry_after(tmp_path: Path, job_id: str) ->
             assert recorder.statuses("POST", "/report")[0] == 503
             assert recorder.statuses("POST", "/report")[-1] == 200
             trial.end()
+    finally:
+        assert pg_name is not None
+        drop_postgres_database(pg_name)
 
-            # A dispatch whose answer does not come in time may have created a
-            # trial: it is not sent again (the trial's lease would end it).
-            impatient = Recorder()
-            with impatient.client() as http2:
-                quick = BatchSizeOptimizer(
-                    job=spec(job_id), url=server.base_url, energy=CountingMeter(),
-                    timeout=0.03, retry=FAST, http_client=http2,
-                )  # fmt: skip
-                quick.register()
-                with job_row_locked(url, job_id), pytest.warns(UnavailableWarning, match="Timeout"):
-                    fallback = quick.trial()
-                assert fallback.fallback and fallback.batch_size == 32
-                sent = [r.url.path for r in impatient.requests]
-                assert sent == ["/jobs", "/jobs/batch_size"], sent
+
+def test_a_dispatch_answered_too_late_is_not_sent_again(tmp_path: Path, job_id: str) -> None:
+    """A dispatch whose answer does not come in time may have created a trial: not resent.
+
+    The server waits up to 30 s for the locked row (BSO_LOCK_TIMEOUT_MS) and the
+    client 1 s per call: it gives up long before any answer, however slow the
+    machine, and its registration has the same second to spare.
+    """
+    url, pg_name = database("postgresql", tmp_path, "impatient")
+    impatient = Recorder()
+    try:
+        with (
+            serve(url, tmp_path, settings={"BSO_LOCK_TIMEOUT_MS": "30000"}) as server,
+            impatient.client() as http,
+        ):
+            quick = BatchSizeOptimizer(
+                job=spec(job_id), url=server.base_url, energy=CountingMeter(),
+                timeout=1.0, retry=FAST, http_client=http,
+            )  # fmt: skip
+            quick.register()
+            with job_row_locked(url, job_id), pytest.warns(UnavailableWarning, match="Timeout"):
+                fallback = quick.trial()
+            assert fallback.fallback and fallback.batch_size == 32
+            sent = [r.url.path for r in impatient.requests]
+            assert sent == ["/jobs", "/jobs/batch_size"], sent
     finally:
         assert pg_name is not None
         drop_postgres_database(pg_name)
