@@ -26,6 +26,7 @@ from tests.support.server import (
     bso_args,
     clean_env,
     free_port,
+    run_off_loop,
     running_server,
     worker_processes,
 )
@@ -251,7 +252,7 @@ def test_sigterm_under_keep_alive_load_answers_every_request_it_accepted(tmp_pat
             await asyncio.gather(*tasks)
             return seen
 
-        seen = asyncio.run(run())
+        seen = run_off_loop(run())
     print(seen)
     assert seen.lost == [], seen
     assert seen.answered > 0 and seen.refused > 0

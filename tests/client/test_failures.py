@@ -9,7 +9,6 @@ test_auth.py, test_lifecycle.py, test_recurrences.py, test_unavailable.py).
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
@@ -34,7 +33,14 @@ from sqlalchemy.pool import NullPool
 
 from tests.client.conftest import FAST, CountingMeter, database, read, serve, served_database, spec
 from tests.support.consistency import check_consistency
-from tests.support.server import Server, bso_args, create_tokens, drop_postgres_database, free_port
+from tests.support.server import (
+    Server,
+    bso_args,
+    create_tokens,
+    drop_postgres_database,
+    free_port,
+    run_off_loop,
+)
 
 
 def kill(server: Server) -> None:
@@ -79,7 +85,7 @@ def consistent(url: str) -> None:
         finally:
             await engine.dispose()
 
-    asyncio.run(check())
+    run_off_loop(check())
 
 
 # ------------------------------------------------------------------ wrong URLs

@@ -11,7 +11,6 @@ from its own tables.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,7 +22,7 @@ from sqlalchemy.pool import NullPool
 
 from tests.client.conftest import FAST, CountingMeter, Recorder, spec
 from tests.conftest import RUN_ID
-from tests.support.server import Server, worker_name
+from tests.support.server import Server, run_off_loop, worker_name
 from tests.support.zeus_server import (
     drop_mariadb_database,
     fresh_mariadb_database,
@@ -64,7 +63,7 @@ def zeus_trials(url: str, job_id: str) -> list[dict[str, Any]]:
         finally:
             await engine.dispose()
 
-    return asyncio.run(read())
+    return run_off_loop(read())
 
 
 @pytest.mark.filterwarnings("error")

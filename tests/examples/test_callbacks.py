@@ -9,7 +9,9 @@
 
 With the real transformers objects (TrainingArguments, TrainerState,
 TrainerControl) and a real ``bso serve``; the hooks are called as the Trainer
-calls them.
+calls them. transformers is imported inside each test: it exists only where the
+examples run (Python 3.11), and the other runs must still collect this module to
+deselect it by its marker.
 """
 
 from __future__ import annotations
@@ -21,8 +23,6 @@ from pathlib import Path
 import httpx
 import pytest
 from bso_client import BatchSizeOptimizer, JobSpec
-from bso_client.huggingface import BatchSizeOptimizerCallback
-from transformers import TrainerControl, TrainerState, TrainingArguments
 
 from tests.client.conftest import CountingMeter
 from tests.support.server import Server, bso_args, clean_env, free_port, running_server
@@ -57,6 +57,9 @@ def test_a_metric_name_without_eval_means_the_eval_metric(
     server: Server, tmp_path: Path, metric: str
 ) -> None:
     job_id = f"hf-{uuid.uuid4().hex[:8]}"
+    from bso_client.huggingface import BatchSizeOptimizerCallback
+    from transformers import TrainerControl, TrainerState, TrainingArguments
+
     args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=8)
     bso = BatchSizeOptimizer(job=job(job_id), url=server.base_url, energy=CountingMeter())
     with bso, bso.trial() as trial:
@@ -82,6 +85,9 @@ def test_a_rank_that_took_itself_for_rank_0_is_refused_at_setup(
 ) -> None:
     job_id = f"hf-{uuid.uuid4().hex[:8]}"
     monkeypatch.setenv("RANK", "1")  # as torchrun sets it in the second process
+    from bso_client.huggingface import BatchSizeOptimizerCallback
+    from transformers import TrainingArguments
+
     args = TrainingArguments(output_dir=str(tmp_path))
     # rank=0 given on every rank by mistake: this process's trial would talk to the server.
     bso = BatchSizeOptimizer(job=job(job_id), url=server.base_url, energy=CountingMeter(), rank=0)

@@ -13,16 +13,19 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Coroutine, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 import httpx
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
+
+T = TypeVar("T")
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
@@ -68,10 +71,18 @@ async def _admin(statements: Sequence[str]) -> None:
         await engine.dispose()
 
 
-def _run_admin(*statements: str) -> None:
-    # On a helper thread: works inside a running event loop too.
+def run_off_loop(coroutine: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run`` on a helper thread: works inside a running event loop too.
+
+    On the main thread, asyncio.run would unset its event loop when it ends, and
+    every later async test of this worker would fail with "no current event loop".
+    """
     with ThreadPoolExecutor(1) as pool:
-        pool.submit(asyncio.run, _admin(statements)).result()
+        return pool.submit(asyncio.run, coroutine).result()
+
+
+def _run_admin(*statements: str) -> None:
+    run_off_loop(_admin(statements))
 
 
 def fresh_postgres_database(name: str) -> str:

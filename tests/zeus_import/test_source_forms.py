@@ -9,7 +9,6 @@ is refused by SQLite itself, and the file is left byte for byte as it was.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import shutil
 from collections.abc import Iterator
@@ -23,7 +22,12 @@ from sqlalchemy.pool import NullPool
 
 from app.zeus_import.source import source_url
 from tests.conftest import RUN_ID
-from tests.support.server import drop_postgres_database, fresh_postgres_database, worker_name
+from tests.support.server import (
+    drop_postgres_database,
+    fresh_postgres_database,
+    run_off_loop,
+    worker_name,
+)
 from tests.support.zeus_server import (
     create_zeus_schema,
     drop_mariadb_database,
@@ -65,7 +69,7 @@ def copy_rows(sqlite_source: Path, url: str) -> None:
             await source.dispose()
             await target.dispose()
 
-    asyncio.run(copy())
+    run_off_loop(copy())
 
 
 @pytest.fixture
@@ -127,5 +131,5 @@ def test_a_sqlite_source_is_opened_read_only(one_job: Path, tmp_path: Path) -> N
             await engine.dispose()
 
     with pytest.raises(OperationalError, match="readonly database"):
-        asyncio.run(write_through_the_importers_url())
+        run_off_loop(write_through_the_importers_url())
     assert hashlib.sha256(one_job.read_bytes()).hexdigest() == before
