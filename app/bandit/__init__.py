@@ -13,8 +13,9 @@ Two policies, chosen per job: ``zeus``, the paper's algorithm exactly, and
 clearly expensive batch sizes after each pruning round
 (:mod:`app.bandit.predictive`). Under either policy a pruning round that
 converges nowhere is walked again and then ends pruning with fallback arms
-(:class:`DeadEnd`): a job is never left without a batch size. Jobs of one group (one per GPU type, say)
-share what a batch size needs to converge (:mod:`app.bandit.groups`).
+(:class:`DeadEnd`): a job is never left without a batch size. Jobs of one
+group (one per GPU type, say) share what a batch size needs to converge
+(:mod:`app.bandit.groups`).
 """
 
 from app.bandit.cost import reward, zeus_cost

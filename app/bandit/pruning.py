@@ -116,8 +116,11 @@ def _walk_round(
     min_cost_batch_size: int,
     never_converged: frozenset[int],
 ) -> PruningStep | tuple[dict[int, float], int, dict[int, int]]:
-    """One walk of a round: the trial to dispatch, or what converged, the cheapest, and
-    how many explorations each batch size has used after it."""
+    """One walk of a round: the trial to dispatch, or its outcome.
+
+    The outcome: the converged batch sizes' costs, the cheapest of them, and
+    how many explorations each batch size has used after this walk.
+    """
     default = state.default_batch_size
     kept: dict[int, float] = {}  # batch size -> its exploration's cost
     used = dict(taken)

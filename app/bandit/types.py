@@ -185,7 +185,7 @@ class Decision:
     trial_type: TrialType
     new_arms: tuple[ArmPosterior, ...] | None = None
     pruning_round: int | None = None
-    dead_end: DeadEnd | None = None  # with new_arms: pruning ended on a round that converged nowhere
+    dead_end: DeadEnd | None = None  # with new_arms: a round converged nowhere
 
 
 @dataclass(frozen=True, slots=True)

@@ -339,3 +339,7 @@ class PureEngine:
     def dead_end(self, job_id: str) -> DeadEnd | None:
         """Why the job's pruning ended early, if a round converged nowhere."""
         return self._job(job_id).dead_end
+
+    def dead_ends(self) -> dict[str, DeadEnd]:
+        """Every job whose pruning ended on a round that converged nowhere (SPEC 5, rule 4)."""
+        return {job_id: j.dead_end for job_id, j in self._jobs.items() if j.dead_end is not None}
