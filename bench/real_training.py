@@ -30,9 +30,13 @@ time``, so the service's cost is 100 x CPU seconds at any eta.
 Per policy and beta it prints: cost over the oracle's and over always using
 the default (each times the recurrences), runs per recurrence, early stops of
 the oracle batch size (stopped by the service, not converged, before
-``max_epochs``), recurrences that ended without a model (no run reached the
-target, or the service refused a batch size: the paper's dead end), and the
-batch size the job settled on (most frequent over the last third).
+``max_epochs``), early stops of runs that would have reached the target (a
+stopped run of a batch size that reaches it in at least half its ground-truth
+runs trains on, uncounted and unreported, to find out), recurrences that
+ended without a model (no run reached the target, or the service refused a
+batch size: the paper's dead end), and the batch size the job settled on
+(most frequent over the last third). ``--server-code`` serves another
+checkout's ``app`` (the code before a change) to the same client and job.
 """
 
 from __future__ import annotations
@@ -96,6 +100,9 @@ class Run:
     epochs: int
     cpu_seconds: float
     reached_epoch: int | None  # the first epoch at or above the target
+    # After a stop before the target: the epoch it would have reached it at (None: not
+    # within max_epochs), trained on uncounted (``train(..., counterfactual=True)``).
+    would_reach: int | None = None
 
     @property
     def cost(self) -> float:
@@ -130,10 +137,14 @@ def train(
     batch_size: int,
     seed: int,
     on_epoch: Callable[[int, float, float], bool],
+    *,
+    counterfactual: bool = False,
 ) -> Run:
     """Train epoch by epoch until ``on_epoch(epoch, accuracy, cpu_seconds)`` says stop.
 
     ``cpu_seconds`` is cumulative and counts only training and validation.
+    ``counterfactual``: a run stopped before the target trains on, uncounted and
+    unreported, to find out whether it would have reached it (``Run.would_reach``).
     """
     torch = setup_torch()
     torch.manual_seed(seed)
@@ -144,9 +155,8 @@ def train(
     )
     optimizer = torch.optim.SGD(model.parameters(), lr=task.learning_rate)
     loss_of = torch.nn.functional.cross_entropy
-    cpu, reached, epoch = 0.0, None, 0
-    for epoch in range(1, task.max_epochs + 1):
-        started = time.process_time()
+
+    def one_epoch() -> float:
         model.train()
         order = torch.randperm(task.train_size)
         for start in range(0, task.train_size, batch_size):
@@ -156,13 +166,24 @@ def train(
             optimizer.step()
         model.eval()
         with torch.no_grad():
-            accuracy = float((model(data.val_x).argmax(dim=1) == data.val_y).float().mean())
+            return float((model(data.val_x).argmax(dim=1) == data.val_y).float().mean())
+
+    cpu, reached, epoch = 0.0, None, 0
+    for epoch in range(1, task.max_epochs + 1):
+        started = time.process_time()
+        accuracy = one_epoch()
         cpu += time.process_time() - started
         if reached is None and accuracy >= task.target:
             reached = epoch
         if on_epoch(epoch, accuracy, cpu):
             break
-    return Run(batch_size, seed, epoch, cpu, reached)
+    would_reach = None
+    if counterfactual and reached is None:
+        for later in range(epoch + 1, task.max_epochs + 1):
+            if one_epoch() >= task.target:
+                would_reach = later
+                break
+    return Run(batch_size, seed, epoch, cpu, reached, would_reach)
 
 
 # ---------------------------------------------------------------- ground truth
@@ -228,8 +249,12 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def bso_serve() -> Iterator[str]:
-    """``bso serve`` of this venv on a fresh SQLite database; yields its URL."""
+def bso_serve(code: Path | None = None) -> Iterator[str]:
+    """``bso serve`` of this venv on a fresh SQLite database; yields its URL.
+
+    ``code``: serve that checkout's ``app`` instead (first on ``PYTHONPATH``),
+    to measure the service before a change with the same client and job.
+    """
     bso = str(Path(sys.executable).parent / "bso")
     with tempfile.TemporaryDirectory(prefix="bso-real-") as folder:
         env = {
@@ -237,6 +262,8 @@ def bso_serve() -> Iterator[str]:
             "BSO_DATABASE_URL": f"sqlite+aiosqlite:///{folder}/bso.db",
             "BSO_LOG_LEVEL": "WARNING",
         }
+        if code is not None:
+            env["PYTHONPATH"] = str(code.resolve())
         subprocess.run([bso, "migrate"], env=env, check=True, capture_output=True)
         port = free_port()
         with open(Path(folder) / "server.log", "wb") as log:
@@ -275,6 +302,7 @@ class Try:
     converged: bool = False
     stopped_early: bool = False  # by the service, not converged, before max_epochs
     message: str = ""
+    would_reach: int | None = None  # a stopped run's epoch of the target, trained on uncounted
 
 
 @dataclass(slots=True)
@@ -310,7 +338,10 @@ def drive(
     recurrences: int,
     max_tries: int,
     seed: int,
+    worth_finishing: frozenset[int] = frozenset(),
 ) -> Job:
+    """``worth_finishing``: the batch sizes whose stopped runs are trained on, uncounted,
+    to see whether the stop defeated a run that would have reached the target."""
     job = Job(policy, beta, job_id=f"real-{policy}-{beta}-{uuid.uuid4().hex[:8]}")
     spec = JobSpec(
         job_id_prefix="real", job_id=job.job_id, batch_sizes=task.batch_sizes,
@@ -328,14 +359,15 @@ def drive(
                     break
                 with trial:
                     run = train(task, data, trial.batch_size,
-                                train_seed(seed, recurrence, attempt), reporter(trial))  # fmt: skip
+                                train_seed(seed, recurrence, attempt), reporter(trial),
+                                counterfactual=trial.batch_size in worth_finishing)  # fmt: skip
                 decision = trial.decision
                 converged = decision is not None and decision.converged
                 reached = run.reached_epoch == run.epochs  # the model it ends with
                 early = not converged and run.epochs < task.max_epochs
                 job.tries.append(Try(
                     recurrence, attempt, run.batch_size, run.epochs, run.cost, reached, converged,
-                    early, decision.message if decision is not None else "",
+                    early, decision.message if decision is not None else "", run.would_reach,
                 ))  # fmt: skip
                 if reached:
                     break
@@ -365,6 +397,9 @@ def job_cells(job: Job, truths: dict[int, Truth], task: Task, recurrences: int) 
     )  # fmt: skip
     best = [t for t in job.tries if t.batch_size == oracle.batch_size]
     stops = sum(1 for t in best if t.stopped_early)
+    early = [t for t in job.tries if t.stopped_early]
+    defeated = Counter(t.batch_size for t in early if t.would_reach is not None)
+    by_size = ", ".join(f"{bs}: {n}" for bs, n in sorted(defeated.items()))
     refused = sum(1 for t in job.tries if t.batch_size is None)
     default = truths[task.default_batch_size].expected_cost
     return [
@@ -374,6 +409,7 @@ def job_cells(job: Job, truths: dict[int, Truth], task: Task, recurrences: int) 
         f"{spent / (recurrences * default):.3f}",
         f"{sum(1 for t in job.tries if t.batch_size is not None) / recurrences:.2f}",
         f"{stops}/{len(best)}",
+        f"{sum(defeated.values())}/{len(early)}" + (f" ({by_size})" if by_size else ""),
         str(no_model),
         str(refused),
         settled_on(job, recurrences),
@@ -389,7 +425,9 @@ def markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 TRUTH_HEADER = ("batch size", "reached", "epochs to target by seed", "mean epochs",
                 "mean cost to target", "expected cost per recurrence")  # fmt: skip
 JOB_HEADER = ("policy", "beta", "cost / oracle", "cost / default", "runs per recurrence",
-              "early stops of the oracle batch size", "recurrences without a model",
+              "early stops of the oracle batch size",
+              "early stops of runs that would have reached the target (by batch size)",
+              "recurrences without a model",
               "refused dispatches", "settled on")  # fmt: skip
 
 
@@ -402,6 +440,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--policies", default="zeus,predictive")
     parser.add_argument("--betas", default="1.5,2,3")
     parser.add_argument("--ground-truth-only", action="store_true")
+    parser.add_argument("--server-code", type=Path, help="serve this checkout's app instead")
     args = parser.parse_args(argv)
     warnings.simplefilter("ignore", EnergyWarning)  # energy is given: 100 W x CPU seconds
     task = Task()
@@ -424,13 +463,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("\n".join(out), flush=True)
     if args.ground_truth_only:
         return 0
+    # Stopped runs of these train on uncounted: half their ground-truth runs reach the target.
+    worth_finishing = frozenset(bs for bs, t in truths.items() if 2 * len(t.reached) >= len(t.runs))
     rows = []
-    with bso_serve() as url:
+    with bso_serve(args.server_code) as url:
         for policy in args.policies.split(","):
             for beta in (float(b) for b in args.betas.split(",")):
                 job = drive(url, task, data, policy=policy, beta=beta,
                             recurrences=args.recurrences, max_tries=args.max_tries,
-                            seed=args.seed)  # fmt: skip
+                            seed=args.seed, worth_finishing=worth_finishing)  # fmt: skip
                 rows.append(job_cells(job, truths, task, args.recurrences))
                 print(f"  {job.job_id}: " + " | ".join(rows[-1]), file=sys.stderr, flush=True)
                 sequence = " ".join(str(t.batch_size) + ("" if t.reached else "x")
@@ -439,7 +480,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print()
     print(
         f"{args.recurrences} recurrences per job, at most {args.max_tries} runs each, seed "
-        f"{args.seed}, eta 0.5, window 0, 2 pruning rounds:"
+        f"{args.seed}, eta 0.5, window 0, 2 pruning rounds"
+        + (f", server code {args.server_code}" if args.server_code else "")
+        + ":"
     )
     print()
     print(markdown(JOB_HEADER, rows))
