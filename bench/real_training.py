@@ -1,8 +1,10 @@
 """Both policies on a real, noisy training job: its own ground truth, then the service.
 
-    .venv-3.11/bin/python -m bench.real_training                       # ~5 min of CPU
+    .venv-3.11/bin/python -m bench.real_training                      # ~2.5 min of CPU
+    .venv-3.11/bin/python -m bench.real_training --job-seeds 1,2,3    # docs/benchmarks.md
     .venv-3.11/bin/python -m bench.real_training --recurrences 10 --betas 2
     .venv-3.11/bin/python -m bench.real_training --ground-truth-only --seeds 8
+    .venv-3.11/bin/python -m bench.real_training --server-code /tmp/old   # another checkout's app
 
 The job (needs torch: the Python 3.11 venv, ``ensure_training_packages``): a
 32-64-10 MLP trained with plain SGD (lr 0.1) on 20,000 generated samples (a
@@ -388,31 +390,35 @@ def settled_on(job: Job, recurrences: int) -> str:
     return "/".join(str(bs) for bs, n in sorted(counts.items()) if n == top)
 
 
-def job_cells(job: Job, truths: dict[int, Truth], task: Task, recurrences: int) -> list[str]:
+def job_cells(
+    jobs: Sequence[Job], truths: dict[int, Truth], task: Task, recurrences: int
+) -> list[str]:
+    """One row: a policy and beta over its jobs (one per seed); costs are means over them."""
     oracle = oracle_of(truths)
-    spent = sum(t.cost for t in job.tries)
+    default = truths[task.default_batch_size].expected_cost
+    tries = [t for job in jobs for t in job.tries]
+    spent = [sum(t.cost for t in job.tries) / recurrences for job in jobs]
     no_model = sum(
-        1 for r in range(1, recurrences + 1)
+        1 for job in jobs for r in range(1, recurrences + 1)
         if not any(t.reached for t in job.tries if t.recurrence == r)
     )  # fmt: skip
-    best = [t for t in job.tries if t.batch_size == oracle.batch_size]
-    stops = sum(1 for t in best if t.stopped_early)
-    early = [t for t in job.tries if t.stopped_early]
+    best = [t for t in tries if t.batch_size == oracle.batch_size]
+    early = [t for t in tries if t.stopped_early]
     defeated = Counter(t.batch_size for t in early if t.would_reach is not None)
     by_size = ", ".join(f"{bs}: {n}" for bs, n in sorted(defeated.items()))
-    refused = sum(1 for t in job.tries if t.batch_size is None)
-    default = truths[task.default_batch_size].expected_cost
+    ratios = [c / oracle.expected_cost for c in spent]
+    spread = f" ({min(ratios):.2f}-{max(ratios):.2f})" if len(ratios) > 1 else ""
     return [
-        job.policy,
-        f"{job.beta:g}",
-        f"{spent / (recurrences * oracle.expected_cost):.3f}",
-        f"{spent / (recurrences * default):.3f}",
-        f"{sum(1 for t in job.tries if t.batch_size is not None) / recurrences:.2f}",
-        f"{stops}/{len(best)}",
+        jobs[0].policy,
+        f"{jobs[0].beta:g}",
+        f"{statistics.fmean(ratios):.3f}{spread}",
+        f"{statistics.fmean(spent) / default:.3f}",
+        f"{sum(1 for t in tries if t.batch_size is not None) / (recurrences * len(jobs)):.2f}",
+        f"{sum(1 for t in best if t.stopped_early)}/{len(best)}",
         f"{sum(defeated.values())}/{len(early)}" + (f" ({by_size})" if by_size else ""),
         str(no_model),
-        str(refused),
-        settled_on(job, recurrences),
+        str(sum(1 for t in tries if t.batch_size is None)),
+        ", ".join(settled_on(job, recurrences) for job in jobs),
     ]
 
 
@@ -436,7 +442,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--recurrences", type=int, default=25)
     parser.add_argument("--max-tries", type=int, default=3, help="runs per recurrence at most")
     parser.add_argument("--seeds", type=int, default=4, help="ground-truth runs per batch size")
-    parser.add_argument("--seed", type=int, default=1, help="mab_seed and training seeds")
+    parser.add_argument("--job-seeds", default="1",
+                        help="one job per seed and policy and beta: its mab_seed and its runs' "
+                        "training seeds (comma-separated; default 1)")  # fmt: skip
     parser.add_argument("--policies", default="zeus,predictive")
     parser.add_argument("--betas", default="1.5,2,3")
     parser.add_argument("--ground-truth-only", action="store_true")
@@ -466,21 +474,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Stopped runs of these train on uncounted: half their ground-truth runs reach the target.
     worth_finishing = frozenset(bs for bs, t in truths.items() if 2 * len(t.reached) >= len(t.runs))
     rows = []
+    seeds = [int(seed) for seed in args.job_seeds.split(",")]
     with bso_serve(args.server_code) as url:
         for policy in args.policies.split(","):
             for beta in (float(b) for b in args.betas.split(",")):
-                job = drive(url, task, data, policy=policy, beta=beta,
-                            recurrences=args.recurrences, max_tries=args.max_tries,
-                            seed=args.seed, worth_finishing=worth_finishing)  # fmt: skip
-                rows.append(job_cells(job, truths, task, args.recurrences))
-                print(f"  {job.job_id}: " + " | ".join(rows[-1]), file=sys.stderr, flush=True)
-                sequence = " ".join(str(t.batch_size) + ("" if t.reached else "x")
-                                    for t in job.tries)  # fmt: skip
-                print(f"  runs (x: no model): {sequence}", file=sys.stderr, flush=True)
+                jobs = []
+                for seed in seeds:
+                    job = drive(url, task, data, policy=policy, beta=beta,
+                                recurrences=args.recurrences, max_tries=args.max_tries,
+                                seed=seed, worth_finishing=worth_finishing)  # fmt: skip
+                    jobs.append(job)
+                    spent = sum(t.cost for t in job.tries) / args.recurrences
+                    sequence = " ".join(str(t.batch_size) + ("" if t.reached else "x")
+                                        for t in job.tries)  # fmt: skip
+                    ratio = spent / oracle.expected_cost
+                    line = f"  {job.job_id} seed {seed}: {ratio:.3f} x oracle; runs: {sequence}"
+                    print(line, file=sys.stderr, flush=True)
+                rows.append(job_cells(jobs, truths, task, args.recurrences))
     print()
     print(
-        f"{args.recurrences} recurrences per job, at most {args.max_tries} runs each, seed "
-        f"{args.seed}, eta 0.5, window 0, 2 pruning rounds"
+        f"{args.recurrences} recurrences per job, at most {args.max_tries} runs each, job "
+        f"seeds {args.job_seeds}, eta 0.5, window 0, 2 pruning rounds"
         + (f", server code {args.server_code}" if args.server_code else "")
         + ":"
     )
