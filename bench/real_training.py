@@ -250,6 +250,13 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+# ``bso`` of a checkout on PYTHONPATH: app.cli.main (a package, issue 19's layout) or app.cli.
+_OTHER_BSO = (
+    "import sys, app.cli as c; m = c.main if callable(c.main) else c.main.main; "
+    "sys.argv[0] = 'bso'; sys.exit(m())"
+)
+
+
 @contextlib.contextmanager
 def bso_serve(code: Path | None = None) -> Iterator[str]:
     """``bso serve`` of this venv on a fresh SQLite database; yields its URL.
@@ -257,7 +264,9 @@ def bso_serve(code: Path | None = None) -> Iterator[str]:
     ``code``: serve that checkout's ``app`` instead (first on ``PYTHONPATH``),
     to measure the service before a change with the same client and job.
     """
-    bso = str(Path(sys.executable).parent / "bso")
+    bso = [str(Path(sys.executable).parent / "bso")]
+    if code is not None:  # that checkout's own entry point, whichever module holds it
+        bso = [sys.executable, "-c", _OTHER_BSO]
     with tempfile.TemporaryDirectory(prefix="bso-real-") as folder:
         env = {
             **os.environ,
@@ -266,11 +275,11 @@ def bso_serve(code: Path | None = None) -> Iterator[str]:
         }
         if code is not None:
             env["PYTHONPATH"] = str(code.resolve())
-        subprocess.run([bso, "migrate"], env=env, check=True, capture_output=True)
+        subprocess.run([*bso, "migrate"], env=env, check=True, capture_output=True)
         port = free_port()
         with open(Path(folder) / "server.log", "wb") as log:
             server = subprocess.Popen(
-                [bso, "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+                [*bso, "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
