@@ -493,12 +493,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 recurrences=args.recurrences, max_tries=args.max_tries,
                                 seed=seed, worth_finishing=worth_finishing)  # fmt: skip
                     jobs.append(job)
-                    spent = sum(t.cost for t in job.tries) / args.recurrences
                     sequence = " ".join(str(t.batch_size) + ("" if t.reached else "x")
                                         for t in job.tries)  # fmt: skip
-                    ratio = spent / oracle.expected_cost
-                    line = f"  {job.job_id} seed {seed}: {ratio:.3f} x oracle; runs: {sequence}"
-                    print(line, file=sys.stderr, flush=True)
+                    cells = " | ".join(job_cells([job], truths, task, args.recurrences))
+                    print(f"  {job.job_id} seed {seed}: | {cells} |\n    runs: {sequence}",
+                          file=sys.stderr, flush=True)  # fmt: skip
                 rows.append(job_cells(jobs, truths, task, args.recurrences))
     print()
     print(
