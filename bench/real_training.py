@@ -482,23 +482,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     # Stopped runs of these train on uncounted: half their ground-truth runs reach the target.
     worth_finishing = frozenset(bs for bs, t in truths.items() if 2 * len(t.reached) >= len(t.runs))
-    rows = []
     seeds = [int(seed) for seed in args.job_seeds.split(",")]
+    configs = [(p, float(b)) for p in args.policies.split(",") for b in args.betas.split(",")]
+    jobs: dict[tuple[str, float], list[Job]] = {config: [] for config in configs}
     with bso_serve(args.server_code) as url:
-        for policy in args.policies.split(","):
-            for beta in (float(b) for b in args.betas.split(",")):
-                jobs = []
-                for seed in seeds:
-                    job = drive(url, task, data, policy=policy, beta=beta,
-                                recurrences=args.recurrences, max_tries=args.max_tries,
-                                seed=seed, worth_finishing=worth_finishing)  # fmt: skip
-                    jobs.append(job)
-                    sequence = " ".join(str(t.batch_size) + ("" if t.reached else "x")
-                                        for t in job.tries)  # fmt: skip
-                    cells = " | ".join(job_cells([job], truths, task, args.recurrences))
-                    print(f"  {job.job_id} seed {seed}: | {cells} |\n    runs: {sequence}",
-                          file=sys.stderr, flush=True)  # fmt: skip
-                rows.append(job_cells(jobs, truths, task, args.recurrences))
+        for seed in seeds:  # every configuration once per seed: a partial run is still even
+            for policy, beta in configs:
+                job = drive(url, task, data, policy=policy, beta=beta,
+                            recurrences=args.recurrences, max_tries=args.max_tries,
+                            seed=seed, worth_finishing=worth_finishing)  # fmt: skip
+                jobs[policy, beta].append(job)
+                sequence = " ".join(str(t.batch_size) + ("" if t.reached else "x")
+                                    for t in job.tries)  # fmt: skip
+                cells = " | ".join(job_cells([job], truths, task, args.recurrences))
+                print(f"  {job.job_id} seed {seed}: | {cells} |\n    runs: {sequence}",
+                      file=sys.stderr, flush=True)  # fmt: skip
+    rows = [job_cells(jobs[config], truths, task, args.recurrences) for config in configs]
     print()
     print(
         f"{args.recurrences} recurrences per job, at most {args.max_tries} runs each, job "
