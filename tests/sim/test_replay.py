@@ -3,7 +3,7 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 
-from app.sim.engines import EngineError, TrialId
+from app.sim.protocol import EngineError, TrialId
 from app.sim.pure_engine import PureEngine
 from app.sim.replay import baselines, fixed_batch_size_costs, metric_at, replay
 from app.sim.results import Baseline, CaseResult, ReplaySettings, TryRecord
