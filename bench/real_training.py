@@ -275,12 +275,17 @@ def bso_serve(code: Path | None = None) -> Iterator[str]:
         }
         if code is not None:
             env["PYTHONPATH"] = str(code.resolve())
-        subprocess.run([*bso, "migrate"], env=env, check=True, capture_output=True)
+        # From the temporary folder: ``python -c`` puts the working directory first on
+        # sys.path, where this checkout's ``app`` would shadow ``code``'s.
+        migrated = subprocess.run([*bso, "migrate"], env=env, cwd=folder, capture_output=True)
+        if migrated.returncode != 0:
+            raise RuntimeError(migrated.stderr.decode(errors="replace"))
         port = free_port()
         with open(Path(folder) / "server.log", "wb") as log:
             server = subprocess.Popen(
                 [*bso, "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
                 env=env,
+                cwd=folder,
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
