@@ -307,7 +307,12 @@ def bso_serve(code: Path | None = None) -> Iterator[str]:
 
 @dataclass(frozen=True, slots=True)
 class Try:
-    """One run of a recurrence as the service directed it (batch size None: refused)."""
+    """One run of a recurrence as the service directed it.
+
+    ``refused``: the service gave no batch size (the paper's dead end, a 409):
+    an older client raised (batch size None, no run), a newer one trains at the
+    default without the service (``trial.fallback``).
+    """
 
     recurrence: int
     attempt: int
@@ -319,6 +324,7 @@ class Try:
     stopped_early: bool = False  # by the service, not converged, before max_epochs
     message: str = ""
     would_reach: int | None = None  # a stopped run's epoch of the target, trained on uncounted
+    refused: bool = False
 
 
 @dataclass(slots=True)
@@ -371,7 +377,8 @@ def drive(
                 try:
                     trial = bso.trial()
                 except BSORejectedError as exc:  # the paper's dead end: no batch size
-                    job.tries.append(Try(recurrence, attempt, None, message=str(exc)))
+                    job.tries.append(Try(recurrence, attempt, None, message=str(exc),
+                                         refused=True))  # fmt: skip
                     break
                 with trial:
                     run = train(task, data, trial.batch_size,
@@ -380,10 +387,11 @@ def drive(
                 decision = trial.decision
                 converged = decision is not None and decision.converged
                 reached = run.reached_epoch == run.epochs  # the model it ends with
-                early = not converged and run.epochs < task.max_epochs
+                early = not converged and not trial.fallback and run.epochs < task.max_epochs
                 job.tries.append(Try(
                     recurrence, attempt, run.batch_size, run.epochs, run.cost, reached, converged,
                     early, decision.message if decision is not None else "", run.would_reach,
+                    trial.fallback,
                 ))  # fmt: skip
                 if reached:
                     break
@@ -431,7 +439,7 @@ def job_cells(
         f"{sum(1 for t in best if t.stopped_early)}/{len(best)}",
         f"{sum(defeated.values())}/{len(early)}" + (f" ({by_size})" if by_size else ""),
         str(no_model),
-        str(sum(1 for t in tries if t.batch_size is None)),
+        str(sum(1 for t in tries if t.refused)),
         ", ".join(settled_on(job, recurrences) for job in jobs),
     ]
 
