@@ -60,12 +60,6 @@ class BatchSizeMismatchError(DomainError):
     status_code = 409
 
 
-class NoConvergedBatchSizeError(DomainError):
-    """Pruning found no batch size that reaches the target: the job cannot go on."""
-
-    status_code = 409
-
-
 class UnauthorizedError(DomainError):
     """No credentials, or none that name a live token (BSO_AUTH=required).
 

@@ -21,6 +21,7 @@ from app.schemas import (
     JobPage,
     JobRead,
     JobSummary,
+    PruningDeadEnd,
     PruningProgress,
     TrialPage,
 )
@@ -33,28 +34,44 @@ def _finite(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
-async def _progress(conn: AsyncConnection, state: jobs.JobState) -> PruningProgress | None:
-    if state.job.stage != Stage.PRUNING:
-        return None
+async def _pruning(
+    conn: AsyncConnection, state: jobs.JobState
+) -> tuple[PruningProgress | None, PruningDeadEnd | None]:
+    """The pruning round under way (None in the bandit stage), and a dead end if pruning had one.
+
+    Both come from walking the job's explorations again (SPEC section 5). A
+    group's job walks with its group's statistics as they are now, which may
+    differ from those its dispatches read.
+    """
     job = state.job
+    if job.stage != Stage.PRUNING and state.params.num_pruning_rounds == 0:
+        return None, None
     never: frozenset[int] = frozenset()
     if job.group is not None:
         never = (await groups.group_knowledge(conn, job.group, job.job_id)).never_converged()
-    try:
-        step = bandit.pruning_walk(
-            state.params,
-            await trials.explorations(conn, job.job_id),
-            min_cost_batch_size=job.min_cost_batch_size,
-            start_batch_size=job.start_batch_size,
-            never_converged=never,
+    step = bandit.pruning_walk(
+        state.params,
+        await trials.explorations(conn, job.job_id),
+        min_cost_batch_size=job.min_cost_batch_size,
+        start_batch_size=job.start_batch_size,
+        never_converged=never,
+    )
+    dead_end = None
+    if step.dead_end is not None:
+        dead_end = PruningDeadEnd(
+            round=step.dead_end.round,
+            batch_sizes=list(step.dead_end.arms),
+            message=step.dead_end.message,
         )
-    except bandit.NoConvergedBatchSizeError as exc:
-        return PruningProgress(round=exc.round_index, default_batch_size=None, candidates=[])
-    return PruningProgress(
+    if job.stage != Stage.PRUNING:
+        return None, dead_end
+    progress = PruningProgress(
         round=step.state.round,
         default_batch_size=step.state.default_batch_size,
         candidates=list(step.state.candidates),
+        walk=step.state.attempt + 1,
     )
+    return progress, dead_end
 
 
 async def get_job(engine: AsyncEngine, job_id: str) -> JobRead:
@@ -62,7 +79,7 @@ async def get_job(engine: AsyncEngine, job_id: str) -> JobRead:
         state = await jobs.load_job(conn, job_id)
         if state is None:
             raise JobNotFoundError(job_id)
-        progress = await _progress(conn, state)
+        progress, dead_end = await _pruning(conn, state)
     job = state.job
     return JobRead(
         job_id=job.job_id,
@@ -72,6 +89,7 @@ async def get_job(engine: AsyncEngine, job_id: str) -> JobRead:
         min_cost=job.min_cost,
         min_cost_batch_size=job.min_cost_batch_size,
         exploration=progress,
+        pruning_dead_end=dead_end,
         num_trials=job.next_trial_number - 1,
         created_at=job.created_at,
         updated_at=job.updated_at,

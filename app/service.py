@@ -36,7 +36,6 @@ from app.errors import (
     GroupMismatchError,
     JobNotFoundError,
     JobSpecMismatchError,
-    NoConvergedBatchSizeError,
     TrialNotFoundError,
 )
 from app.roles import ANYONE, Principal
@@ -269,25 +268,24 @@ async def dispatch_trial(
                     state.params, await groups.sibling_best(conn, job.group, job_id)
                 )
         rng = _generator(job)
-        try:
-            decision = bandit.decide(
-                state.params,
-                in_bandit_stage=in_bandit,
-                min_cost_batch_size=job.min_cost_batch_size,
-                explorations=explorations,
-                arms=posteriors,
-                rng=rng,
-                group=group,
-                start_batch_size=start,
-            )
-        except bandit.NoConvergedBatchSizeError as exc:
-            raise NoConvergedBatchSizeError(str(exc)) from exc
+        decision = bandit.decide(
+            state.params,
+            in_bandit_stage=in_bandit,
+            min_cost_batch_size=job.min_cost_batch_size,
+            explorations=explorations,
+            arms=posteriors,
+            rng=rng,
+            group=group,
+            start_batch_size=start,
+        )
         stage = Stage(job.stage)
         if decision.new_arms is not None:
             await arms.insert_arms(conn, job_id, decision.new_arms)
             stage = Stage.MAB
             logger.info("job %s enters the bandit stage with arms %s", job_id,
                         [a.batch_size for a in decision.new_arms])  # fmt: skip
+            if decision.dead_end is not None:  # SPEC 5, rule 4: the job goes on regardless
+                logger.warning("job %s: %s", job_id, decision.dead_end.message)
         rng_state = job.rng_state
         if job.mab_seed is not None and decision.trial_type == TrialType.MAB:
             rng_state = dict(rng.bit_generator.state)
@@ -405,7 +403,7 @@ def _judge(
             params, min_cost=job.min_cost, batch_size=trial.batch_size, time=result.time,
             energy=result.energy, metric=result.metric, current_epoch=result.current_epoch,
             last=state.last_report, fewest_epochs=state.fewest_epochs,
-            pruning_round=state.pruning_round, group=group,
+            pruning_round=state.pruning_round, group=group, typical_cost=state.typical_cost,
         )  # fmt: skip
         epochs = member.fewest_epochs
         if params.policy is not Policy.PREDICTIVE:
@@ -424,7 +422,7 @@ def _judge(
         params, min_cost=job.min_cost, batch_size=trial.batch_size, time=result.time,
         energy=result.energy, metric=result.metric, current_epoch=result.current_epoch,
         last=state.last_report, fewest_epochs=state.fewest_epochs,
-        pruning_round=state.pruning_round,
+        pruning_round=state.pruning_round, typical_cost=state.typical_cost,
     )  # fmt: skip
     return Judgement(
         params, judged.verdict, judged.recorded_cost, judged.last_report, judged.fewest_epochs

@@ -69,7 +69,11 @@ def mlp() -> torch.nn.Module:
 
 
 def job_spec(
-    job_id: str, *, max_epochs: int = MAX_EPOCHS, target_metric: float = TARGET_ACCURACY
+    job_id: str,
+    *,
+    max_epochs: int = MAX_EPOCHS,
+    target_metric: float = TARGET_ACCURACY,
+    beta_knob: float = BETA_KNOB,
 ) -> JobSpec:
     """The recurring job: six batch sizes, a target accuracy within ``max_epochs`` epochs."""
     return JobSpec(
@@ -79,7 +83,7 @@ def job_spec(
         default_batch_size=DEFAULT_BATCH_SIZE,
         target_metric=target_metric,
         max_epochs=max_epochs,
-        beta_knob=BETA_KNOB,
+        beta_knob=beta_knob,
     )
 
 
@@ -103,6 +107,10 @@ def parser(description: str, default_job_id: str) -> argparse.ArgumentParser:
         "--max-epochs", type=int, default=MAX_EPOCHS, help="epoch budget (%(default)s)"
     )
     cli.add_argument("--seed", type=int, default=None, help="seed of the first recurrence")
+    cli.add_argument("--target", type=float, default=TARGET_ACCURACY,
+                     help="target accuracy (%(default)s)")  # fmt: skip
+    cli.add_argument("--beta-knob", type=float, default=BETA_KNOB,
+                     help="early-stopping factor (%(default)s; the paper's is 2.0)")  # fmt: skip
     cli.add_argument("--json", default=None, help="also write the rows and summary to this file")
     return cli
 

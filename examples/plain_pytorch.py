@@ -138,7 +138,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows = []
     meter = open_meter("auto")  # NVML, Zeus, RAPL or time only: the first that works here
     with BatchSizeOptimizer(
-        job=digits.job_spec(args.job_id, max_epochs=args.max_epochs),
+        job=digits.job_spec(
+            args.job_id,
+            max_epochs=args.max_epochs,
+            target_metric=args.target,
+            beta_knob=args.beta_knob,
+        ),
         url=args.url,
         token=args.token,
         energy=meter,

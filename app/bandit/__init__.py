@@ -11,8 +11,11 @@ very same functions without a service at all.
 Two policies, chosen per job: ``zeus``, the paper's algorithm exactly, and
 ``predictive``, the same with rules that stop doomed runs sooner and drop
 clearly expensive batch sizes after each pruning round
-(:mod:`app.bandit.predictive`). Jobs of one group (one per GPU type, say)
-share what a batch size needs to converge (:mod:`app.bandit.groups`).
+(:mod:`app.bandit.predictive`). Under either policy a pruning round that
+converges nowhere is walked again and then ends pruning with fallback arms
+(:class:`DeadEnd`): a job is never left without a batch size. Jobs of one
+group (one per GPU type, say) share what a batch size needs to converge
+(:mod:`app.bandit.groups`).
 """
 
 from app.bandit.cost import reward, zeus_cost
@@ -34,15 +37,19 @@ from app.bandit.predictive import (
     SURVIVOR_RATIO,
     LastReport,
     PredictiveVerdict,
+    bound_reference,
     epochs_needed,
     judge_report_predictive,
     last_epoch_cost,
+    planned_epochs,
     survivors,
 )
-from app.bandit.pruning import NoConvergedBatchSizeError, pruning_walk
+from app.bandit.pruning import pruning_walk
 from app.bandit.stopping import judge_report
 from app.bandit.types import (
+    ROUND_ATTEMPTS,
     ArmPosterior,
+    DeadEnd,
     Decision,
     Exploration,
     FailureReason,
@@ -59,8 +66,10 @@ from app.bandit.types import (
 
 __all__ = [
     "CHECK_EPOCH",
+    "ROUND_ATTEMPTS",
     "SURVIVOR_RATIO",
     "ArmPosterior",
+    "DeadEnd",
     "Decision",
     "Exploration",
     "FailureReason",
@@ -71,7 +80,6 @@ __all__ = [
     "Lease",
     "Lesson",
     "MemberJudgement",
-    "NoConvergedBatchSizeError",
     "Policy",
     "PredictiveVerdict",
     "PruningState",
@@ -81,6 +89,7 @@ __all__ = [
     "TrialStatus",
     "TrialType",
     "Verdict",
+    "bound_reference",
     "choose_arm",
     "decide",
     "epochs_needed",
@@ -92,6 +101,7 @@ __all__ = [
     "judge_report_predictive",
     "last_epoch_cost",
     "learn",
+    "planned_epochs",
     "pruning_walk",
     "reward",
     "sibling_best",

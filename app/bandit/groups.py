@@ -271,11 +271,13 @@ def judge_member(
     fewest_epochs: Mapping[int, int],
     pruning_round: int | None,
     group: GroupKnowledge,
+    typical_cost: float | None = None,
 ) -> MemberJudgement:
     """The job's policy, with what the group knows, then rule 2 if the policy said go on.
 
     The predictive policy's own rules bound the epochs still needed with the
-    group's converged runs (every GPU's) as well as the job's own.
+    group's converged runs (every GPU's) as well as the job's own;
+    ``typical_cost`` is passed on to it (:func:`~app.bandit.bound_reference`).
     ``fewest_epochs`` is the job's own map; what comes back for the batch
     size is the job's own too.
     """
@@ -284,6 +286,7 @@ def judge_member(
             params, min_cost=min_cost, batch_size=batch_size, time=time, energy=energy,
             metric=metric, current_epoch=current_epoch, last=last,
             fewest_epochs=merged_fewest_epochs(fewest_epochs, group), pruning_round=pruning_round,
+            typical_cost=typical_cost,
         )  # fmt: skip
         verdict, recorded = judged.verdict, judged.recorded_cost
         own = fewest_epochs.get(batch_size)

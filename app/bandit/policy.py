@@ -59,8 +59,8 @@ def decide(
     walk starts (``start_batch_size``, :func:`app.bandit.groups.walk_start`
     at its first dispatch); without them the decision is the paper's.
 
-    Raises:
-        NoConvergedBatchSizeError: a pruning round ended with nothing converged.
+    A pruning round that converges nowhere does not end the job: the walk
+    gives fallback arms (``Decision.dead_end`` says so, :class:`DeadEnd`).
     """
     if not in_bandit_stage:
         step = pruning_walk(
@@ -79,6 +79,6 @@ def decide(
             )
         new_arms = initial_arms(params, step.arms, explorations)
         chosen = choose_arm(new_arms, num_explorations=params.mab_num_explorations, rng=rng)
-        return Decision(chosen, TrialType.MAB, new_arms)
+        return Decision(chosen, TrialType.MAB, new_arms, dead_end=step.dead_end)
     chosen = choose_arm(arms, num_explorations=params.mab_num_explorations, rng=rng)
     return Decision(chosen, TrialType.MAB)

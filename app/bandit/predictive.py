@@ -5,10 +5,20 @@ that go on until their cost crosses ``beta * min_cost`` although it was clear
 earlier that they would, and by explorations of batch sizes that an earlier
 round already showed to be expensive. The rules (docs/SPEC.md, section 10):
 
-- *epochs still needed*: the job's converged trials bound from below how many
-  more epochs a run needs (:func:`epochs_needed`);
+- *epochs still needed*: a batch size that has converged needs at least its
+  own fewest epochs; one that has not is bounded from below by the larger
+  batch sizes' converged trials (:func:`planned_epochs`). A batch size's own
+  history wins over predictions made from other batch sizes, which assume
+  that a smaller batch never needs fewer optimiser steps: a real job can
+  contradict that, and a stop that its own runs contradict would stop the
+  best batch size (issue 21);
+- *reference cost*: the bounds scale the cost of a typical run of the
+  cheapest batch size, not of its single luckiest run: the mean recorded cost
+  of ``min_cost_batch_size``'s trials, within ``[min_cost, SURVIVOR_RATIO *
+  min_cost]`` (:func:`bound_reference`);
 - *predictive stop*: a run stops, not converged, once its cost so far plus its
-  last epoch's cost times at least one more epoch exceeds ``beta * min_cost``;
+  last epoch's cost times at least one more epoch exceeds ``beta * reference``
+  (the paper's rule itself also reads ``beta * reference``);
 - *round stop*: an exploration of a pruning round before the last stops, not
   converged, once its cost so far plus its last epoch's cost times the epochs
   it still needs exceeds ``SURVIVOR_RATIO * min_cost``: it cannot survive;
@@ -77,6 +87,35 @@ def epochs_needed(batch_size: int, fewest_epochs: Mapping[int, int]) -> int:
     )
 
 
+def planned_epochs(batch_size: int, fewest_epochs: Mapping[int, int]) -> int:
+    """The epochs a run of ``batch_size`` is taken to need at least (0: unknown).
+
+    Its own fewest epochs of a converged trial when it has one, even where a
+    larger batch size's bound (:func:`epochs_needed`) says more: a batch size
+    that did reach the target in E epochs is never stopped on a prediction
+    that it needs more. Otherwise the bound from the larger batch sizes.
+    """
+    own = fewest_epochs.get(batch_size)
+    return own if own is not None else epochs_needed(batch_size, fewest_epochs)
+
+
+def bound_reference(min_cost: float | None, typical_cost: float | None) -> float | None:
+    """The cost that ``beta`` multiplies: ``typical_cost`` kept within ``[min_cost, 1.5 min_cost]``.
+
+    ``min_cost`` is the single cheapest converged run, so ``beta * min_cost``
+    is tighter than a typical run of the same batch size: one lucky run makes
+    its own batch size's ordinary runs look doomed. ``typical_cost`` is the
+    mean recorded cost of ``min_cost_batch_size``'s trials (None: use
+    ``min_cost``). It never goes below ``min_cost`` (never tighter than the
+    paper) nor above ``SURVIVOR_RATIO * min_cost`` (a batch size whose runs
+    fail often cannot loosen every bound much: the survivor filter would drop
+    a batch size costing that much more than the cheapest).
+    """
+    if min_cost is None or typical_cost is None:
+        return min_cost
+    return min(max(min_cost, typical_cost), SURVIVOR_RATIO * min_cost)
+
+
 def last_epoch_cost(cost: float, current_epoch: int, last: LastReport | None) -> float:
     """The cost per epoch since the previous report.
 
@@ -101,18 +140,24 @@ def judge_report_predictive(
     last: LastReport | None,
     fewest_epochs: Mapping[int, int],
     pruning_round: int | None,
+    typical_cost: float | None = None,
 ) -> PredictiveVerdict:
     """The paper's answer (:func:`judge_report`), then the predictive rules if it said go on.
 
     ``last`` is this trial's previous report (None before its first),
     ``fewest_epochs`` maps a batch size to the fewest epochs any of its
     converged trials needed, and ``pruning_round`` is the 0-based round of an
-    exploration trial (None for other trials). The caller persists the
-    returned ``last_report`` and this batch size's ``fewest_epochs``.
+    exploration trial (None for other trials). ``typical_cost`` is the mean
+    recorded cost of ``min_cost_batch_size``'s trials (None: none known), which
+    :func:`bound_reference` turns into the reference of the ``beta`` bounds.
+    The caller persists the returned ``last_report`` and this batch size's
+    ``fewest_epochs``.
     """
+    reference = bound_reference(min_cost, typical_cost)
+    label = "min_cost" if reference == min_cost else "reference cost"
     verdict = judge_report(
-        params, min_cost=min_cost, batch_size=batch_size, time=time, energy=energy,
-        metric=metric, current_epoch=current_epoch,
+        params, min_cost=reference, batch_size=batch_size, time=time, energy=energy,
+        metric=metric, current_epoch=current_epoch, reference=label,
     )  # fmt: skip
     cost, fewest = verdict.cost, fewest_epochs.get(batch_size)
     here = LastReport(current_epoch, cost)
@@ -120,16 +165,16 @@ def judge_report_predictive(
         if verdict.converged:
             fewest = current_epoch if fewest is None else min(fewest, current_epoch)
         return PredictiveVerdict(verdict, cost, here, fewest)
-    if params.beta_knob is None or min_cost is None:
+    if params.beta_knob is None or min_cost is None or reference is None:
         return PredictiveVerdict(verdict, cost, here, fewest)
     per_epoch = last_epoch_cost(cost, current_epoch, last)
-    left = max(0, epochs_needed(batch_size, fewest_epochs) - current_epoch)
+    left = max(0, planned_epochs(batch_size, fewest_epochs) - current_epoch)
     predicted = cost + per_epoch * max(1, left)
-    if predicted > cost_upper_bound(params, min_cost):
+    if predicted > cost_upper_bound(params, reference):
         message = (
             f"Batch size {batch_size} is predicted to exceed the cost upper bound: cost "
             f"{cost:.6g} + {max(1, left)} more epoch(s) of {per_epoch:.6g} = {predicted:.6g} "
-            f"> beta_knob {params.beta_knob} * min_cost {min_cost:.6g}."
+            f"> beta_knob {params.beta_knob} * {label} {reference:.6g}."
         )
         return PredictiveVerdict(
             Verdict(True, False, cost, message, StopReason.STOPPED_EARLY), predicted, here, fewest

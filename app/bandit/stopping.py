@@ -31,12 +31,15 @@ def judge_report(
     energy: float,
     metric: float,
     current_epoch: int,
+    reference: str = "min_cost",
 ) -> Verdict:
     """Decide on a report of cumulative ``time``/``energy`` after ``current_epoch``.
 
     Training goes on while the cost stays within ``beta * min_cost``, the epoch
     budget is not spent and the target is not reached. Otherwise the trial
     ends; it *converged* only if it reached the target within the cost bound.
+    ``reference`` names ``min_cost`` in the message (the predictive policy
+    passes another reference cost).
     """
     cost = zeus_cost(energy, time, params.eta_knob, params.max_power)
     bound = cost_upper_bound(params, min_cost)
@@ -57,7 +60,7 @@ def judge_report(
             False,
             cost,
             f"Batch size {batch_size} exceeded the cost upper bound: cost {cost:.6g} > "
-            f"beta_knob {params.beta_knob} * min_cost {min_cost:.6g}.",
+            f"beta_knob {params.beta_knob} * {reference} {min_cost:.6g}.",
             StopReason.STOPPED_EARLY,
         )
     return Verdict(

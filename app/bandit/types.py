@@ -131,12 +131,42 @@ class ArmPosterior:
 
 @dataclass(frozen=True, slots=True)
 class PruningState:
-    """Where the pruning walk stands: round, that round's default and candidates."""
+    """Where the pruning walk stands: round, that round's default and candidates.
+
+    ``attempt`` is 1 while a round that converged nowhere is walked again.
+    """
 
     round: int
     default_batch_size: int
     candidates: tuple[int, ...]
     min_cost_of_round: float | None = None
+    attempt: int = 0
+
+
+ROUND_ATTEMPTS = 2  # a round that converges nowhere is walked once more
+
+
+@dataclass(frozen=True, slots=True)
+class DeadEnd:
+    """A pruning round that converged nowhere on each of its walks, and what the job does instead.
+
+    The job leaves the pruning stage with ``arms``: the round's candidates
+    (each converged in the round before) or, in the first round, the best
+    batch size seen so far (the default until anything converged). It keeps
+    training; ``message`` says why (the job's read API, the log).
+    """
+
+    round: int  # 0-based
+    arms: tuple[int, ...]
+
+    @property
+    def message(self) -> str:
+        served = ", ".join(str(bs) for bs in self.arms)
+        return (
+            f"No batch size converged in pruning round {self.round + 1}, walked "
+            f"{ROUND_ATTEMPTS} times: pruning ended there and the job serves batch size(s) "
+            f"{served}. Revisit target_metric, max_epochs or beta_knob if this was not noise."
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,13 +176,16 @@ class Decision:
     ``new_arms`` is set only on the request that ends the pruning stage: the
     caller persists those arms and switches the job to the bandit stage.
     ``pruning_round`` (0-based) is set for an Exploration trial; the predictive
-    policy's round stop reads it back when the trial reports.
+    policy's round stop reads it back when the trial reports. ``dead_end``
+    comes with ``new_arms`` when pruning ended on a round that converged
+    nowhere (:class:`DeadEnd`).
     """
 
     batch_size: int
     trial_type: TrialType
     new_arms: tuple[ArmPosterior, ...] | None = None
     pruning_round: int | None = None
+    dead_end: DeadEnd | None = None  # with new_arms: a round converged nowhere
 
 
 @dataclass(frozen=True, slots=True)

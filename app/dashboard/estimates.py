@@ -127,8 +127,11 @@ def pruning_rows(
 ) -> list[PruningRow]:
     """Per batch size, its r-th non-Failed Exploration trial per round (SPEC section 5).
 
-    In the bandit stage a batch size survived pruning when it is an arm; while
-    pruning, when it is still a candidate of the current round.
+    A round that converged nowhere is walked again (rule 4), so a batch size
+    may have more explorations than rounds: then every row has a column per
+    walk, as many as the most explored batch size has. In the bandit stage a
+    batch size survived pruning when it is an arm; while pruning, when it is
+    still a candidate of the current round.
     """
     by_size: dict[int, list[TrialRead]] = {b: [] for b in job.batch_sizes}
     failed = dict.fromkeys(job.batch_sizes, 0)
@@ -144,9 +147,10 @@ def pruning_rows(
     else:
         kept = set(job.exploration.candidates) if job.exploration else set()
     rows = []
+    walks = max([job.num_pruning_rounds, *(len(t) for t in by_size.values())])
     for size, trials in by_size.items():
         rounds: list[RoundResult] = []
-        for r in range(job.num_pruning_rounds):
+        for r in range(walks):
             rounds.append(_round_result(trials[r]) if r < len(trials) else "not explored")
         fate: Literal["arm", "pruned", "candidate"] = "pruned"
         if size in kept:

@@ -182,13 +182,6 @@ async def register_job(
     summary="Get the batch size for the next recurrence",
     responses={
         404: {**UNKNOWN_JOB, "description": "No such job."},
-        409: {
-            **error_example(
-                "No batch size converged in pruning round 1, so the job cannot proceed. "
-                "Revisit batch_sizes, target_metric or max_epochs and register a new job."
-            ),
-            "description": "Pruning ended a round with no converged batch size.",
-        },
         **NOT_A_TRAINER,
         **INVALID,
         **BUSY,

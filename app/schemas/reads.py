@@ -43,11 +43,20 @@ class PruningProgress(BaseModel):
     """Where the pruning stage stands."""
 
     round: int = Field(description="0-based round being explored.")
-    default_batch_size: int | None = Field(
-        description="The round's starting batch size; null when the round ended with no "
-        "batch size converged (the job cannot proceed)."
-    )
+    default_batch_size: int = Field(description="The round's starting batch size.")
     candidates: list[int] = Field(description="Batch sizes still in the running.")
+    walk: int = Field(
+        default=1,
+        description="1; 2 while a round whose first walk converged nowhere is walked again.",
+    )
+
+
+class PruningDeadEnd(BaseModel):
+    """A pruning round that converged nowhere on both its walks, and what the job did instead."""
+
+    round: int = Field(description="0-based round that converged nowhere.")
+    batch_sizes: list[int] = Field(description="The arms the job went on with.")
+    message: str
 
 
 class JobRead(CreatedJob):
@@ -58,6 +67,11 @@ class JobRead(CreatedJob):
     min_cost_batch_size: int = Field(description="Its batch size (the default until then).")
     exploration: PruningProgress | None = Field(
         description="The current pruning round; null in the bandit stage."
+    )
+    pruning_dead_end: PruningDeadEnd | None = Field(
+        default=None,
+        description="Set when pruning ended on a round that converged nowhere: the job went "
+        "on with fallback arms instead of stopping (SPEC section 5, rule 4).",
     )
     num_trials: int = Field(description="Trials dispatched so far.")
     created_at: datetime

@@ -40,12 +40,12 @@ import numpy as np
 
 from app.bandit import (
     ArmPosterior,
+    DeadEnd,
     Exploration,
     GroupBatchSize,
     GroupKnowledge,
     JobParams,
     LastReport,
-    NoConvergedBatchSizeError,
     Policy,
     RewardStats,
     TrialType,
@@ -93,6 +93,14 @@ class _Job:
     group: str | None = None
     start_batch_size: int | None = None  # a group's job: set by its first dispatch
     predicted: dict[int, float] = field(default_factory=dict)  # a group's job: per batch size
+    dead_end: DeadEnd | None = None  # pruning ended on a round that converged nowhere
+
+    def typical_cost(self) -> float | None:
+        """The mean recorded cost of the cheapest batch size's trials (predictive's reference)."""
+        stats = self.stats.get(self.min_cost_batch_size)
+        if self.min_cost is None or stats is None or stats.count == 0:
+            return None
+        return -stats.mean
 
     def explorations(self) -> dict[int, list[Exploration]]:
         by_batch_size: dict[int, list[Exploration]] = defaultdict(list)
@@ -203,19 +211,18 @@ class PureEngine:
         job = self._job(job_id)
         if job.group is not None and not job.trials:
             job.start_batch_size = self._walk_start(job)
-        try:
-            decision = decide(
-                job.params,
-                in_bandit_stage=job.in_bandit_stage,
-                min_cost_batch_size=job.min_cost_batch_size,
-                explorations=job.explorations(),
-                arms=[job.arms[bs] for bs in sorted(job.arms)],
-                rng=job.rng,
-                group=self._knowledge(job),
-                start_batch_size=job.start_batch_size,
-            )
-        except NoConvergedBatchSizeError as error:
-            raise EngineError(409, str(error)) from error
+        decision = decide(
+            job.params,
+            in_bandit_stage=job.in_bandit_stage,
+            min_cost_batch_size=job.min_cost_batch_size,
+            explorations=job.explorations(),
+            arms=[job.arms[bs] for bs in sorted(job.arms)],
+            rng=job.rng,
+            group=self._knowledge(job),
+            start_batch_size=job.start_batch_size,
+        )
+        if decision.dead_end is not None:
+            job.dead_end = decision.dead_end
         if decision.new_arms is not None:
             job.arms = {arm.batch_size: arm for arm in decision.new_arms}
             job.in_bandit_stage = True
@@ -266,6 +273,7 @@ class PureEngine:
             job.params, min_cost=job.min_cost, batch_size=bs, time=time, energy=energy,
             metric=metric, current_epoch=current_epoch, last=trial.last_report,
             fewest_epochs=job.fewest_epochs, pruning_round=trial.pruning_round, group=group,
+            typical_cost=job.typical_cost(),
         )  # fmt: skip
         trial.last_report = judged.last_report
         if judged.fewest_epochs is not None:
@@ -290,6 +298,7 @@ class PureEngine:
             job.params, min_cost=job.min_cost, batch_size=bs, time=time, energy=energy,
             metric=metric, current_epoch=current_epoch, last=trial.last_report,
             fewest_epochs=job.fewest_epochs, pruning_round=trial.pruning_round,
+            typical_cost=job.typical_cost(),
         )  # fmt: skip
         trial.last_report = judged.last_report
         if judged.fewest_epochs is not None:
@@ -326,3 +335,11 @@ class PureEngine:
     def min_cost(self, job_id: str) -> float | None:
         """The cheapest converged trial's cost so far."""
         return self._job(job_id).min_cost
+
+    def dead_end(self, job_id: str) -> DeadEnd | None:
+        """Why the job's pruning ended early, if a round converged nowhere."""
+        return self._job(job_id).dead_end
+
+    def dead_ends(self) -> dict[str, DeadEnd]:
+        """Every job whose pruning ended on a round that converged nowhere (SPEC 5, rule 4)."""
+        return {job_id: j.dead_end for job_id, j in self._jobs.items() if j.dead_end is not None}

@@ -125,6 +125,7 @@ class TrialState:
     last_report: LastReport | None = None  # the trial's previous report
     min_converged_epochs: int | None = None  # of the trial's batch size
     fewest_epochs: Mapping[int, int] = field(default_factory=dict)  # predictive: batch sizes >= it
+    typical_cost: float | None = None  # predictive: mean cost of min_cost_batch_size's trials
 
 
 # What judging and recording a report read of the job (not its timestamps,
@@ -146,6 +147,9 @@ _JOB_FOR_REPORTS = [
 # of the batch sizes at least the trial's (app.bandit.epochs_needed): one row
 # each, joined only for such a job, so a zeus job's read is one row as before.
 _converged = batch_size.alias("converged")
+# ... and the running statistics of its min_cost_batch_size, for the reference
+# cost of the beta bounds (app.bandit.bound_reference): at most one more row.
+_best = batch_size.alias("best")
 _TRIAL_STATE = (
     select(
         *_JOB_FOR_REPORTS,
@@ -157,6 +161,8 @@ _TRIAL_STATE = (
         arm.c.batch_size.label("arm_batch_size"),
         _converged.c.batch_size.label("c_batch_size"),
         _converged.c.min_converged_epochs.label("c_epochs"),
+        _best.c.reward_count.label("b_count"),
+        _best.c.reward_mean.label("b_mean"),
     )
     .select_from(
         job.outerjoin(
@@ -179,6 +185,14 @@ _TRIAL_STATE = (
                 _converged.c.job_id == trial.c.job_id,
                 _converged.c.batch_size >= trial.c.batch_size,
                 _converged.c.min_converged_epochs.is_not(None),
+            ),
+        )
+        .outerjoin(
+            _best,
+            and_(
+                job.c.policy == Policy.PREDICTIVE.value,
+                _best.c.job_id == job.c.job_id,
+                _best.c.batch_size == job.c.min_cost_batch_size,
             ),
         )
     )
@@ -249,9 +263,10 @@ async def load_trial(
     stats = RewardStats(row.reward_count or 0, row.reward_mean or 0.0, row.reward_m2 or 0.0)
     last = None if row.t_last_epoch is None else LastReport(row.t_last_epoch, row.t_last_cost)
     fewest = {r.c_batch_size: r.c_epochs for r in rows if r.c_batch_size is not None}
+    typical = -row.b_mean if row.b_count else None  # rewards are negated costs
     return TrialState(
         row, found, stats, row.arm_batch_size is not None, row.t_lease_renewed_at, renewed,
-        row.t_pruning_round, last, row.min_converged_epochs, fewest,
+        row.t_pruning_round, last, row.min_converged_epochs, fewest, typical,
     )  # fmt: skip
 
 
@@ -423,8 +438,9 @@ _EXPLORATIONS = (
 async def explorations(conn: AsyncConnection, job_id: str) -> dict[int, list[Exploration]]:
     """Non-Failed Exploration trials per batch size, in trial order.
 
-    At most num_pruning_rounds per batch size: a (batch size, round) pair
-    is dispatched again only after its previous exploration Failed.
+    At most num_pruning_rounds walks per batch size, two for a round that
+    converged nowhere (SPEC section 5, rule 4): a walk's exploration of a batch
+    size is dispatched again only after its previous one Failed.
     """
     by_batch_size: dict[int, list[Exploration]] = defaultdict(list)
     for r in await conn.execute(_EXPLORATIONS, {"job_id": job_id}):

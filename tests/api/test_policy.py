@@ -174,3 +174,60 @@ async def test_what_a_non_final_and_a_final_report_cost(
     # The final report: the same statements for both policies (the batch
     # size's fewest epochs ride in its statistics' UPDATE).
     assert len(final) == (4 if app.state.engine.dialect.name == "postgresql" else 6), final
+
+
+async def _epochs(
+    client: httpx.AsyncClient, trial: dict[str, Any], costs: dict[int, float], reach: int | None
+) -> list[dict[str, Any]]:
+    """Report ``costs`` (epoch -> cumulative cost, 50 x time) in order; reach the target at
+    epoch ``reach``. Returns every answer."""
+    answers = []
+    for epoch, cost in sorted(costs.items()):
+        metric = 0.95 if reach is not None and epoch >= reach else 0.1
+        response = await report(client, trial, time=cost / 50.0, energy=0.0, metric=metric,
+                                epoch=epoch)  # fmt: skip
+        answers.append(response.json())
+    return answers
+
+
+async def test_a_batch_size_its_own_history_says_converges_is_not_stopped_by_another_s(
+    client: httpx.AsyncClient,
+) -> None:
+    """Issue 21: 128 needed 12 epochs, so 64 "needs 6"; but 64 reached the target in 4."""
+    job_id = await register(
+        client, batch_sizes=[32, 64, 128], default_batch_size=128, beta_knob=1.5,
+        max_epochs=12, max_power=100.0, policy="predictive",
+    )  # fmt: skip
+    first = await dispatch(client, job_id)
+    assert first["batch_size"] == 128
+    assert (await _epochs(client, first, {1: 100.0, 12: 1200.0}, 12))[-1]["converged"]
+    second = await dispatch(client, job_id)
+    assert second["batch_size"] == 64
+    assert (await _epochs(client, second, {1: 90.0, 4: 360.0}, 4))[-1]["converged"]
+    third = await dispatch(client, job_id)  # 32: over 1.5 x 360 at epoch 2
+    assert not (await _epochs(client, third, {1: 200.0, 2: 600.0}, None))[-1]["converged"]
+    # Round 2 keeps only 64 (128 costs over 1.5x it) and starts there.
+    fourth = await dispatch(client, job_id)
+    assert (fourth["batch_size"], fourth["trial_number"]) == (64, 4)
+    # After 2 epochs of 100: 128's bound says 4 more (600 > 1.5 x 360 = 540); 64's own
+    # history says 2 more (400): it goes on, and converges at epoch 4.
+    answers = await _epochs(client, fourth, {1: 100.0, 2: 200.0, 4: 400.0}, 4)
+    assert [a["stop_train"] for a in answers] == [False, False, True]
+    assert answers[-1]["converged"] is True
+
+
+@pytest.mark.parametrize("policy", ["zeus", "predictive"])
+async def test_the_predictive_bound_reads_a_typical_run_of_the_best_batch_size(
+    client: httpx.AsyncClient, policy: str
+) -> None:
+    job_id = await register(client, **ONE_ARM, beta_knob=1.5, policy=policy)
+    for cost in (1000.0, 1400.0):  # min_cost 1000; 16's mean 1200
+        trial = await dispatch(client, job_id)
+        assert (await _epochs(client, trial, {1: 100.0, 4: cost}, 4))[-1]["converged"]
+    trial = await dispatch(client, job_id)
+    # 1700 reaches the target: over 1.5 x min_cost (1500), within 1.5 x 1200 (1800).
+    (answer,) = await _epochs(client, trial, {5: 1700.0}, 5)
+    assert answer["stop_train"] is True
+    assert answer["converged"] is (policy == "predictive")
+    if policy == "zeus":
+        assert "beta_knob 1.5 * min_cost 1000" in answer["message"]

@@ -88,16 +88,38 @@ async def test_a_patched_exploration_is_explored_again(client: httpx.AsyncClient
     ]
 
 
-async def test_a_round_with_nothing_converged_is_a_clear_409(client: httpx.AsyncClient) -> None:
+async def test_a_round_with_nothing_converged_is_walked_again_then_the_job_goes_on(
+    client: httpx.AsyncClient,
+) -> None:
     job_id = await register(client, batch_sizes=[32, 64], default_batch_size=32)
-    for _ in range(2):
+    seen = []
+    for walk in (1, 2):
+        for _ in range(2):
+            trial = await dispatch(client, job_id)
+            seen.append(trial["batch_size"])
+            await finish(client, trial, cost_time=1.0, converged=False, epoch=10)
+        if walk == 1:
+            job = (await client.get(f"/jobs/{job_id}")).json()
+            assert job["exploration"] == {"round": 0, "default_batch_size": 32,
+                                          "candidates": [32, 64], "walk": 2}  # fmt: skip
+            assert job["pruning_dead_end"] is None
+    assert seen == [32, 64, 32, 64]
+    # Both walks converged nowhere: no 409, the default is served from now on.
+    for _ in range(3):
         trial = await dispatch(client, job_id)
+        assert trial["batch_size"] == 32
         await finish(client, trial, cost_time=1.0, converged=False, epoch=10)
-    response = await client.get("/jobs/batch_size", params={"job_id": job_id})
-    assert response.status_code == 409
-    assert "batch_sizes" in response.json()["message"]
     job = (await client.get(f"/jobs/{job_id}")).json()
-    assert job["exploration"]["default_batch_size"] is None
+    assert job["stage"] == "MAB" and job["exploration"] is None
+    dead_end = job["pruning_dead_end"]
+    assert dead_end["round"] == 0 and dead_end["batch_sizes"] == [32]
+    assert "No batch size converged in pruning round 1" in dead_end["message"]
+    arms = (await client.get(f"/jobs/{job_id}/arms")).json()
+    assert [a["batch_size"] for a in arms] == [32]
+    # Once a run of it converges, the job has its min cost like any other.
+    trial = await dispatch(client, job_id)
+    await finish(client, trial, cost_time=1.0, converged=True, epoch=3)
+    assert (await client.get(f"/jobs/{job_id}")).json()["min_cost_batch_size"] == 32
 
 
 async def test_early_stopping_ends_a_trial_costing_beta_times_min_cost(

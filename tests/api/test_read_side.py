@@ -49,6 +49,7 @@ async def test_a_job_shows_its_pruning_progress(client: httpx.AsyncClient) -> No
         "round": 0,
         "default_batch_size": 64,
         "candidates": [16, 32, 64, 128],
+        "walk": 1,
     }
     assert job["num_trials"] == 0 and job["stage"] == "Pruning"
     for _ in range(4):
@@ -61,8 +62,10 @@ async def test_a_job_shows_its_pruning_progress(client: httpx.AsyncClient) -> No
         "round": 1,
         "default_batch_size": 32,
         "candidates": [16, 32, 64, 128],
+        "walk": 1,
     }
     assert (job["min_cost"], job["min_cost_batch_size"]) == (400.0, 32)
+    assert job["pruning_dead_end"] is None
 
 
 async def test_health_and_readiness(client: httpx.AsyncClient) -> None:

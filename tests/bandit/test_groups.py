@@ -14,7 +14,6 @@ from app.bandit import (
     GroupKnowledge,
     JobParams,
     LastReport,
-    NoConvergedBatchSizeError,
     Policy,
     StopReason,
     TrialType,
@@ -113,9 +112,10 @@ def test_a_round_the_group_alone_would_leave_empty_is_walked_without_it() -> Non
     failed = {32: [done(1, 32, False)]}
     step = pruning_walk(PARAMS, failed, min_cost_batch_size=32, never_converged=frozenset({64}))
     assert (step.batch_size, step.trial_type) == (64, TrialType.EXPLORATION)
-    with pytest.raises(NoConvergedBatchSizeError):
-        pruning_walk(PARAMS, {**failed, 64: [done(2, 64, False)]}, min_cost_batch_size=32,
-                     never_converged=frozenset({64}))  # fmt: skip
+    # Both walked and failed: the round is walked again, with the group's knowledge first.
+    again = pruning_walk(PARAMS, {**failed, 64: [done(2, 64, False)]}, min_cost_batch_size=32,
+                         never_converged=frozenset({64}))  # fmt: skip
+    assert (again.batch_size, again.state.attempt) == (32, 1)
 
 
 def test_without_a_group_decide_is_the_paper_s() -> None:

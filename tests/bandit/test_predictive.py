@@ -14,10 +14,12 @@ from app.bandit import (
     Policy,
     PredictiveVerdict,
     TrialType,
+    bound_reference,
     decide,
     epochs_needed,
     judge_report_predictive,
     last_epoch_cost,
+    planned_epochs,
     pruning_walk,
     survivors,
 )
@@ -40,11 +42,12 @@ def judge(
     metric: float = 0.1,
     params: JobParams = PARAMS,
     batch_size: int = 32,
+    typical: float | None = None,
 ) -> PredictiveVerdict:
     return judge_report_predictive(
         params, min_cost=min_cost, batch_size=batch_size, time=cost / 100.0, energy=0.0,
         metric=metric, current_epoch=epoch, last=last, fewest_epochs=fewest or {},
-        pruning_round=pruning_round,
+        pruning_round=pruning_round, typical_cost=typical,
     )  # fmt: skip
 
 
@@ -72,6 +75,54 @@ def test_a_smaller_batch_size_bounds_nothing() -> None:
 
 def test_the_tightest_bound_wins() -> None:
     assert epochs_needed(32, {32: 3, 64: 9, 128: 40, 16: 99}) == 10
+
+
+def test_a_batch_size_s_own_history_wins_over_a_larger_one_s_bound() -> None:
+    # 64 reached the target in 4 epochs; 128's 10 would say 64 needs 5.
+    assert epochs_needed(64, {64: 4, 128: 10}) == 5
+    assert planned_epochs(64, {64: 4, 128: 10}) == 4
+    assert planned_epochs(64, {128: 10}) == 5  # no history of its own: the bound
+    assert planned_epochs(64, {}) == 0
+
+
+def test_a_run_its_own_history_says_converges_is_not_stopped_on_another_size_s_bound() -> None:
+    """Issue 21: a real job's best batch size stopped at epoch 2 of the 4 it needed.
+
+    "cost 102.9 + 3 more epoch(s) of 52.3 = 259.9 > beta_knob 1.5 * min_cost 166.1":
+    the 3 epochs came from 128's single 10-epoch run, although 64 had reached
+    the target in 4 epochs itself.
+    """
+    params = replace(PARAMS, batch_sizes=(32, 64, 128), default_batch_size=128, beta_knob=1.5)
+    last, min_cost = LastReport(1, 50.6), 166.1
+
+    def at_epoch_2(fewest: dict[int, int]) -> PredictiveVerdict:
+        return judge(102.9, 2, last=last, min_cost=min_cost, fewest=fewest, params=params,
+                     batch_size=64)  # fmt: skip
+
+    alone = at_epoch_2({128: 10})  # nothing of its own: the bound from 128 stands
+    assert alone.verdict.stop_train is True
+    assert "3 more epoch(s)" in alone.verdict.message
+    own = at_epoch_2({64: 4, 128: 10})  # 102.9 + 2 x 52.3 = 207.5 <= 249.15
+    assert own.verdict.stop_train is False and own.recorded_cost == pytest.approx(102.9)
+
+
+def test_the_reference_is_a_typical_run_within_one_and_a_half_min_costs() -> None:
+    assert bound_reference(None, 500.0) is None
+    assert bound_reference(100.0, None) == 100.0
+    assert bound_reference(100.0, 80.0) == 100.0  # never tighter than the paper
+    assert bound_reference(100.0, 120.0) == 120.0
+    assert bound_reference(100.0, 400.0) == SURVIVOR_RATIO * 100.0
+
+
+def test_one_lucky_run_does_not_tighten_the_bound_for_typical_ones() -> None:
+    # min_cost 1000 was a lucky run; the batch size's runs cost 1300 on average.
+    v = judge(2200.0, 6, last=LastReport(5, 1900.0))  # > 2 x 1000: the paper's rule stops it
+    assert (v.verdict.stop_train, v.verdict.converged) == (True, False)
+    going = judge(2200.0, 6, last=LastReport(5, 1900.0), typical=1300.0)  # 2500 <= 2600
+    assert going.verdict.stop_train is False
+    over = judge(2700.0, 7, last=LastReport(6, 2400.0), typical=1300.0)
+    assert over.verdict.stop_train is True
+    assert "reference cost 1300" in over.verdict.message
 
 
 # The last epoch's cost

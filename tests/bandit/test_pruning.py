@@ -2,9 +2,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import pytest
+import numpy as np
 
-from app.bandit import Exploration, JobParams, NoConvergedBatchSizeError, TrialType, pruning_walk
+from app.bandit import ROUND_ATTEMPTS, Exploration, JobParams, TrialType, decide, pruning_walk
 from app.bandit.pruning import PruningStep
 
 BATCH_SIZES = (16, 32, 64, 128, 256)
@@ -74,13 +74,66 @@ def test_a_running_exploration_yields_a_concurrent_trial_of_the_cheapest_batch_s
     assert (step.batch_size, step.trial_type) == (128, TrialType.CONCURRENT)
 
 
-def test_a_round_with_nothing_converged_cannot_proceed() -> None:
-    history = {
-        64: [Exploration(1, 64, False, False, 1.0)],
-        128: [Exploration(2, 128, False, False, 1.0)],
-    }
-    with pytest.raises(NoConvergedBatchSizeError, match="round 1"):
-        pruning_walk(params(), history, min_cost_batch_size=64)
+def failed(number: int, bs: int) -> Exploration:
+    return Exploration(number, bs, False, False, 1.0)
+
+
+def test_a_round_with_nothing_converged_is_walked_again() -> None:
+    history = {64: [failed(1, 64)], 128: [failed(2, 128)]}
+    step = pruning_walk(params(), history, min_cost_batch_size=64)
+    assert (step.batch_size, step.trial_type) == (64, TrialType.EXPLORATION)
+    assert (step.state.round, step.state.attempt) == (0, 1)
+    assert step.dead_end is None
+    # The second walk takes each batch size's next exploration, in the same order.
+    history[64].append(failed(3, 64))
+    step = pruning_walk(params(), history, min_cost_batch_size=64)
+    assert (step.batch_size, step.state.attempt) == (128, 1)
+
+
+def test_a_first_round_that_converges_nowhere_twice_serves_the_best_batch_size_so_far() -> None:
+    history = {64: [failed(1, 64), failed(3, 64)], 128: [failed(2, 128), failed(4, 128)]}
+    assert ROUND_ATTEMPTS == 2
+    step = pruning_walk(params(), history, min_cost_batch_size=64)
+    assert step.batch_size is None
+    assert step.arms == (64,)
+    assert step.dead_end is not None and step.dead_end.round == 0
+    assert "pruning round 1" in step.dead_end.message and "64" in step.dead_end.message
+    # A Concurrent trial converged meanwhile: that batch size is the best seen.
+    assert pruning_walk(params(), history, min_cost_batch_size=32).arms == (32,)
+
+
+def test_a_later_round_that_converges_nowhere_twice_keeps_the_round_s_candidates() -> None:
+    def outcome(bs: int, index: int) -> tuple[bool, float]:
+        return index == 0 and bs in (32, 64, 128), float(bs)
+
+    order, step = run_pruning(params(rounds=2), outcome)
+    # Round 1 keeps 32, 64, 128 (16 and 256 fail); round 2 starts at 32 and fails
+    # everywhere, twice: 32 then 64 each walk (32 ends the way down, 64 the way up).
+    assert order == [64, 32, 16, 128, 256, 32, 64, 32, 64]
+    assert step.arms == (32, 64, 128)
+    assert step.dead_end is not None and step.dead_end.round == 1
+
+
+def test_a_second_walk_that_converges_goes_on_as_the_round_s_result() -> None:
+    def outcome(bs: int, index: int) -> tuple[bool, float]:
+        return index >= 1 or bs not in (64, 128), float(bs)  # 64 and 128 fail once
+
+    order, step = run_pruning(params(rounds=2), outcome)
+    # Round 1: 64 and 128 fail; walked again, everything converges.
+    assert order[:2] == [64, 128]
+    assert order[2:7] == [64, 32, 16, 128, 256]
+    # Round 2 starts from the cheapest (16), each batch size on its next exploration.
+    assert order[7:] == [16, 32, 64, 128, 256]
+    assert step.dead_end is None and step.arms == BATCH_SIZES
+
+
+def test_decide_serves_the_fallback_arm_and_says_why() -> None:
+    history = {64: [failed(1, 64), failed(3, 64)], 128: [failed(2, 128), failed(4, 128)]}
+    decision = decide(params(), in_bandit_stage=False, min_cost_batch_size=64,
+                      explorations=history, arms=(), rng=np.random.default_rng(0))  # fmt: skip
+    assert decision.batch_size == 64 and decision.trial_type is TrialType.MAB
+    assert decision.new_arms is not None and [a.batch_size for a in decision.new_arms] == [64]
+    assert decision.dead_end is not None and decision.dead_end.arms == (64,)
 
 
 def test_zero_rounds_makes_every_batch_size_an_arm_at_once() -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from concurrent.futures import ThreadPoolExecutor
 
+import httpx
 import pytest
 from bso_client import (
     AsyncBatchSizeOptimizer,
@@ -96,25 +97,72 @@ def test_a_try_left_without_a_with_block_is_ended_by_the_next(server: Server, jo
     assert [t["status"] for t in read(server, f"/jobs/{job_id}/trials")["items"]] == ["Failed"]
 
 
+class _CannotProceed(httpx.BaseTransport):
+    """The real server, but GET /jobs/batch_size answers the 409 of a job that cannot proceed.
+
+    bso no longer answers it (SPEC section 5, rule 4: a round that converges
+    nowhere is walked again, then the job goes on); a Zeus server or a bso
+    from before issue 21 still does, so the client's rule for it is tested
+    against this one answer in front of the real server.
+    """
+
+    def __init__(self) -> None:
+        self.real = httpx.HTTPTransport()
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if request.method == "GET" and request.url.path == "/jobs/batch_size":
+            message = (
+                "No batch size converged in pruning round 1, so the job cannot proceed. "
+                "Revisit batch_sizes, target_metric or max_epochs and register a new job."
+            )
+            return httpx.Response(409, json={"message": message}, request=request)
+        return self.real.handle_request(request)
+
+    def close(self) -> None:
+        self.real.close()
+
+
 def test_a_job_that_cannot_proceed_trains_at_the_default_and_says_so(
     server: Server, job_id: str
 ) -> None:
     """GET /jobs/batch_size answers 409 (nothing converged in pruning): no raise, a loud warning."""
     job = spec(job_id, batch_sizes=[16, 32], max_epochs=1, num_pruning_rounds=1)
-    bso = BatchSizeOptimizer(job=job, url=server.base_url, energy=CountingMeter())
-    with pytest.warns(RejectedWarning, match="THE JOB CANNOT PROCEED") as caught:
-        for trial in bso.trials():
-            with trial:
-                # 32 misses the target in its one epoch; then there is nothing to try.
-                trial.report(metric=0.95 if trial.fallback else 0.1)
+    with httpx.Client(transport=_CannotProceed()) as client:
+        bso = BatchSizeOptimizer(
+            job=job, url=server.base_url, energy=CountingMeter(), http_client=client
+        )
+        with pytest.warns(RejectedWarning, match="THE JOB CANNOT PROCEED") as caught:
+            for trial in bso.trials():
+                with trial:
+                    trial.report(metric=0.95)
     message = str(caught[0].message)
     assert f"GET {server.base_url}/jobs/batch_size: 409" in message
     assert "default batch size 32" in message and "revisit batch_sizes" in message
     last = bso.last
-    assert last is not None and [t.fallback for t in last.tries] == [False, True]
+    assert last is not None and [t.fallback for t in last.tries] == [True]
     # The fallback run reached the target: the client stopped it there.
-    assert last.reason == "converged" and last.tries[1].batch_size == 32
-    assert len(read(server, f"/jobs/{job_id}/trials")["items"]) == 1
+    assert last.reason == "converged" and last.tries[0].batch_size == 32
+    assert read(server, f"/jobs/{job_id}/trials")["items"] == []
+
+
+def test_a_job_whose_pruning_converges_nowhere_keeps_getting_batch_sizes(
+    server: Server, job_id: str
+) -> None:
+    """bso walks such a round again, then goes on with the default: never a 409."""
+    job = spec(job_id, batch_sizes=[16, 32], max_epochs=1, num_pruning_rounds=1)
+    with BatchSizeOptimizer(job=job, url=server.base_url, energy=CountingMeter()) as bso:
+        for _ in range(2):  # both walks of round 1 miss the target (32 ends the way down)
+            for trial in bso.trials(max_tries=1):
+                with trial:
+                    trial.report(metric=0.1)
+        for trial in bso.trials():
+            with trial:
+                trial.report(metric=0.95)
+    last = bso.last
+    assert last is not None and [(t.fallback, t.batch_size) for t in last.tries] == [(False, 32)]
+    assert last.reason == "converged"
+    job_read = read(server, f"/jobs/{job_id}")
+    assert job_read["stage"] == "MAB" and job_read["pruning_dead_end"]["batch_sizes"] == [32]
 
 
 def test_job_spec_group_registers_into_the_group(server: Server, job_id: str) -> None:

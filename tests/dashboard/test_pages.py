@@ -103,6 +103,24 @@ async def test_the_job_page_shows_trials_arms_and_pruning_of_the_job(
     assert 'id="savings">200 J (+25.0%)<' in html
 
 
+async def test_the_job_page_says_when_a_round_converged_nowhere(
+    client: httpx.AsyncClient,
+) -> None:
+    job_id = await register(client, batch_sizes=[32, 64], default_batch_size=32)
+    for _ in range(2):
+        await finish(client, await dispatch(client, job_id), cost_time=1.0, converged=False,
+                     epoch=10)  # fmt: skip
+    walking = await page(client, f"/dashboard/jobs/{job_id}")
+    assert 'id="walked-again"' in walking and 'id="dead-end"' not in walking
+    for _ in range(3):  # the second walk (32, 64), then the fallback
+        await finish(client, await dispatch(client, job_id), cost_time=1.0, converged=False,
+                     epoch=10)  # fmt: skip
+    html = await page(client, f"/dashboard/jobs/{job_id}")
+    assert 'id="dead-end">No batch size converged in pruning round 1, walked 2 times' in html
+    assert "<th>Exploration 4</th>" not in html and "<th>Exploration 2</th>" in html
+    assert "kept: a bandit arm" in html
+
+
 async def test_a_page_refreshes_itself_while_a_trial_runs(client: httpx.AsyncClient) -> None:
     job_id = await register(client)
     refresh = '<meta http-equiv="refresh" content="5">'

@@ -101,13 +101,16 @@ async def test_an_ended_trial_keeps_its_answer_and_a_failed_one_is_explored_agai
     assert third.trial_number == 3
 
 
-async def test_a_round_with_nothing_converged_is_a_conflict() -> None:
+async def test_a_round_with_nothing_converged_is_walked_again_then_falls_back() -> None:
     engine = PureEngine()
     job_id = await engine.register(respec(SPEC, batch_sizes=[16, 32]))
-    for _ in range(2):
+    for _ in range(4):  # two walks of round 1, each trying both
         assert not await finish(engine, await engine.next_trial(job_id), cost=1.0, converged=False)
-    with pytest.raises(EngineError, match="409: No batch size converged"):
-        await engine.next_trial(job_id)
+    fallback = await engine.next_trial(job_id)
+    assert fallback.batch_size == SPEC.default_batch_size
+    dead_end = engine.dead_end(job_id)
+    assert dead_end is not None and dead_end.round == 0
+    assert [a.batch_size for a in engine.arms(job_id)] == [SPEC.default_batch_size]
 
 
 async def test_bandit_arms_refit_on_their_last_window_of_results() -> None:

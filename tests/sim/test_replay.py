@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 
+from app.sim.protocol import EngineError, TrialId
 from app.sim.pure_engine import PureEngine
 from app.sim.replay import baselines, fixed_batch_size_costs, metric_at, replay
 from app.sim.results import Baseline, CaseResult, ReplaySettings, TryRecord
@@ -45,15 +46,38 @@ async def test_a_failed_try_is_retried_within_its_recurrence() -> None:
     assert second[0].epochs == 9
 
 
+class _Refusing(PureEngine):
+    """The pure engine, refusing every dispatch after the first two (a 409 of some job)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dispatched = 0
+
+    async def next_trial(self, job_id: str) -> TrialId:
+        self.dispatched += 1
+        if self.dispatched > 2:
+            raise EngineError(409, "refused")
+        return await super().next_trial(job_id)
+
+
 async def test_an_engine_error_ends_the_replay_with_a_reason() -> None:
     case = toy_case({8: (None,), 16: (None,), 32: (None,)})
-    result = await replay(PureEngine(), case, ReplaySettings(recurrences=3))
+    result = await replay(_Refusing(), case, ReplaySettings(recurrences=3))
     assert result.error is not None
-    assert result.error.startswith("stopped in recurrence 1: 409: No batch size converged")
+    assert result.error.startswith("stopped in recurrence 1: 409: refused")
     # The default failed, so the walk skipped the smaller 8 and tried 32; both count.
     assert result.batch_size_sequence == (16, 32)
     assert result.per_recurrence == (20_000.0,)
     assert result.cumulative_cost == sum(t.cost for t in result.tries)
+
+
+async def test_a_job_whose_pruning_converges_nowhere_keeps_getting_batch_sizes() -> None:
+    case = toy_case({8: (None,), 16: (None,), 32: (None,)})
+    result = await replay(PureEngine(), case, ReplaySettings(recurrences=3))
+    assert result.error is None and result.played == 3
+    # Round 1 walked twice (16, then 32 above it), then the default for good.
+    assert result.batch_size_sequence[:4] == (16, 32, 16, 32)
+    assert set(result.batch_size_sequence[4:]) == {16}
 
 
 def test_baselines_replay_one_batch_size_on_the_same_seed() -> None:
