@@ -63,6 +63,7 @@ _NEW_TRIAL: dict[str, Any] = {
     "start_timestamp": NOW,
     "lease_renewed_at": NOW,
     "pruning_round": bindparam("pruning_round", type_=Integer),
+    "idempotency_key": bindparam("idempotency_key", type_=String),
 }
 _INSERT_TRIAL = insert(trial).values(_NEW_TRIAL)
 # PostgreSQL runs both in one statement (a data-modifying CTE); SQLite has none.
@@ -89,9 +90,11 @@ async def add_trial(
     now: datetime,
     pruning_round: int | None = None,
     start_batch_size: int | None = None,
+    idempotency_key: str | None = None,
 ) -> None:
     """Record a dispatched trial and advance the job's counter past it."""
     values = {
+        "idempotency_key": idempotency_key,
         "start_batch_size": start_batch_size,
         "k_job_id": state.job_id,
         "k_number": number,
@@ -108,6 +111,28 @@ async def add_trial(
     else:
         await conn.execute(_BUMP_JOB, values)
         await conn.execute(_INSERT_TRIAL, values)
+
+
+# A retried dispatch: the trial its key made, if any (ix_trial_job_id_idempotency_key).
+_KEYED_TRIAL = select(
+    trial.c.trial_number, trial.c.batch_size, trial.c.status, trial.c.lease_renewed_at
+).where(trial.c.job_id == bindparam("k_job_id"), trial.c.idempotency_key == bindparam("k_key"))
+_FORGET_KEY = (
+    update(trial)
+    .where(trial.c.job_id == bindparam("k_job_id"), trial.c.idempotency_key == bindparam("k_key"))
+    .values(idempotency_key=None)
+)
+
+
+async def keyed_trial(conn: AsyncConnection, job_id: str, key: str) -> Row[Any] | None:
+    """The trial of ``job_id`` dispatched with ``key`` (number, batch size, status, renewal)."""
+    result = await conn.execute(_KEYED_TRIAL, {"k_job_id": job_id, "k_key": key})
+    return result.first()
+
+
+async def forget_key(conn: AsyncConnection, job_id: str, key: str) -> None:
+    """Free ``key`` from the ended trial that holds it, so that a new trial may take it."""
+    await conn.execute(_FORGET_KEY, {"k_job_id": job_id, "k_key": key})
 
 
 @dataclass(frozen=True, slots=True)
