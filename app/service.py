@@ -242,10 +242,8 @@ async def dispatch_trial(
 
     With a lease, the job's trials whose lease ran out are marked Failed
     first (under the job's lock), so that lost explorations are explored again.
-
-    With ``idempotency_key`` (SPEC 3, idempotency keys), a dispatch of the job that was sent
-    with the same key and whose trial still runs within its lease is answered
-    again (its trial, nothing written); otherwise the new trial takes the key.
+    A repeat of a dispatch (the same ``idempotency_key``) whose trial runs within
+    its lease answers that trial and writes nothing (SPEC 3, idempotency keys).
     """
     async with engine.begin() as conn:
         state = await jobs.lock_job(conn, job_id)
@@ -253,10 +251,11 @@ async def dispatch_trial(
             raise JobNotFoundError(job_id)
         job = state.job
         _authorize(caller, job.job_id_prefix, job_id)  # before anything is written
-        if idempotency_key is not None:
-            replay = await _dispatched_with(conn, job_id, idempotency_key, lease, now)
-            if replay is not None:
-                return replay
+        if idempotency_key is not None and (
+            repeated := await trials.keyed_trial(conn, job_id, idempotency_key, lease, now)
+        ):
+            logger.info("job %s trial %d: dispatch repeated", job_id, repeated.trial_number)
+            return repeated
         expired: list[ExpiredTrial] = []
         if (renewed_before := lease.expired_before(now)) is not None:
             expired = await trials.expire_job_trials(
@@ -315,28 +314,6 @@ async def dispatch_trial(
     return TrialId.model_construct(
         job_id=job_id, batch_size=decision.batch_size, trial_number=number
     )
-
-
-async def _dispatched_with(
-    conn: AsyncConnection, job_id: str, key: str, lease: Lease, now: datetime
-) -> TrialId | None:
-    """The trial a retried dispatch made, if it still runs within its lease.
-
-    Called under the job's lock, so a key's first dispatch and its retries
-    run one at a time: one trial per key. A key whose trial ended (or whose
-    lease ran out: the dispatch then marks it Failed) is freed for the new trial.
-    """
-    row = await trials.keyed_trial(conn, job_id, key)
-    if row is None:
-        return None
-    if row.status == TrialStatus.DISPATCHED and not lease.is_expired(row.lease_renewed_at, now):
-        logger.info("job %s trial %d: dispatch repeated with its Idempotency-Key", job_id,
-                    row.trial_number)  # fmt: skip
-        return TrialId.model_construct(
-            job_id=job_id, batch_size=row.batch_size, trial_number=row.trial_number
-        )
-    await trials.forget_key(conn, job_id, key)
-    return None
 
 
 # ------------------------------------------------------------------ report

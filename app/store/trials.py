@@ -38,7 +38,7 @@ from app.bandit import (
     TrialStatus,
     TrialType,
 )
-from app.schemas import TrialRead
+from app.schemas import TrialId, TrialRead
 from app.store.rows import NOW, PARAM_FIELDS, TRIAL_KEY, JobRow, page, trial_read
 from app.store.tables import UTCDateTime, arm, batch_size, job, trial
 
@@ -78,6 +78,33 @@ _BUMP_AND_INSERT = (
 )
 
 
+# A repeated dispatch (SPEC 3, idempotency keys): the running trial its key made, by
+# ix_trial_job_id_idempotency_key. Under the job's lock, so one trial per key.
+_KEYED = (trial.c.job_id == bindparam("k_job_id"), trial.c.idempotency_key == bindparam("k_key"))
+_KEYED_TRIAL = select(trial.c.job_id, trial.c.batch_size, trial.c.trial_number).where(
+    *_KEYED, trial.c.status == TrialStatus.DISPATCHED.value
+)
+_LIVE_KEYED_TRIAL = _KEYED_TRIAL.where(
+    trial.c.lease_renewed_at >= bindparam("renewed_before", type_=UTCDateTime())
+)
+_FREE_KEY = update(trial).where(*_KEYED).values(idempotency_key=None)
+
+
+async def keyed_trial(
+    conn: AsyncConnection, job_id: str, key: str, lease: Lease, now: datetime
+) -> TrialId | None:
+    """The trial of ``job_id`` dispatched with ``key``, if it runs within its lease at ``now``.
+
+    A trial whose lease ran out is not (the dispatch goes on to expire it), nor
+    an ended one: their key is free, and the next trial takes it (add_trial).
+    """
+    renewed_before = lease.expired_before(now)
+    statement = _KEYED_TRIAL if renewed_before is None else _LIVE_KEYED_TRIAL
+    values = {"k_job_id": job_id, "k_key": key, "renewed_before": renewed_before}
+    row = (await conn.execute(statement, values)).first()
+    return None if row is None else TrialId.model_construct(**row._asdict())
+
+
 async def add_trial(
     conn: AsyncConnection,
     state: JobRow,
@@ -106,33 +133,13 @@ async def add_trial(
         "now": now,
         "pruning_round": pruning_round,
     }
+    if idempotency_key is not None:  # the new trial takes the key from an ended one
+        await conn.execute(_FREE_KEY, {"k_job_id": state.job_id, "k_key": idempotency_key})
     if conn.dialect.name == "postgresql":
         await conn.execute(_BUMP_AND_INSERT, values)
     else:
         await conn.execute(_BUMP_JOB, values)
         await conn.execute(_INSERT_TRIAL, values)
-
-
-# A retried dispatch: the trial its key made, if any (ix_trial_job_id_idempotency_key).
-_KEYED_TRIAL = select(
-    trial.c.trial_number, trial.c.batch_size, trial.c.status, trial.c.lease_renewed_at
-).where(trial.c.job_id == bindparam("k_job_id"), trial.c.idempotency_key == bindparam("k_key"))
-_FORGET_KEY = (
-    update(trial)
-    .where(trial.c.job_id == bindparam("k_job_id"), trial.c.idempotency_key == bindparam("k_key"))
-    .values(idempotency_key=None)
-)
-
-
-async def keyed_trial(conn: AsyncConnection, job_id: str, key: str) -> Row[Any] | None:
-    """The trial of ``job_id`` dispatched with ``key`` (number, batch size, status, renewal)."""
-    result = await conn.execute(_KEYED_TRIAL, {"k_job_id": job_id, "k_key": key})
-    return result.first()
-
-
-async def forget_key(conn: AsyncConnection, job_id: str, key: str) -> None:
-    """Free ``key`` from the ended trial that holds it, so that a new trial may take it."""
-    await conn.execute(_FORGET_KEY, {"k_job_id": job_id, "k_key": key})
 
 
 @dataclass(frozen=True, slots=True)

@@ -58,7 +58,9 @@ async def test_a_dispatch_repeated_with_its_key_answers_the_same_trial(
 async def test_a_key_belongs_to_its_job(app: FastAPI, client: httpx.AsyncClient) -> None:
     """Reused with another job, a key is that job's key: its own trial, each answered again."""
     job_a = await register(client, job_id="job-keyed-a")
-    job_b = await register(client, job_id="job-keyed-b", batch_sizes=[16, 32], default_batch_size=16)
+    job_b = await register(
+        client, job_id="job-keyed-b", batch_sizes=[16, 32], default_batch_size=16
+    )
     on_a = (await _keyed(client, job_a, "shared-key")).json()
     on_b = (await _keyed(client, job_b, "shared-key")).json()
     assert (on_a["job_id"], on_a["trial_number"], on_a["batch_size"]) == (job_a, 1, 64)
@@ -89,6 +91,17 @@ async def test_a_key_holds_for_its_trials_lease_only(
     first, second = await _trials(app, job_id)
     assert (first.status, first.failure_reason) == ("Failed", "LeaseExpired")
     assert second.status == "Dispatched"
+
+
+async def test_without_leases_a_key_holds_while_its_trial_runs(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    job_id = await register(client)
+    engine, key = app.state.engine, "no-lease"
+    first = await service.dispatch_trial(engine, job_id, now=T0, idempotency_key=key)
+    later = T0 + timedelta(days=400)
+    assert await service.dispatch_trial(engine, job_id, now=later, idempotency_key=key) == first
+    assert len(await _trials(app, job_id)) == 1
 
 
 async def test_a_key_whose_trial_ended_makes_a_new_trial(
