@@ -78,15 +78,13 @@ _BUMP_AND_INSERT = (
 )
 
 
-# A repeated dispatch (SPEC 3, idempotency keys): the running trial its key made, by
+# A repeated dispatch (SPEC 3, idempotency keys): the trial its key made, by
 # ix_trial_job_id_idempotency_key. Under the job's lock, so one trial per key.
 _KEYED = (trial.c.job_id == bindparam("k_job_id"), trial.c.idempotency_key == bindparam("k_key"))
-_KEYED_TRIAL = select(trial.c.job_id, trial.c.batch_size, trial.c.trial_number).where(
-    *_KEYED, trial.c.status == TrialStatus.DISPATCHED.value
-)
-_LIVE_KEYED_TRIAL = _KEYED_TRIAL.where(
-    trial.c.lease_renewed_at >= bindparam("renewed_before", type_=UTCDateTime())
-)
+_KEYED_TRIAL = select(
+    trial.c.job_id, trial.c.batch_size, trial.c.trial_number, trial.c.status,
+    trial.c.lease_renewed_at,
+).where(*_KEYED)  # fmt: skip
 _FREE_KEY = update(trial).where(*_KEYED).values(idempotency_key=None)
 
 
@@ -95,14 +93,19 @@ async def keyed_trial(
 ) -> TrialId | None:
     """The trial of ``job_id`` dispatched with ``key``, if it runs within its lease at ``now``.
 
-    A trial whose lease ran out is not (the dispatch goes on to expire it), nor
-    an ended one: their key is free, and the next trial takes it (add_trial).
+    Otherwise the key is free: an ended trial, or one whose lease ran out (the
+    dispatch goes on to expire it), gives it up here for the next trial.
     """
-    renewed_before = lease.expired_before(now)
-    statement = _KEYED_TRIAL if renewed_before is None else _LIVE_KEYED_TRIAL
-    values = {"k_job_id": job_id, "k_key": key, "renewed_before": renewed_before}
-    row = (await conn.execute(statement, values)).first()
-    return None if row is None else TrialId.model_construct(**row._asdict())
+    values = {"k_job_id": job_id, "k_key": key}
+    row = (await conn.execute(_KEYED_TRIAL, values)).first()
+    if row is None:
+        return None
+    if row.status == TrialStatus.DISPATCHED and not lease.is_expired(row.lease_renewed_at, now):
+        return TrialId.model_construct(
+            job_id=row.job_id, batch_size=row.batch_size, trial_number=row.trial_number
+        )
+    await conn.execute(_FREE_KEY, values)
+    return None
 
 
 async def add_trial(
@@ -133,8 +136,6 @@ async def add_trial(
         "now": now,
         "pruning_round": pruning_round,
     }
-    if idempotency_key is not None:  # the new trial takes the key from an ended one
-        await conn.execute(_FREE_KEY, {"k_job_id": state.job_id, "k_key": idempotency_key})
     if conn.dialect.name == "postgresql":
         await conn.execute(_BUMP_AND_INSERT, values)
     else:
