@@ -8,15 +8,16 @@ and after its COMMIT without passing the answer on. On SQLite, which runs in
 the service's process, the engine's events fail the transaction at the same
 points but the last (tests/support/sqlite_cut.py). For every kind of write
 (registration, dispatch in either stage, entering the bandit stage, a
-dispatch that expires lapsed trials, a final report in either stage, an end,
-the lease sweep), each cut must
+dispatch that expires lapsed trials, a dispatch with an Idempotency-Key, a
+final report in either stage, an end, the lease sweep), each cut must
 
 - answer the client 503 with Retry-After, counted as "unavailable" (the HTTP
   writes), or raise an error the service classifies as "database unavailable"
   (the sweep, and a dispatch called as the service's function);
 - leave the rows of the job exactly as before the request (cut before the
   COMMIT) or exactly as a request that was not cut leaves them (cut after);
-- let the retry succeed on a fresh connection, with the answer a retry gets;
+- let the retry succeed on a fresh connection, with the answer a retry gets
+  (a keyed dispatch cut after its COMMIT: its trial again, no second one);
 
 and at the end every job in the database passes the consistency check.
 """
@@ -58,6 +59,7 @@ LATER = T0 + timedelta(seconds=LEASE.seconds + 1)
 # Columns whose values differ between two runs of the same requests.
 CLOCK_COLUMNS = {"created_at", "updated_at", "start_timestamp", "end_timestamp", "lease_renewed_at"}
 MAX_STATEMENTS = 20  # more statements than any write has
+KEY = '"a1b2c3d4-0000-4000-8000-000000000001"'  # a key's scope is its job: one for all
 
 
 class Cutter(Protocol):
@@ -242,6 +244,16 @@ async def dispatch(world: World, job_id: str) -> Outcome:
     return response
 
 
+async def keyed_dispatch(world: World, job_id: str) -> Outcome:
+    """A dispatch with an Idempotency-Key: a retry of a committed one answers its trial."""
+    response = await world.http.get(
+        "/jobs/batch_size", params={"job_id": job_id}, headers={"Idempotency-Key": KEY}
+    )
+    if response.status_code == 200:
+        _note_dispatch(world, response.json())
+    return response
+
+
 def report(name: str) -> Action:
     async def action(world: World, job_id: str) -> Outcome:
         sent = world.trials[name]
@@ -281,6 +293,7 @@ async def sweep(world: World, job_id: str) -> Outcome:
 SCENARIOS: dict[str, tuple[Setup, Action]] = {
     "registration": (_nothing, register),
     "dispatch in the pruning stage": (_register, dispatch),
+    "dispatch with an Idempotency-Key": (_register, keyed_dispatch),
     "dispatch that starts the bandit stage": (_pruned, dispatch),
     "dispatch in the bandit stage": (_in_bandit, dispatch),
     "dispatch that expires lapsed trials": (_lapsed, expiring_dispatch),
@@ -394,8 +407,8 @@ async def test_a_cut_at_any_point_of_a_write_leaves_it_whole_or_undone(
         # Retried on a fresh connection.
         retried = await action(world, job_id)
         assert _succeeded(retried), (cut, retried)
-        if cut.commit != "after":
-            assert await snapshot(direct, job_id) == after, cut
+        if cut.commit != "after" or scenario == "dispatch with an Idempotency-Key":
+            assert await snapshot(direct, job_id) == after, cut  # a keyed retry: no new trial
         else:
             _check_retry_of_committed(scenario, retried)
     assert statements_cut >= 1, "no statement was cut"
