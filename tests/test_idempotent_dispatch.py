@@ -120,7 +120,9 @@ def _consistent(url: str) -> None:
         finally:
             await engine.dispose()
 
-    asyncio.run(check())
+    # On a thread of its own: asyncio.run would unset this thread's loop, pytest-asyncio's.
+    with ThreadPoolExecutor(1) as thread:
+        thread.submit(asyncio.run, check()).result()
 
 
 def test_repeats_on_other_workers_and_replicas_answer_one_trial(
