@@ -262,16 +262,15 @@ class Server:
         """The processes serving requests.
 
         One worker: uvicorn serves in the launched process itself. More: the
-        launched process is a supervisor and the workers are its
-        ``multiprocessing.spawn`` children (not the resource tracker).
+        launched process is a supervisor and the workers are its children
+        (forks, or ``multiprocessing.spawn`` children in older checkouts), not
+        multiprocessing's resource tracker.
         """
         assert self.process is not None
         if self.workers == 1:
             return [self.process.pid]
         return [
-            pid
-            for pid in _children(self.process.pid)
-            if "multiprocessing.spawn" in _cmdline(pid) or "spawn_main" in _cmdline(pid)
+            pid for pid in _children(self.process.pid) if "resource_tracker" not in _cmdline(pid)
         ]
 
     def all_pids(self) -> list[int]:

@@ -89,7 +89,16 @@ def parser(description: str, default_job_id: str) -> argparse.ArgumentParser:
     cli.add_argument("--url", default=None, help="the bso server (default: BSO_URL, else :8000)")
     cli.add_argument("--token", default=None, help="a trainer's token (default: BSO_TOKEN)")
     cli.add_argument("--job-id", default=default_job_id, help="the job's id (%(default)s)")
-    cli.add_argument("--recurrences", type=int, default=8, help="runs of the job (%(default)s)")
+    cli.add_argument(
+        "--recurrences", type=int, default=8, help="recurrences of the job (%(default)s)"
+    )
+    cli.add_argument(
+        "--max-tries",
+        type=int,
+        default=20,
+        help="runs per recurrence at most: a run the service stops before the target is "
+        "tried again with its next batch size (%(default)s)",
+    )
     cli.add_argument(
         "--max-epochs", type=int, default=MAX_EPOCHS, help="epoch budget (%(default)s)"
     )
@@ -107,9 +116,10 @@ def setup_torch(seed: int | None, recurrence: int) -> None:
 
 @dataclass
 class Row:
-    """One recurrence as the table shows it."""
+    """One try (a run) of a recurrence as the table shows it; every try's cost counts."""
 
     recurrence: int
+    try_number: int
     trial_number: int | None
     batch_size: int
     epochs: int
@@ -128,13 +138,18 @@ def cost(energy: float, time: float, *, eta: float, max_power: float) -> float:
     return eta * energy + (1 - eta) * max_power * time
 
 
+UNREACHABLE = "server unreachable"
+
+
 def why_stopped(trial: Trial) -> str:
-    """The server's reason, shortened for a table cell."""
+    """The server's reason (or the client's, without the server), shortened for a table cell."""
     decision = trial.decision
     if decision is None:
         return "no report"
-    if decision.fallback:
-        return "server away: ran to the end"
+    if trial.fallback or decision.fallback:
+        if decision.converged:
+            return f"{UNREACHABLE}: target reached"
+        return f"{UNREACHABLE}: max epochs" if decision.stop else UNREACHABLE
     if not decision.stop:
         return "epoch budget (no stop)"
     message = decision.message.lower()
@@ -147,13 +162,15 @@ def why_stopped(trial: Trial) -> str:
     return decision.message[:40]
 
 
-def row_of(recurrence: int, trial: Trial, accuracy: float, bso: BatchSizeOptimizer) -> Row:
-    """The table row of a finished recurrence, its cost computed as the server does."""
-    registered = bso.registered or {}
-    max_power = float(registered.get("max_power", 0.0))
-    eta = float(registered.get("eta_knob", bso.job.eta_knob))
+def row_of(recurrence: int, try_number: int, trial: Trial, accuracy: float) -> Row:
+    """The table row of a finished try, its cost as the server computes it.
+
+    ``trial.cost`` uses the job's eta and the max_power the client registers
+    (or would have registered: a fallback run is priced the same way).
+    """
     return Row(
         recurrence=recurrence,
+        try_number=try_number,
         trial_number=trial.trial_number,
         batch_size=trial.batch_size,
         epochs=trial.epoch,
@@ -161,23 +178,23 @@ def row_of(recurrence: int, trial: Trial, accuracy: float, bso: BatchSizeOptimiz
         time_s=trial.time,
         energy_j=trial.energy,
         energy_source=trial.energy_source,
-        cost=cost(trial.energy, trial.time, eta=eta, max_power=max_power),
+        cost=trial.cost,
         stopped=why_stopped(trial),
     )
 
 
 HEADER = (
-    f"{'run':>4} {'trial':>5} {'batch':>5} {'epochs':>6} {'acc':>6} {'time s':>8} "
+    f"{'run':>4} {'try':>3} {'trial':>5} {'batch':>5} {'epochs':>6} {'acc':>6} {'time s':>8} "
     f"{'energy J':>10}  {'energy source':<17} {'cost':>10}  why it stopped"
 )
 
 
 def print_row(row: Row) -> None:
-    if row.recurrence == 1:
+    if row.recurrence == 1 and row.try_number == 1:
         print(HEADER)
     trial = "-" if row.trial_number is None else str(row.trial_number)
     print(
-        f"{row.recurrence:>4} {trial:>5} {row.batch_size:>5} {row.epochs:>6} "
+        f"{row.recurrence:>4} {row.try_number:>3} {trial:>5} {row.batch_size:>5} {row.epochs:>6} "
         f"{row.accuracy:>6.3f} {row.time_s:>8.3f} {row.energy_j:>10.1f}  "
         f"{row.energy_source:<17} {row.cost:>10.1f}  {row.stopped}",
         flush=True,
@@ -186,15 +203,32 @@ def print_row(row: Row) -> None:
 
 @dataclass
 class Summary:
-    """What the service settled on, from its read API, against the default batch size."""
+    """What the service settled on, from its read API, against the default batch size.
+
+    ``spent`` counts every try of every recurrence; ``default_spent`` is what
+    the recurrences would have cost always at the default (``default_source``
+    says how that was measured); ``saving`` is ``1 - spent / default_spent``,
+    the one figure the examples print.
+    """
 
     job_id: str
     stage: str | None
     settled_batch_size: int | None
     default_batch_size: int
     mean_cost_by_batch_size: dict[int, float] = field(default_factory=dict)
+    recurrences: int = 0
+    tries: int = 0
+    tries_by_recurrence: list[int] = field(default_factory=list)
+    converged_recurrences: int = 0
     spent: float = 0.0
     default_spent: float | None = None
+    default_source: str = ""
+    saving: float | None = None
+
+    def against_default(self, default_spent: float | None, source: str) -> None:
+        """Set what always-default costs, and the saving that follows from it."""
+        self.default_spent, self.default_source = default_spent, source
+        self.saving = None if not default_spent else 1 - self.spent / default_spent
 
 
 def _read(bso: BatchSizeOptimizer, path: str, token: str | None) -> Any:
@@ -206,13 +240,13 @@ def _read(bso: BatchSizeOptimizer, path: str, token: str | None) -> Any:
 
 
 def summarise(bso: BatchSizeOptimizer, rows: Sequence[Row], token: str | None) -> Summary:
-    """Print what the service settled on (GET /jobs/{id} and its arms) and the costs.
+    """Print what the service settled on (GET /jobs/{id} and its arms) and the tries.
 
     "Settled on" is the arm with the lowest posterior mean cost once the job is
     in the bandit stage, else the cheapest converged batch size so far.
-    ``default_spent`` is what these recurrences would have cost at the default
-    batch size: its mean cost here times the number of runs (unknown when the
-    default never ran to the target in these runs).
+    Until a baseline replaces it, always-default is estimated as the default's
+    mean cost in these runs times the number of recurrences (unknown when the
+    default never converged here); ``print_saving`` says the result.
     """
     job_id = bso.job_id or ""
     by_size: dict[int, list[float]] = {}
@@ -221,14 +255,27 @@ def summarise(bso: BatchSizeOptimizer, rows: Sequence[Row], token: str | None) -
             by_size.setdefault(row.batch_size, []).append(row.cost)
     means = {size: statistics.fmean(costs) for size, costs in sorted(by_size.items())}
     default = bso.job.default_batch_size
+    tries: dict[int, int] = {}
+    for row in rows:
+        tries[row.recurrence] = tries.get(row.recurrence, 0) + 1
+    last_of = {row.recurrence: row for row in rows}
     summary = Summary(
         job_id=job_id,
         stage=None,
         settled_batch_size=None,
         default_batch_size=default,
         mean_cost_by_batch_size=means,
+        recurrences=len(tries),
+        tries=len(rows),
+        tries_by_recurrence=[tries[number] for number in sorted(tries)],
+        converged_recurrences=sum(
+            1 for row in last_of.values() if row.stopped.endswith(("converged", "target reached"))
+        ),
         spent=sum(row.cost for row in rows),
-        default_spent=means[default] * len(rows) if default in means else None,
+    )
+    summary.against_default(
+        means[default] * len(tries) if default in means else None,
+        "the default's mean cost in these runs",
     )
     try:
         job = _read(bso, f"/jobs/{job_id}", token)
@@ -248,16 +295,26 @@ def summarise(bso: BatchSizeOptimizer, rows: Sequence[Row], token: str | None) -
         f"(default {default}); mean cost of converged runs by batch size: "
         + ", ".join(f"{size}: {mean:.1f}" for size, mean in means.items())
     )
-    if summary.default_spent is not None:
-        saved = summary.default_spent - summary.spent
-        print(
-            f"These {len(rows)} runs cost {summary.spent:.1f}; at the default's mean cost they "
-            f"would have cost {summary.default_spent:.1f} ({saved / summary.default_spent:+.1%} "
-            "saved, exploration included)."
-        )
-    else:
-        print(f"These {len(rows)} runs cost {summary.spent:.1f}; the default never converged here.")
     return summary
+
+
+def print_saving(summary: Summary) -> None:
+    """The one saving figure: every try of every recurrence against always-default."""
+    counts = summary.tries_by_recurrence
+    print(
+        f"{summary.recurrences} recurrences took {summary.tries} runs (tries per recurrence: "
+        f"mean {summary.tries / max(summary.recurrences, 1):.2f}, max {max(counts, default=0)}); "
+        f"{summary.converged_recurrences} ended at the target."
+    )
+    if summary.default_spent is None or summary.saving is None:
+        print(f"They cost {summary.spent:.1f}; the default never converged here to compare.")
+        return
+    print(
+        f"They cost {summary.spent:.1f}, every try counted; always at the default batch size "
+        f"{summary.default_batch_size} ({summary.default_source}) they would cost "
+        f"{summary.default_spent:.1f}: {summary.spent / summary.default_spent:.2f}x, "
+        f"{summary.saving:+.1%} saved."
+    )
 
 
 def write_json(path: str | None, rows: Sequence[Row], summary: Summary) -> None:

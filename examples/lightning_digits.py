@@ -5,7 +5,9 @@
 
 The callback sets the model's ``batch_size`` from the trial (rank 0's,
 broadcast to every rank), reports ``val_acc`` after each validation run and
-sets ``trainer.should_stop`` when the server says stop.
+sets ``trainer.should_stop`` when the server says stop. Each recurrence is a
+loop around ``trainer.fit`` (``bso.trials()``): a run the server stopped
+before the target is re-fit from scratch with the next batch size it gives.
 """
 
 from __future__ import annotations
@@ -54,29 +56,34 @@ class DigitsModel(LightningModule):
 
 
 def recurrence(
-    bso: BatchSizeOptimizer, data: digits.Digits, number: int, devices: int
-) -> digits.Row:
-    model = DigitsModel(data, batch_size=bso.job.default_batch_size)
-    with bso.trial() as trial:
-        callback = BatchSizeOptimizerCallback(trial, monitor="val_acc")
-        trainer = Trainer(
-            max_epochs=trial.max_epochs,
-            callbacks=[callback],
-            accelerator="cpu",
-            devices=devices,
-            strategy="ddp" if devices > 1 else "auto",
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            num_sanity_val_steps=1,
-        )
-        trainer.fit(model)
-    assert model.batch_size == callback.batch_size  # the callback set rank 0's on every rank
-    # The final accuracy; the callback reports only while fitting, so this reaches no server.
-    (validated,) = trainer.validate(model, verbose=False)
-    accuracy = float(validated["val_acc"])
-    return digits.row_of(number, trial, accuracy, bso)
+    bso: BatchSizeOptimizer, data: digits.Digits, number: int, devices: int, max_tries: int = 20
+) -> list[digits.Row]:
+    """One recurrence: ``trainer.fit`` a fresh model per try, until a try reaches the target."""
+    rows: list[digits.Row] = []
+    for trial in bso.trials(max_tries=max_tries):
+        model = DigitsModel(data, batch_size=bso.job.default_batch_size)
+        with trial:
+            callback = BatchSizeOptimizerCallback(trial, monitor="val_acc")
+            trainer = Trainer(
+                max_epochs=trial.max_epochs,
+                callbacks=[callback],
+                accelerator="cpu",
+                devices=devices,
+                strategy="ddp" if devices > 1 else "auto",
+                logger=False,
+                enable_checkpointing=False,
+                enable_progress_bar=False,
+                enable_model_summary=False,
+                num_sanity_val_steps=1,
+            )
+            trainer.fit(model)
+        assert model.batch_size == callback.batch_size  # the callback set rank 0's on every rank
+        if trial.leader:
+            assert model.batch_size == trial.batch_size  # this try's, re-fit with it
+        # The final accuracy; the callback reports only while fitting: this reaches no server.
+        (validated,) = trainer.validate(model, verbose=False)
+        rows.append(digits.row_of(number, len(rows) + 1, trial, float(validated["val_acc"])))
+    return rows
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -99,11 +106,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"Job {args.job_id} on {bso.url}: {args.recurrences} recurrences (Lightning)")
         for number in range(1, args.recurrences + 1):
             digits.setup_torch(args.seed, number)
-            rows.append(recurrence(bso, data, number, args.devices))
-            if leader:
-                digits.print_row(rows[-1])
+            for row in recurrence(bso, data, number, args.devices, args.max_tries):
+                rows.append(row)
+                if leader:
+                    digits.print_row(row)
         if leader:
             summary = digits.summarise(bso, rows, args.token)
+            digits.print_saving(summary)
             digits.write_json(args.json, rows, summary)
     return 0
 

@@ -3,12 +3,13 @@
     scripts/dev.sh &
     torchrun --nproc-per-node 2 -m examples.plain_distributed --recurrences 4
 
-Every rank makes the optimizer and opens the trial; rank 0's trial asks the
-server, the others' are local stand-ins that never call it. Rank 0's batch
-size and its stop decision reach every rank through ``broadcast`` (a
-``torch.distributed`` collective), so all ranks train with the same batch
-size and stop at the same epoch. The job's batch size is the global one:
-each of the N ranks takes 1/N of it. Here the ranks are CPU processes (gloo).
+Every rank makes the optimizer and runs ``bso.trials()``; rank 0's trials ask
+the server, the others' are local stand-ins that never call it. Rank 0's batch
+size and its decisions reach every rank through ``broadcast`` (a
+``torch.distributed`` collective) and ``trial.follow``, so all ranks train
+with the same batch size, stop at the same epoch, and try again together.
+The job's batch size is the global one: each of the N ranks takes 1/N of it.
+Here the ranks are CPU processes (gloo).
 """
 
 from __future__ import annotations
@@ -46,18 +47,24 @@ def train_epoch(
         optimizer.step()
 
 
-def recurrence(bso: BatchSizeOptimizer, data: digits.Digits, number: int) -> digits.Row:
-    module, optimizer = fresh_model()
-    model = torch.nn.parallel.DistributedDataParallel(module)  # rank 0's weights everywhere
-    acc = 0.0
-    with bso.trial() as trial:  # rank 0 asks the server; the others never call it
-        batch_size = broadcast(trial.batch_size)  # rank 0's batch size on every rank
-        for epoch in range(1, trial.max_epochs + 1):
-            train_epoch(model, optimizer, data, batch_size, epoch)
-            acc = accuracy(module, data)  # the same weights, so the same value, on every rank
-            if broadcast(trial.report(metric=acc).stop):  # rank 0's decision on every rank
-                break
-    return digits.row_of(number, trial, acc, bso)
+def recurrence(
+    bso: BatchSizeOptimizer, data: digits.Digits, number: int, max_tries: int = 20
+) -> list[digits.Row]:
+    rows: list[digits.Row] = []
+    for trial in bso.trials(max_tries=max_tries):  # rank 0 asks the server; the others never
+        module, optimizer = fresh_model()
+        model = torch.nn.parallel.DistributedDataParallel(module)  # rank 0's weights everywhere
+        acc = 0.0
+        with trial:
+            batch_size = broadcast(trial.batch_size)  # rank 0's batch size on every rank
+            for epoch in range(1, trial.max_epochs + 1):
+                train_epoch(model, optimizer, data, batch_size, epoch)
+                acc = accuracy(module, data)  # the same weights, so the same value, everywhere
+                # Rank 0's decision on every rank: the same stop, and the same next try.
+                if trial.follow(broadcast(trial.report(metric=acc))).stop:
+                    break
+        rows.append(digits.row_of(number, len(rows) + 1, trial, acc))
+    return rows
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -78,12 +85,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         for number in range(1, args.recurrences + 1):
             digits.setup_torch(args.seed, number)
-            row = recurrence(bso, data, number)
-            if leader:
-                rows.append(row)
-                digits.print_row(row)
+            for row in recurrence(bso, data, number, args.max_tries):
+                if leader:
+                    rows.append(row)
+                    digits.print_row(row)
         if leader:
             summary = digits.summarise(bso, rows, args.token)
+            digits.print_saving(summary)
             digits.write_json(args.json, rows, summary)
     dist.destroy_process_group()
     return 0

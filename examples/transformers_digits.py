@@ -8,6 +8,9 @@ download): the digits MLP behind the library's model interface, trained by
 ``Trainer`` with plain SGD like the other examples. The callback sets
 ``per_device_train_batch_size`` from the trial, reports ``eval_accuracy``
 after each epoch's evaluation and stops training when the server says so.
+Each recurrence is a loop around ``trainer.train()`` (``bso.trials()``): a
+run the server stopped before the target is trained again from scratch with
+the next batch size it gives.
 """
 
 from __future__ import annotations
@@ -89,9 +92,34 @@ def accuracy(prediction: EvalPrediction) -> dict[str, float]:
 
 
 def recurrence(
-    bso: BatchSizeOptimizer, data: digits.Digits, number: int, output_dir: str
-) -> digits.Row:
-    args = TrainingArguments(
+    bso: BatchSizeOptimizer, data: digits.Digits, number: int, output_dir: str, max_tries: int = 20
+) -> list[digits.Row]:
+    """One recurrence: a fresh model and ``Trainer`` per try, until a try reaches the target."""
+    rows: list[digits.Row] = []
+    for trial in bso.trials(max_tries=max_tries):
+        with trial:
+            args = training_arguments(bso, output_dir)
+            callback = BatchSizeOptimizerCallback(trial, args, metric="accuracy")
+            trainer = Trainer(
+                model=DigitsClassifier(DigitsConfig()),
+                args=args,
+                train_dataset=Pixels(data.train_x, data.train_y),
+                eval_dataset=Pixels(data.val_x, data.val_y),
+                compute_metrics=accuracy,
+                callbacks=[callback],
+            )
+            trainer.remove_callback(PrinterCallback)  # the table says it all
+            trainer.train()
+        assert args.per_device_train_batch_size == trial.batch_size  # set by the callback
+        # The final accuracy; the callback reports only while training: this reaches no server.
+        last = float(trainer.evaluate()["eval_accuracy"])
+        rows.append(digits.row_of(number, len(rows) + 1, trial, last))
+    return rows
+
+
+def training_arguments(bso: BatchSizeOptimizer, output_dir: str) -> TrainingArguments:
+    """The Trainer's arguments; the callback sets ``per_device_train_batch_size``."""
+    return TrainingArguments(
         output_dir=output_dir,
         eval_strategy="epoch",
         save_strategy="no",
@@ -106,22 +134,6 @@ def recurrence(
         disable_tqdm=True,
         dataloader_num_workers=0,
     )
-    with bso.trial() as trial:
-        callback = BatchSizeOptimizerCallback(trial, args, metric="accuracy")
-        trainer = Trainer(
-            model=DigitsClassifier(DigitsConfig()),
-            args=args,
-            train_dataset=Pixels(data.train_x, data.train_y),
-            eval_dataset=Pixels(data.val_x, data.val_y),
-            compute_metrics=accuracy,
-            callbacks=[callback],
-        )
-        trainer.remove_callback(PrinterCallback)  # the table says it all
-        trainer.train()
-    assert args.per_device_train_batch_size == trial.batch_size  # the callback set it
-    # The final accuracy; the callback reports only while training, so this reaches no server.
-    last = float(trainer.evaluate()["eval_accuracy"])
-    return digits.row_of(number, trial, last, bso)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -138,9 +150,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"Job {args.job_id} on {bso.url}: {args.recurrences} recurrences (Transformers)")
         for number in range(1, args.recurrences + 1):
             digits.setup_torch(args.seed, number)
-            rows.append(recurrence(bso, data, number, output_dir))
-            digits.print_row(rows[-1])
+            for row in recurrence(bso, data, number, output_dir, args.max_tries):
+                rows.append(row)
+                digits.print_row(row)
         summary = digits.summarise(bso, rows, args.token)
+        digits.print_saving(summary)
     digits.write_json(args.json, rows, summary)
     return 0
 

@@ -16,6 +16,14 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # shellcheck source=scripts/lib.sh
 . scripts/lib.sh
 
+step "Python 3.11: the examples' torch build and the Zeus 0.16 server need it"
+python311="$(SUPPORTED_PYTHONS=3.11 find_python oldest)" \
+    && [ "$(python_version "$python311")" = 3.11 ] \
+    || die "no Python 3.11 here (on PATH or in pyenv's versions): the training examples" \
+        "(tests/examples) and the Zeus 0.16 server (tests/zeus_import) need it; install it" \
+        "rather than run the suite without them"
+echo "Python 3.11: $python311"
+
 step "Python environments: the newest and the oldest supported Python"
 ensure_venv "$VENV_DIR" newest dev
 newest="$(python_version "$VENV_DIR/bin/python")"
@@ -38,8 +46,8 @@ if [ "$oldest" = 3.11 ]; then
     [ "$newest" = 3.11 ] && examples_venv="$VENV_DIR"
     step "Training packages for the examples (Python 3.11 only)"
     ensure_training_packages "$examples_venv"
-else
-    echo "No Python 3.11 here: the examples' tests (marker \"examples\") are deselected."
+else  # unreachable after the check above, which finds a Python 3.11 first
+    die "the oldest Python found is $oldest, not 3.11: the examples cannot run"
 fi
 
 step "The Zeus 0.16 server (tests/zeus_import/), in its own venv"

@@ -9,7 +9,8 @@ the service's process, the engine's events fail the transaction at the same
 points but the last (tests/support/sqlite_cut.py). For every kind of write
 (registration, dispatch in either stage, entering the bandit stage, a
 dispatch that expires lapsed trials, a dispatch with an Idempotency-Key, a
-final report in either stage, an end, the lease sweep), each cut must
+final report in either stage or of a job group's job, an end, the lease
+sweep), each cut must
 
 - answer the client 503 with Retry-After, counted as "unavailable" (the HTTP
   writes), or raise an error the service classifies as "database unavailable"
@@ -17,7 +18,9 @@ final report in either stage, an end, the lease sweep), each cut must
 - leave the rows of the job exactly as before the request (cut before the
   COMMIT) or exactly as a request that was not cut leaves them (cut after);
 - let the retry succeed on a fresh connection, with the answer a retry gets
-  (a keyed dispatch cut after its COMMIT: its trial again, no second one);
+  (a keyed dispatch cut after its COMMIT: its trial again, no second one; a
+  final report retried after a cut past its COMMIT changes nothing: its
+  group's shared counts do not move twice);
 
 and at the end every job in the database passes the consistency check.
 """
@@ -44,7 +47,7 @@ from app.http.app import create_app
 from app.schemas import JobSpec
 from app.store.engine import DatabaseFault, classify
 from app.store.migrate import upgrade_head
-from app.store.tables import arm, batch_size, job, trial
+from app.store.tables import arm, batch_size, group_batch_size, job, job_group, trial
 from app.telemetry import metrics
 from tests.helpers import spec
 from tests.support.consistency import Acknowledged, check_consistency
@@ -212,6 +215,15 @@ async def _running(world: World, job_id: str) -> None:
     await _dispatch(world, job_id, "first")
 
 
+async def _grouped_running(world: World, job_id: str) -> None:
+    """A job of its own group (named as the job, so each run has a fresh one), running."""
+    response = await world.http.post("/jobs", json={**_job(job_id), "group": job_id})
+    assert response.status_code == 201, response.text
+    assert response.json()["group"] == job_id
+    world.acknowledged.jobs.add(job_id)
+    await _dispatch(world, job_id, "first")
+
+
 async def _lapsed(world: World, job_id: str) -> None:
     """A job whose exploration and Concurrent trial were dispatched a lease ago."""
     job_spec = JobSpec.model_validate(_job(job_id))
@@ -299,6 +311,7 @@ SCENARIOS: dict[str, tuple[Setup, Action]] = {
     "dispatch that expires lapsed trials": (_lapsed, expiring_dispatch),
     "final report in the pruning stage": (_running, report("first")),
     "final report in the bandit stage (window refit)": (_in_bandit, report("pull")),
+    "final report of a group's job": (_grouped_running, report("first")),
     "end of a running trial": (_running, end),
     "lease sweep": (_two_lapsed, sweep),
 }
@@ -333,16 +346,23 @@ def _unavailable_count() -> float:
 
 
 async def snapshot(engine: AsyncEngine, job_id: str) -> dict[str, list[tuple[Any, ...]]]:
-    """The rows of the jobs whose id starts with ``job_id``, without clock values or ids."""
-    tables = {"job": job, "batch_size": batch_size, "trial": trial, "arm": arm}
+    """The rows of the jobs whose id starts with ``job_id`` and of the groups whose
+    name does, without clock values or ids."""
+    tables = {
+        "job": (job, job.c.job_id), "batch_size": (batch_size, batch_size.c.job_id),
+        "trial": (trial, trial.c.job_id), "arm": (arm, arm.c.job_id),
+        "job_group": (job_group, job_group.c.name),
+        "group_batch_size": (group_batch_size, group_batch_size.c.group_name),
+    }  # fmt: skip
+    named = {"job_id", "group", "name", "group_name"}
     rows: dict[str, list[tuple[Any, ...]]] = {}
     async with engine.connect() as conn:
-        for name, table in tables.items():
+        for name, (table, key) in tables.items():
             columns = [c for c in table.c if c.name not in CLOCK_COLUMNS]
-            query = select(*columns).where(table.c.job_id.startswith(job_id))
+            query = select(*columns).where(key.startswith(job_id))
             result = await conn.execute(query.order_by(*table.primary_key.columns))
             rows[name] = [
-                tuple(v.removeprefix(job_id) if c.name == "job_id" else v
+                tuple(v.removeprefix(job_id) if c.name in named and v is not None else v
                       for c, v in zip(columns, r, strict=True))
                 for r in result
             ]  # fmt: skip
@@ -411,6 +431,8 @@ async def test_a_cut_at_any_point_of_a_write_leaves_it_whole_or_undone(
             assert await snapshot(direct, job_id) == after, cut  # a keyed retry: no new trial
         else:
             _check_retry_of_committed(scenario, retried)
+            if scenario.startswith("final report"):  # applied once: nothing moves again
+                assert await snapshot(direct, job_id) == after, (cut, "retry changed rows")
     assert statements_cut >= 1, "no statement was cut"
 
     await check_consistency(direct, acknowledged)

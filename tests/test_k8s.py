@@ -19,7 +19,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ from app.http.app import create_app
 from tests.support.server import (
     REPO_ROOT,
     VENV_BIN,
+    child_processes,
     clean_env,
     drop_postgres_database,
     free_port,
@@ -577,11 +578,22 @@ def test_the_containers_commands_run_here_and_write_only_their_mounts(
             assert scraped.status_code == 200
             assert 'bso_trials_dispatched_total{type="Exploration"} 1.0' in scraped.text
     finally:
-        process.send_signal(signal.SIGTERM)  # strace passes it on to bso serve
+        # SIGTERM to bso serve, the container's main process, as the kubelet sends it
+        # (strace blocks fatal signals when it runs a command with -o: not to strace).
+        served = [
+            pid for pid, cmdline in child_processes(process.pid).items() if "serve" in cmdline
+        ]
+        for pid in served or [process.pid]:
+            os.kill(pid, signal.SIGTERM)
         try:
-            process.wait(90)
+            exit_status: int | None = process.wait(90)
         except subprocess.TimeoutExpired:
             stop(process)
+            exit_status = None  # a hang: killed, and failed below
+    # docs/upgrades.md: status 0 with several workers (the ConfigMap's BSO_WORKERS=2);
+    # strace exits with its tracee's status.
+    assert int(env["BSO_WORKERS"]) > 1 and len(served) == 1, served
+    assert exit_status == 0, f"bso serve after SIGTERM: {exit_status}\n{log.read_text()[-3000:]}"
     metrics_dir = Path(env["PROMETHEUS_MULTIPROC_DIR"])
     assert list(metrics_dir.glob("*.db")), "the workers wrote no metrics files in their mount"
     written = written_paths(server_trace)
@@ -598,3 +610,170 @@ def test_the_image_environment_is_what_the_manifests_assume() -> None:
     assert env["BSO_PORT"] == command_option(command, "--port")
     assert env["BSO_HOST"] == command_option(command, "--host")
     assert env["PYTHONDONTWRITEBYTECODE"] == "1"  # nothing written next to the code
+
+
+# ------------------------------------------------ what docs/kubernetes.md promises
+
+
+def pod_templates(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Every pod template (Deployment, Job, StatefulSet...): ``Kind/name`` -> its pod spec."""
+    found = {}
+    for doc in docs:
+        spec = doc.get("spec", {})
+        template = spec.get("template") or spec.get("jobTemplate", {}).get("spec", {}).get(
+            "template"
+        )
+        if isinstance(template, dict) and "containers" in template.get("spec", {}):
+            found[f"{doc['kind']}/{doc['metadata']['name']}"] = template["spec"]
+    return found
+
+
+# The volume types the restricted Pod Security Standard allows.
+RESTRICTED_VOLUMES = {
+    "configMap", "csi", "downwardAPI", "emptyDir", "ephemeral",
+    "persistentVolumeClaim", "projected", "secret",
+}  # fmt: skip
+
+
+def restricted_violations(pod: dict[str, Any]) -> list[str]:
+    """What breaks the ``restricted`` Pod Security Standard (Kubernetes 1.29), as the
+    admission controller checks it: baseline's rules and restricted's."""
+    problems = []
+    for key in ("hostNetwork", "hostPID", "hostIPC"):
+        if pod.get(key):
+            problems.append(f"{key}: true")
+    pod_context = pod.get("securityContext", {})
+    for volume in pod.get("volumes", []):
+        kinds = set(volume) - {"name"}
+        if not kinds <= RESTRICTED_VOLUMES:
+            problems.append(f"volume {volume['name']}: {sorted(kinds)}")
+    if pod_context.get("runAsUser") == 0:
+        problems.append("pod runAsUser: 0")
+    for name, value in (pod_context.get("sysctls") or {}).items():
+        problems.append(f"sysctl {name}={value}")
+    containers = pod["containers"] + pod.get("initContainers", [])
+    for container in containers:
+        where = f"container {container['name']}"
+        context = container.get("securityContext", {})
+        if context.get("privileged"):
+            problems.append(f"{where}: privileged")
+        if context.get("allowPrivilegeEscalation") is not False:
+            problems.append(f"{where}: allowPrivilegeEscalation is not false")
+        if context.get("runAsNonRoot", pod_context.get("runAsNonRoot")) is not True:
+            problems.append(f"{where}: runAsNonRoot is not true")
+        if context.get("runAsUser") == 0:
+            problems.append(f"{where}: runAsUser: 0")
+        seccomp = context.get("seccompProfile", pod_context.get("seccompProfile", {}))
+        if seccomp.get("type") not in ("RuntimeDefault", "Localhost"):
+            problems.append(f"{where}: seccompProfile {seccomp or 'unset'}")
+        capabilities = context.get("capabilities", {})
+        if "ALL" not in capabilities.get("drop", []):
+            problems.append(f"{where}: capabilities do not drop ALL")
+        if set(capabilities.get("add", [])) - {"NET_BIND_SERVICE"}:
+            problems.append(f"{where}: adds capabilities {capabilities['add']}")
+        for port in container.get("ports", []):
+            if port.get("hostPort"):
+                problems.append(f"{where}: hostPort {port['hostPort']}")
+        if context.get("procMount", "Default") != "Default":
+            problems.append(f"{where}: procMount {context['procMount']}")
+    return problems
+
+
+def test_the_restricted_check_sees_what_the_standard_forbids() -> None:
+    """The check above is not vacuous: each change breaks a rule it names."""
+    pod = one(render("dev"), "StatefulSet", "bso-postgres")["spec"]["template"]["spec"]
+    assert restricted_violations(pod) == []
+    breakages: dict[str, Callable[[dict[str, Any]], object]] = {
+        "allowPrivilegeEscalation": lambda p: p["containers"][0]["securityContext"].pop(
+            "allowPrivilegeEscalation"
+        ),
+        "runAsNonRoot": lambda p: (
+            p["securityContext"].pop("runAsNonRoot"),
+            p["containers"][0]["securityContext"].pop("runAsNonRoot"),
+        ),
+        "seccompProfile": lambda p: p["securityContext"].pop("seccompProfile"),
+        "drop ALL": lambda p: p["containers"][0]["securityContext"].pop("capabilities"),
+        "hostPath": lambda p: p["volumes"].append({"name": "h", "hostPath": {"path": "/"}}),
+        "hostNetwork": lambda p: p.update(hostNetwork=True),
+    }
+    for name, breakage in breakages.items():
+        broken = copy.deepcopy(pod)
+        breakage(broken)
+        assert restricted_violations(broken), f"{name} removed, yet no violation found"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_pod_template_meets_the_restricted_pod_security_standard(overlay: str) -> None:
+    docs = render(overlay)
+    namespace = one(docs, "Namespace")
+    assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+    templates = pod_templates(docs)
+    expected = {"Deployment/bso", "Job/bso-migrate"}
+    if overlay == "dev":
+        expected.add("StatefulSet/bso-postgres")  # the dev PostgreSQL is held to it too
+    assert set(templates) == expected
+    problems = {name: restricted_violations(pod) for name, pod in templates.items()}
+    assert problems == {name: [] for name in templates}
+
+
+def port_number(port: int | str, pod: dict[str, Any]) -> int:
+    """A NetworkPolicy port: a number, or a container port's name in the selected pods."""
+    if isinstance(port, int):
+        return port
+    named = [p["containerPort"] for c in pod["containers"] for p in c.get("ports", [])
+             if p.get("name") == port]  # fmt: skip
+    assert len(named) == 1, f"port {port!r} names {named}"
+    return int(named[0])
+
+
+def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    assert set(selector) <= {"matchLabels"}, selector  # matchExpressions: not used here
+    return all(labels.get(k) == v for k, v in selector.get("matchLabels", {}).items())
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_network_policy_lets_in_http_only_and_out_dns_and_postgres_only(
+    overlay: str,
+) -> None:
+    docs = render(overlay)
+    policy = one(docs, "NetworkPolicy", "bso")["spec"]
+    server = one(docs, "Deployment", "bso")["spec"]["template"]
+    migrate = one(docs, "Job", "bso-migrate")["spec"]["template"]
+    for pod in (server, migrate):  # both bso pods are under it
+        assert selects(policy["podSelector"], pod["metadata"]["labels"])
+    assert sorted(policy["policyTypes"]) == ["Egress", "Ingress"]  # both directions closed
+    ingress = [
+        (rule.get("from"), port_number(p["port"], server["spec"]), p.get("protocol", "TCP"))
+        for rule in policy["ingress"]
+        for p in rule["ports"]
+    ]
+    assert ingress == [([{"namespaceSelector": {}}], 8000, "TCP")]
+    for rule in policy["egress"]:
+        assert rule.get("ports"), f"an egress rule without ports lets out every port: {rule}"
+    egress = {
+        (p["port"], p.get("protocol", "TCP")) for rule in policy["egress"] for p in rule["ports"]
+    }
+    assert egress == {(53, "UDP"), (53, "TCP"), (5432, "TCP")}
+    # The server listens where the policy lets in.
+    command = server["spec"]["containers"][0]["command"]
+    assert command_option(command, "--port") == "8000"
+
+
+def test_a_rollout_adds_a_pod_before_it_removes_one() -> None:
+    deployment = one(render("production"), "Deployment", "bso")
+    strategy = deployment["spec"]["strategy"]
+    assert strategy["type"] == "RollingUpdate"
+    assert strategy["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}
+
+
+def test_the_startup_probe_waits_ten_minutes_for_the_migration() -> None:
+    """docs/kubernetes.md: a pod that starts before the migration Job gets 10 minutes."""
+    docs = render("production")
+    container = one(docs, "Deployment", "bso")["spec"]["template"]["spec"]["containers"][0]
+    startup = container["startupProbe"]
+    assert startup["httpGet"]["path"] == "/readyz"
+    budget = (
+        startup.get("initialDelaySeconds", 0)
+        + startup["periodSeconds"] * startup["failureThreshold"]
+    )
+    assert budget >= 600, budget

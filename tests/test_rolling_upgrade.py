@@ -5,11 +5,14 @@ The previous release's ``app`` and ``migrations`` come out of git
 database that this checkout migrated to its head, next to a server of this
 checkout on the same database, as pods of both releases do while a
 Deployment rolls. A Zeus client's whole life (register, dispatch, reports,
-end, reads, delete) then alternates between the two. A migration that breaks
-the expand/contract rule of docs/upgrades.md fails it: e.g. a NOT NULL column
-without a default that the old code's inserts leave out (500 on the old
-server), a renamed or dropped column (500), or data one release writes that
-the other cannot read (a 4xx/5xx, or answers that disagree).
+end, reads, delete) then alternates between the two, and so do two jobs of
+one job group (the newest migration made the groups' tables): every answer
+2xx, and the group's statistics count this release's final reports once each.
+A migration that breaks the expand/contract rule of docs/upgrades.md fails
+it: e.g. a NOT NULL column without a default that the old code's inserts
+leave out (500 on the old server), a renamed or dropped column (500), or
+data one release writes that the other cannot read (a 4xx/5xx, or answers
+that disagree).
 """
 
 from __future__ import annotations
@@ -81,6 +84,12 @@ class Client:
         response = httpx.request(method, server.base_url + path, timeout=30, **kwargs)
         assert response.status_code < 500, f"{on}: {method} {path}: {response.text}\n{server.log()}"
         return response
+
+    def ok(self, on: str, method: str, path: str, **kwargs: Any) -> Any:
+        """A call that must succeed (2xx); its JSON."""
+        response = self.call(on, method, path, **kwargs)
+        assert 200 <= response.status_code < 300, f"{on}: {method} {path}: {response.text}"
+        return response.json()
 
 
 def parent_of_head() -> str | None:
@@ -156,15 +165,72 @@ def test_the_previous_release_serves_a_zeus_client_beside_this_one_on_the_new_sc
     trials = client.call("new", "GET", "/jobs/roll-1/trials").json()["items"]
     assert [t["status"] for t in trials].count("Failed") == 1, trials
 
-    # A job of a policy only this release knows: the old one must not fail on it.
-    predictive = spec(job_id="roll-3", job_id_prefix="roll", policy="predictive")
-    assert client.call("new", "POST", "/jobs", json=predictive).status_code == 201
-    trial = client.call("old", "GET", "/jobs/batch_size", params={"job_id": "roll-3"}).json()
-    report = {**trial, "time": 1.0, "energy": 10.0, "metric": 0.1, "current_epoch": 1}
-    client.call("old", "POST", "/report", json=report)
-    client.call("new", "POST", "/report", json={**report, "time": 2.0, "current_epoch": 2})
+    # A job group's jobs (the newest migration is the groups one) across both releases.
+    grouped_job_across_releases(client)
 
     assert client.call("old", "DELETE", "/jobs", params={"job_id": "roll-1"}).status_code == 200
     assert client.call("new", "GET", "/jobs/roll-1").status_code == 404
     assert client.call("new", "DELETE", "/jobs", params={"job_id": "roll-2"}).status_code == 200
     assert client.call("old", "GET", "/jobs/roll-2").status_code == 404
+
+
+def grouped_job_across_releases(client: Client) -> None:
+    """Two jobs of one group (A40, V100), each step on the other release than the one before.
+
+    The previous release does not know groups: it serves a group's job as a job of
+    its own (every answer 2xx), and its final reports do not add to the group's
+    statistics (docs/upgrades.md); this release's do, each exactly once.
+    """
+    group = "roll-group"
+    shared = {"job_id_prefix": "roll", "group": group, "batch_sizes": [32, 64],
+              "default_batch_size": 32, "num_pruning_rounds": 1, "max_epochs": 4,
+              "beta_knob": None}  # fmt: skip
+    members = {
+        gpu: spec(job_id=f"roll-g-{gpu}", gpu_model=gpu, **shared) for gpu in ("A40", "V100")
+    }
+    for body in members.values():
+        created = client.call("new", "POST", "/jobs", json=body)
+        assert created.status_code == 201 and created.json()["group"] == group, created.text
+    # The old release, re-registering without the field it does not know: the same job.
+    without_group = {k: v for k, v in members["A40"].items() if k != "group"}
+    assert client.call("old", "POST", "/jobs", json=without_group).status_code == 200
+
+    counted: dict[int, list[int]] = {}  # batch size -> epochs of this release's final reports
+    for recurrence in range(8):
+        job_id = list(members.values())[recurrence % 2]["job_id"]
+        first, second = ("old", "new") if recurrence % 4 < 2 else ("new", "old")
+        trial = client.ok(first, "GET", "/jobs/batch_size", params={"job_id": job_id})
+        assert trial["job_id"] == job_id and trial["batch_size"] in (32, 64), trial
+        epochs = 2 if trial["batch_size"] == 32 else 3
+        for epoch in range(1, epochs + 1):
+            on = second if epoch < epochs else first
+            metric = 0.95 if epoch == epochs else 0.5
+            result = {**trial, "time": 5.0 * epoch, "energy": 500.0 * epoch, "metric": metric,
+                      "current_epoch": epoch}  # fmt: skip
+            answer = client.ok(on, "POST", "/report", json=result)
+            assert answer["stop_train"] is (epoch == epochs), (on, answer)
+        assert answer["converged"] is True, answer
+        if first == "new":
+            counted.setdefault(trial["batch_size"], []).append(epochs)
+        retried = client.ok(second, "POST", "/report", json=result)  # counted once, not twice
+        assert retried["stop_train"] is True, retried
+        assert client.ok(second, "PATCH", "/trials", json=trial)["status"] == "Succeeded"
+
+    read = client.ok("new", "GET", f"/groups/{group}")
+    assert (read["target_metric"], read["max_epochs"]) == (0.9, 4), read
+    assert sorted(m["job_id"] for m in read["members"]) == sorted(
+        b["job_id"] for b in members.values()
+    )
+    stats = {row["batch_size"]: row for row in read["batch_sizes"]}
+    assert set(stats) == {32, 64}
+    for batch_size, row in stats.items():
+        epochs_seen = counted.get(batch_size, [])
+        assert (row["runs"], row["converged"], row["exhausted"]) == (
+            len(epochs_seen), len(epochs_seen), 0
+        ), (batch_size, row, counted)  # fmt: skip
+        assert row["min_epochs"] == min(epochs_seen, default=None), row
+    assert sum(len(e) for e in counted.values()) == 4, counted  # half the finals were new's
+    for body in members.values():  # both releases read the group's jobs alike
+        path = f"/jobs/{body['job_id']}"
+        seen_old, seen_new = common(client.ok("old", "GET", path), client.ok("new", "GET", path))
+        assert seen_old == seen_new, path

@@ -37,13 +37,13 @@ from tests.helpers import spec
 from tests.support.server import (
     Server,
     bso_args,
-    child_processes,
     clean_env,
     drop_postgres_database,
     free_port,
     fresh_postgres_database,
     running_server,
     worker_name,
+    worker_processes,
 )
 
 IN_FLIGHT = 6
@@ -67,8 +67,7 @@ def serve_args(port: int) -> list[str]:
 
 
 def workers_of(server: Server) -> set[int]:
-    children = child_processes(server.process.pid)
-    return {pid for pid, cmdline in children.items() if "spawn_main" in cmdline}
+    return worker_processes(server.process.pid)
 
 
 async def waiting_on_locks(engine: AsyncEngine, database: str) -> int:
@@ -345,9 +344,9 @@ def test_killed_workers_are_replaced_on_a_cpu_loaded_host(tmp_path: Path) -> Non
         # answering the supervisor's ping too late.
         died = [line for line in json_lines(server) if str(line.get("message")).endswith(" died")]
         assert len(died) == kills, [line["message"] for line in died]
-        # Light starts: the five workers imported the app (app.sweeper: only the app
-        # imports it), none the CLI (only the main process did).
-        assert imported(server, "app.sweeper") == 2 + kills
+        # Preloaded: the supervisor imported the app once (app.sweeper: only the app
+        # imports it) and the CLI once; the five workers, its forks, imported neither.
+        assert imported(server, "app.sweeper") == 1
         assert imported(server, "app.cli.main") == 1
 
 

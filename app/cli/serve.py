@@ -1,43 +1,35 @@
-"""What `bso serve` runs: uvicorn, with workers that start light and stop gracefully.
+"""What `bso serve` runs: uvicorn, with workers replaced at once and a graceful stop.
 
-Workers (``--workers N`` > 1) are processes that uvicorn's supervisor spawns,
-pings, and replaces when they die or stop answering its ping:
+With ``--workers N`` > 1 the workers are forks of a supervisor
+(app/cli/supervisor.py) that loaded the app once: it hears of a worker's death
+from the OS at once and forks a replacement that has nothing left to import.
+A worker that does not answer the supervisor's ping within
+:data:`WORKER_HEALTHCHECK_S` is hung and is replaced too.
 
-- **A light start.** multiprocessing's spawn runs the parent's main script
-  again in each child before anything else; for ``bso`` that is the whole CLI
-  (typer, rich, httpx, the simulator: about 0.7 s of CPU here, 1.8 s on a
-  loaded host), all before the child can answer the supervisor's first ping.
-  A child here skips it (:func:`_children_skip_the_cli`) and imports only
-  uvicorn, then the app (while already answering pings), as ``uvicorn
-  app.main:app`` does.
-- **A sane ping timeout.** uvicorn kills a worker that has not answered its
-  ping within 5 s by default; on a busy host a starting worker could miss it,
-  be killed, and its replacement too. :data:`WORKER_HEALTHCHECK_S` allows a
-  starting worker that long. The supervisor waits that long only for a
-  worker that does not answer at all (a dead one is noticed at once).
-- **A graceful stop.** On SIGTERM (or SIGINT) the supervisor first closes its
-  own copy of the listening socket and each worker then closes its copy, so
-  new connections are refused at once instead of queueing until the process
-  exits; each worker answers the requests it has received (for up to
-  ``BSO_SHUTDOWN_TIMEOUT_S``, then cancels them), stops the lease sweep
-  between batches (app/sweeper.py), and exits.
+On SIGTERM (or SIGINT) the supervisor first closes its own copy of the
+listening socket and each worker then closes its copy, so new connections are
+refused at once instead of queueing until the process exits; each worker
+answers the requests it has received and any that arrive on its open
+connections, each with ``Connection: close`` (app/http/limits.py), for up to
+``BSO_SHUTDOWN_TIMEOUT_S``, then cancels what is left, stops the lease sweep
+between batches (app/sweeper.py), and exits.
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import uvicorn
 from uvicorn.config import LOGGING_CONFIG, STARTUP_FAILURE
-from uvicorn.supervisors.multiprocess import Multiprocess
 
+from app.cli.server import DrainingServer
+from app.cli.supervisor import Supervisor
 from app.config import Settings
 from app.telemetry.log import uvicorn_log_config
 
-# Seconds a worker may take to answer the supervisor's ping; a starting worker
-# answers once uvicorn is imported (about 0.2 s of CPU here).
+# Seconds a worker may take to answer the supervisor's ping before it counts as
+# hung. Only a hung worker waits this long: a dead one is noticed at once. A
+# worker answers from a thread, so a busy event loop does not delay it.
 WORKER_HEALTHCHECK_S = 15
 
 
@@ -63,51 +55,12 @@ def uvicorn_config(settings: Settings, *, host: str, port: int, workers: int) ->
 def serve(config: uvicorn.Config) -> None:
     """Serve until SIGTERM or SIGINT: in this process with one worker, else with a supervisor."""
     if config.workers == 1:
-        server = uvicorn.Server(config)
+        server = DrainingServer(config)
         server.run()
         if not server.started:
             sys.exit(STARTUP_FAILURE)
         return
     socket = config.bind_socket()
-    with _children_skip_the_cli():
-        _Supervisor(config, sockets=[socket]).run()
-
-
-class _Supervisor(Multiprocess):
-    """uvicorn's supervisor, which stops listening as soon as it is told to stop.
-
-    Its copy of the listening socket would otherwise keep the port open while
-    the workers drain: new connections would queue unanswered until it exits.
-    """
-
-    def handle_term(self) -> None:
-        self._stop_listening()
-        super().handle_term()
-
-    def handle_int(self) -> None:
-        self._stop_listening()
-        super().handle_int()
-
-    def _stop_listening(self) -> None:
-        for socket in self.sockets:
-            socket.close()
-
-
-@contextmanager
-def _children_skip_the_cli() -> Iterator[None]:
-    """Spawned children start without running the ``bso`` script (the CLI) again.
-
-    multiprocessing's spawn runs the parent's main module in each child (by
-    its ``__spec__``, else its ``__file__``) so that functions defined there
-    can be unpickled; uvicorn's child needs none of it. Without either,
-    nothing is run, as for an interactive session's children.
-    """
-    main = sys.modules["__main__"]
-    names = ("__file__", "__spec__")
-    saved = {name: main.__dict__[name] for name in names if name in main.__dict__}
-    main.__dict__.pop("__file__", None)
-    main.__spec__ = None
-    try:
-        yield
-    finally:
-        main.__dict__.update(saved)
+    code = Supervisor(config, [socket]).run()
+    if code:
+        sys.exit(code)

@@ -15,6 +15,17 @@ settings (``BSO_MAX_HEADER_BYTES``, ``BSO_REQUEST_TIMEOUT_S``):
   kept-alive connection; otherwise it is answered ``408`` and closed.
   Between requests, uvicorn's keep-alive timeout (5 s) still applies.
 
+It also changes how a connection ends when the server stops (SIGTERM): uvicorn
+closes a kept-alive connection that is between requests at once, so a request
+the client had just sent on it (3-10 ms after the previous answer, measured)
+is reset unread, and the client cannot know whether it was processed. Here
+such a connection stays open while the server drains: a request that arrives
+on it is answered, with ``Connection: close``, and the connection then closed;
+one that receives nothing is closed by the keep-alive timeout (5 s), as it
+would be any other time. Requests in flight are answered with
+``Connection: close`` as in uvicorn. The drain is bounded by
+``BSO_SHUTDOWN_TIMEOUT_S`` (uvicorn's graceful-shutdown timeout).
+
 ``bso serve`` runs uvicorn with it (``http="app.http.limits:LimitedHttpToolsProtocol"``).
 """
 
@@ -46,6 +57,22 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._header_too_large = False
         self._receiving_headers = True
         self._request_timer: asyncio.TimerHandle | None = None
+        self._draining = False  # the server is stopping: each answer ends its connection
+
+    # ------------------------------------------------------------ the drain
+
+    def shutdown(self) -> None:
+        """Called by the server when it stops: end this connection after its next answer."""
+        self._draining = True
+        if self.cycle is not None and not self.cycle.response_complete:
+            self.cycle.keep_alive = False  # answered with Connection: close, then closed
+            return
+        # Between requests: keep reading; a request that comes is answered and
+        # ends the connection. Otherwise the keep-alive timeout closes it.
+        if self.timeout_keep_alive_task is None and not self.transport.is_closing():
+            self.timeout_keep_alive_task = self.loop.call_later(
+                self.timeout_keep_alive, self.timeout_keep_alive_handler
+            )
 
     # -------------------------------------------------------- the timeout
 
@@ -92,6 +119,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._receiving_headers = False
         self._head_bytes_received = 0
         super().on_headers_complete()
+        if self._draining and self.cycle is not None:
+            self.cycle.keep_alive = False  # a request received while stopping: the last one
 
     def on_message_complete(self) -> None:
         self._stop_request_timer()

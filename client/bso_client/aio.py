@@ -1,10 +1,14 @@
 """``AsyncBatchSizeOptimizer``: the same client for asyncio programs.
 
     bso = AsyncBatchSizeOptimizer(job=JobSpec(...))
-    async with bso.trial() as trial:       # or: trial = await bso.trial(); ...; await trial.end()
-        ...
-        if (await trial.report(metric=accuracy)).stop:
+    async for trial in bso.trials():       # tries until one reaches the target
+        async with trial:
             ...
+            if (await trial.report(metric=accuracy)).stop:
+                ...
+    bso.last.reason
+
+``async with bso.trial() as trial`` (or ``trial = await bso.trial()``) runs one try.
 
 Same rules as the sync client (``bso_client.session``); the energy meter is
 read synchronously (a few microseconds).
@@ -12,15 +16,17 @@ read synchronously (a few microseconds).
 
 from __future__ import annotations
 
+import os
 import types
 from collections.abc import Generator
 from typing import Any
 
 import httpx
 
-from bso_client.errors import BSOUnavailableError
+from bso_client.errors import BSOError, BSORejectedError, BSOUnavailableError
 from bso_client.http import NO_RETRY, AsyncTransport, Call, Retry
 from bso_client.meters import EnergyChoice, EnergyMeter
+from bso_client.recurrence import DEFAULT_MAX_TRIES, EXCEPTION, Outcome, check_max_tries
 from bso_client.session import OnUnavailable, OptimizerView, Session
 from bso_client.spec import JobSpec
 from bso_client.trial import OPEN_TRIALS, Decision, TrialState, TrialView
@@ -32,6 +38,7 @@ class AsyncTrial(TrialView):
     def __init__(self, optimizer: AsyncBatchSizeOptimizer, state: TrialState) -> None:
         super().__init__(state)
         self._optimizer = optimizer
+        self._outcome: Outcome[AsyncTrial] | None = None
 
     async def report(
         self, metric: float, *, time: float | None = None, energy: float | None = None
@@ -56,8 +63,40 @@ class AsyncTrial(TrialView):
         exc: BaseException | None,
         tb: types.TracebackType | None,
     ) -> None:
+        if exc is not None and self._outcome is not None and self._outcome.reason is None:
+            self._outcome.reason = EXCEPTION
         if not self._state.ended:
             await self._optimizer._end(self._state, raise_errors=exc is None)
+
+
+class AsyncRecurrence:
+    """``bso.trials()`` for asyncio: ``async for trial in bso.trials(): async with trial: ...``."""
+
+    def __init__(self, optimizer: AsyncBatchSizeOptimizer, max_tries: int) -> None:
+        self._optimizer = optimizer
+        self.outcome: Outcome[AsyncTrial] = Outcome(check_max_tries(max_tries))
+
+    def __aiter__(self) -> AsyncRecurrence:
+        return self
+
+    async def __anext__(self) -> AsyncTrial:
+        outcome = self.outcome
+        if outcome.reason is not None:
+            raise StopAsyncIteration
+        if outcome.trial is not None:
+            last = outcome.trial
+            if not last.ended:
+                await last.end()
+            if outcome.after(last) is not None:
+                raise StopAsyncIteration
+        try:
+            trial = await self._optimizer._start()
+        except BaseException:
+            outcome.reason = EXCEPTION
+            raise
+        trial._outcome = outcome
+        outcome.tries.append(trial)
+        return trial
 
 
 class _TrialStart:
@@ -99,6 +138,7 @@ class AsyncBatchSizeOptimizer(OptimizerView):
         retry: Retry | None = None,
         rank: int | None = None,
         http_client: httpx.AsyncClient | None = None,
+        spool: str | os.PathLike[str] | None = None,
     ) -> None:
         self._session = Session(
             job,
@@ -109,10 +149,12 @@ class AsyncBatchSizeOptimizer(OptimizerView):
             timeout=timeout,
             retry=retry,
             rank=rank,
+            spool=spool,
         )
         self._given_client = http_client
         self._transport: AsyncTransport | None = None
         self._running = 0
+        self._last: Outcome[AsyncTrial] | None = None
 
     def _http(self) -> AsyncTransport:
         if self._transport is None:
@@ -137,8 +179,19 @@ class AsyncBatchSizeOptimizer(OptimizerView):
             session.registered = await self._send(session.register_call())
         return session.registered
 
+    def trials(self, max_tries: int = DEFAULT_MAX_TRIES) -> AsyncRecurrence:
+        """One recurrence: tries until one reaches the target; see ``BatchSizeOptimizer.trials``."""
+        recurrence = AsyncRecurrence(self, max_tries)
+        self._last = recurrence.outcome
+        return recurrence
+
+    @property
+    def last(self) -> Outcome[AsyncTrial] | None:
+        """The latest ``trials()`` recurrence: its tries, ``reason``, ``converged``, ``cost``."""
+        return self._last
+
     def trial(self) -> _TrialStart:
-        """Start a recurrence: ``async with bso.trial() as trial`` (or ``await bso.trial()``)."""
+        """Start one run: ``async with bso.trial() as trial`` (or ``await bso.trial()``)."""
         return _TrialStart(self)
 
     async def _start(self) -> AsyncTrial:
@@ -147,11 +200,16 @@ class AsyncBatchSizeOptimizer(OptimizerView):
             return AsyncTrial(self, session.follower_state())
         try:
             await self._register()
+            await self._replay(None, retry=None)
             answer = await self._send(session.dispatch_call())
             state = session.dispatched_state(answer)
         except BSOUnavailableError as exc:
             await self._release()
             session.on_dispatch_failure(exc)
+            return AsyncTrial(self, session.fallback_state())
+        except BSORejectedError as exc:
+            await self._release()
+            session.on_dispatch_rejected(exc)
             return AsyncTrial(self, session.fallback_state())
         except BaseException:
             await self._release()
@@ -160,12 +218,41 @@ class AsyncBatchSizeOptimizer(OptimizerView):
         OPEN_TRIALS.add(session.endpoint, state)
         return AsyncTrial(self, state)
 
+    async def _replay(self, state: TrialState | None, *, retry: Retry | None = NO_RETRY) -> None:
+        spool = self._session.spool()
+        if spool is None or not spool.exists():
+            return
+        replay = spool.begin_replay()
+        if replay is None:
+            return
+        try:
+            while (call := replay.next_call()) is not None:
+                try:
+                    answer = await self._send(call, retry=retry)
+                except BSOError as exc:
+                    replay.failed(exc)
+                else:
+                    replay.answered(answer)
+        finally:
+            spool.end_replay(replay)
+        self._session.replayed(replay, state)
+
     async def _report(self, state: TrialState, call: Call) -> Decision:
+        session = self._session
+        if state.spooled:
+            await self._replay(state)
+            if state.server_ended:
+                assert state.decision is not None
+                return state.decision
+            if state.spooled:
+                return session.on_unsent(state, call)
         retry = NO_RETRY if state.degraded else None
         try:
             answer = await self._send(call, retry=retry)
         except BSOUnavailableError as exc:
-            return self._session.on_report_failure(state, exc)
+            return session.on_report_failure(state, call, exc)
+        except BSORejectedError as exc:
+            return session.on_report_rejected(state, call, exc)
         return state.answered(answer)
 
     async def _end(self, state: TrialState, *, raise_errors: bool) -> None:
@@ -174,10 +261,16 @@ class AsyncBatchSizeOptimizer(OptimizerView):
         if state.dispatch.leader and not state.dispatch.fallback:
             self._running -= 1
         try:
-            if call is not None:
-                await self._send(call, retry=NO_RETRY if state.degraded else None)
-        except Exception as exc:
-            self._session.on_end_failure(exc, raise_errors=raise_errors)
+            if call is not None and state.spooled:
+                await self._replay(state)
+            if call is not None and not state.server_ended:
+                if state.spooled:
+                    self._session.keep(state, call)
+                else:
+                    await self._send(call, retry=NO_RETRY if state.degraded else None)
+        except BaseException as exc:
+            assert call is not None
+            self._session.on_end_failure(state, call, exc, raise_errors=raise_errors)
         finally:
             if self._running == 0:
                 await self._release()

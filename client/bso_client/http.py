@@ -26,6 +26,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
+from bso_client import rules
 from bso_client.errors import BSORejectedError, BSOUnavailableError
 
 USER_AGENT = "bso-client/0.1.0"
@@ -132,7 +133,17 @@ def _judge(call: Call, response: httpx.Response, endpoint: Endpoint) -> Any:
     if 200 <= status < 300:
         return response.json() if response.content else None
     if 400 <= status < 500:
-        raise BSORejectedError(status, server_message(response), method=call.method, path=call.path)
+        message = server_message(response)
+        if status == 404 and call.method == "POST" and call.path == "/jobs":
+            message = f"{message} (nothing here registers jobs)"
+        raise BSORejectedError(
+            status,
+            message,
+            method=call.method,
+            path=call.path,
+            url=endpoint.safe_url.rstrip("/") + call.path,
+            fix=rules.fix(status, call.method, call.path),
+        )
     error = BSOUnavailableError(
         f"{call.describe()} at {endpoint.safe_url}: {status} {server_message(response)}",
         status_code=status,
@@ -163,6 +174,9 @@ class Endpoint:
     token: str | None = None
     timeout: float = 10.0
     retry: Retry = field(default_factory=Retry)
+
+    def __post_init__(self) -> None:
+        rules.check_url(self.url)
 
     @property
     def safe_url(self) -> str:

@@ -1,15 +1,17 @@
 """A Hugging Face ``TrainerCallback``: the trial's batch size for the arguments, and its stop.
 
     args = TrainingArguments(output_dir="out", eval_strategy="epoch", num_train_epochs=30)
-    with bso.trial() as trial:
-        callback = BatchSizeOptimizerCallback(trial, args, metric="eval_accuracy")
-        Trainer(model=model, args=args, ..., callbacks=[callback]).train()
+    for trial in bso.trials():            # a run stopped before the target is trained again
+        with trial:
+            callback = BatchSizeOptimizerCallback(trial, args, metric="eval_accuracy")
+            Trainer(model=make_model(), args=args, ..., callbacks=[callback]).train()
 
 Made after ``TrainingArguments`` (which joins the process group under
 torchrun or accelerate), the callback sets ``per_device_train_batch_size``
 to rank 0's batch size on every rank. After every evaluation rank 0 reports
-``metric`` (an ``eval_*`` key of the metrics) and the server's stop is
-broadcast, so every rank sets ``control.should_training_stop`` together.
+``metric`` (an ``eval_*`` key of the metrics) and the server's decision is
+broadcast, so every rank sets ``control.should_training_stop`` together and
+every rank's ``bso.trials()`` trains again (or ends) together.
 Only rank 0's trial talks to the server. Needs ``bso-client[transformers]``.
 """
 
@@ -72,14 +74,17 @@ class BatchSizeOptimizerCallback(TrainerCallback):
     ) -> None:
         if not self.training:
             return
-        stop = False
+        decision: Decision | None = None
         if state.is_world_process_zero:
             if metrics is None or self.metric not in metrics:
                 raise KeyError(
                     f"{self.metric!r} is not among the evaluation metrics "
                     f"{sorted(metrics or {})}: pass metric= one of them (compute_metrics adds more)"
                 )
-            self.decision = self.trial.report(metric=float(metrics[self.metric]))
-            stop = self.decision.stop
-        if distributed.broadcast(stop):
+            decision = self.trial.report(metric=float(metrics[self.metric]))
+        decision = distributed.broadcast(decision)
+        if decision is None:
+            return
+        self.decision = self.trial.follow(decision)
+        if decision.stop:
             control.should_training_stop = True

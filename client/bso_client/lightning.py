@@ -1,17 +1,20 @@
 """A PyTorch Lightning callback: the trial's batch size for the model, its stop for the trainer.
 
-    with bso.trial() as trial:
-        trainer = L.Trainer(max_epochs=trial.max_epochs,
-                            callbacks=[BatchSizeOptimizerCallback(trial, monitor="val_acc")])
-        trainer.fit(model, datamodule=data)   # model or datamodule has a `batch_size`
+    for trial in bso.trials():                # a run stopped before the target is re-fit
+        model = make_model()                  # from scratch, each try
+        with trial:
+            trainer = L.Trainer(max_epochs=trial.max_epochs,
+                                callbacks=[BatchSizeOptimizerCallback(trial, monitor="val_acc")])
+            trainer.fit(model, datamodule=data)   # model or datamodule has a `batch_size`
 
 At ``setup`` the callback broadcasts rank 0's batch size to every rank
 (through ``trainer.strategy``) and sets it where Lightning's own batch size
 finder does (``batch_size_attr`` on the model, its hparams, or the
 datamodule), so every rank builds its loaders with it. After every
 validation run but the sanity check, rank 0 reports ``monitor`` and the
-server's stop is broadcast like ``EarlyStopping``'s, so all ranks stop
-together. Only rank 0's trial talks to the server. Needs ``bso-client[lightning]``.
+server's decision is broadcast like ``EarlyStopping``'s stop, so all ranks
+stop together, and every rank's ``bso.trials()`` re-fits (or ends) together.
+Only rank 0's trial talks to the server. Needs ``bso-client[lightning]``.
 """
 
 from __future__ import annotations
@@ -68,7 +71,7 @@ class BatchSizeOptimizerCallback(Callback):
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
             return  # the sanity check, or trainer.validate(): not an epoch of this trial
-        stop = False
+        decision: Decision | None = None
         if trainer.is_global_zero:
             value = trainer.callback_metrics.get(self.monitor)
             if value is None:
@@ -76,7 +79,9 @@ class BatchSizeOptimizerCallback(Callback):
                     f"{self.monitor!r} was not logged during validation; logged: "
                     f"{sorted(trainer.callback_metrics)}"
                 )
-            self.decision = self.trial.report(metric=float(value))
-            stop = self.decision.stop
-        stop = bool(trainer.strategy.broadcast(stop, src=0))
-        trainer.should_stop = trainer.should_stop or stop
+            decision = self.trial.report(metric=float(value))
+        decision = trainer.strategy.broadcast(decision, src=0)
+        if decision is None:
+            return
+        self.decision = self.trial.follow(decision)
+        trainer.should_stop = trainer.should_stop or decision.stop

@@ -1,28 +1,32 @@
 """``BatchSizeOptimizer``: a batch size for each recurrence of a training job, and when to stop.
 
     bso = BatchSizeOptimizer(job=JobSpec(...))        # url/token: BSO_URL / BSO_TOKEN
-    with bso.trial() as trial:                        # registers (idempotent), dispatches
-        for epoch in range(1, trial.max_epochs + 1):
-            ...train with trial.batch_size...
-            if trial.report(metric=accuracy).stop:
-                break
+    for trial in bso.trials():                        # tries until one reaches the target
+        with trial:                                   # registers (idempotent), dispatches
+            for epoch in range(1, trial.max_epochs + 1):
+                ...train with trial.batch_size...
+                if trial.report(metric=accuracy).stop:
+                    break
+    print(bso.last.reason)                            # "converged", "max_tries", ...
 
 Training never fails because the server is away (``on_unavailable="fallback"``,
-the default): the trial uses the default batch size and reports never stop
-it; a warning says so once. The rules both clients share live in
+the default): the trial uses the default batch size and the client stops it at
+its target; a warning says so once. The rules both clients share live in
 ``bso_client.session``.
 """
 
 from __future__ import annotations
 
+import os
 import types
 from typing import Any
 
 import httpx
 
-from bso_client.errors import BSOUnavailableError
+from bso_client.errors import BSOError, BSORejectedError, BSOUnavailableError
 from bso_client.http import NO_RETRY, Call, Retry, SyncTransport
 from bso_client.meters import EnergyChoice, EnergyMeter
+from bso_client.recurrence import DEFAULT_MAX_TRIES, EXCEPTION, Outcome, check_max_tries
 from bso_client.session import OnUnavailable, OptimizerView, Session
 from bso_client.spec import JobSpec
 from bso_client.trial import OPEN_TRIALS, Decision, TrialState, TrialView
@@ -34,6 +38,7 @@ class Trial(TrialView):
     def __init__(self, optimizer: BatchSizeOptimizer, state: TrialState) -> None:
         super().__init__(state)
         self._optimizer = optimizer
+        self._outcome: Outcome[Trial] | None = None  # the recurrence it is a try of
 
     def report(
         self, metric: float, *, time: float | None = None, energy: float | None = None
@@ -62,9 +67,45 @@ class Trial(TrialView):
         exc: BaseException | None,
         tb: types.TracebackType | None,
     ) -> None:
+        if exc is not None and self._outcome is not None and self._outcome.reason is None:
+            self._outcome.reason = EXCEPTION
         if not self._state.ended:
             # Never hide the block's own exception behind a failed PATCH.
             self._optimizer._end(self._state, raise_errors=exc is None)
+
+
+class Recurrence:
+    """``bso.trials()``: the tries of one recurrence; ``outcome`` (``bso.last``) says how it ended.
+
+    The next try starts only after the service stopped the last one before the
+    target; see ``bso_client.recurrence`` for the rule.
+    """
+
+    def __init__(self, optimizer: BatchSizeOptimizer, max_tries: int) -> None:
+        self._optimizer = optimizer
+        self.outcome: Outcome[Trial] = Outcome(check_max_tries(max_tries))
+
+    def __iter__(self) -> Recurrence:
+        return self
+
+    def __next__(self) -> Trial:
+        outcome = self.outcome
+        if outcome.reason is not None:
+            raise StopIteration
+        if outcome.trial is not None:
+            last = outcome.trial
+            if not last.ended:
+                last.end()  # a try not used as a `with` block ends here
+            if outcome.after(last) is not None:
+                raise StopIteration
+        try:
+            trial = self._optimizer.trial()
+        except BaseException:
+            outcome.reason = EXCEPTION
+            raise
+        trial._outcome = outcome
+        outcome.tries.append(trial)
+        return trial
 
 
 class BatchSizeOptimizer(OptimizerView):
@@ -82,6 +123,8 @@ class BatchSizeOptimizer(OptimizerView):
         rank: this process's rank; default from torch.distributed or RANK.
             Only rank 0 talks to the server.
         http_client: an ``httpx.Client`` to use instead of making one.
+        spool: the folder of reports kept while the server is away; default
+            ``BSO_SPOOL_DIR``, else ``~/.cache/bso-client/spool``.
     """
 
     def __init__(
@@ -96,6 +139,7 @@ class BatchSizeOptimizer(OptimizerView):
         retry: Retry | None = None,
         rank: int | None = None,
         http_client: httpx.Client | None = None,
+        spool: str | os.PathLike[str] | None = None,
     ) -> None:
         self._session = Session(
             job,
@@ -106,10 +150,12 @@ class BatchSizeOptimizer(OptimizerView):
             timeout=timeout,
             retry=retry,
             rank=rank,
+            spool=spool,
         )
         self._given_client = http_client
         self._transport: SyncTransport | None = None
         self._running = 0  # trials not yet ended: the connection is kept for their reports
+        self._last: Outcome[Trial] | None = None
 
     def _http(self) -> SyncTransport:
         if self._transport is None:
@@ -134,18 +180,39 @@ class BatchSizeOptimizer(OptimizerView):
             session.registered = self._send(session.register_call())
         return session.registered
 
+    def trials(self, max_tries: int = DEFAULT_MAX_TRIES) -> Recurrence:
+        """One recurrence: trials until one reaches the target (at most ``max_tries``).
+
+        Iterate it (``for trial in bso.trials(): with trial: ...``); each try
+        after a run the service stopped before the target trains with the
+        batch size the service gives next. ``bso.last`` then says how it ended.
+        """
+        recurrence = Recurrence(self, max_tries)
+        self._last = recurrence.outcome
+        return recurrence
+
+    @property
+    def last(self) -> Outcome[Trial] | None:
+        """The latest ``trials()`` recurrence: its tries, ``reason``, ``converged``, ``cost``."""
+        return self._last
+
     def trial(self) -> Trial:
-        """Start a recurrence: register if needed, get its batch size, start measuring."""
+        """Start one run: register if needed, send kept reports, get its batch size, measure."""
         session = self._session
         if not session.leader:
             return Trial(self, session.follower_state())
         try:
             self._register()
+            self._replay(None, retry=None)
             answer = self._send(session.dispatch_call())
             state = session.dispatched_state(answer)
         except BSOUnavailableError as exc:
             self._release()
             session.on_dispatch_failure(exc)
+            return Trial(self, session.fallback_state())
+        except BSORejectedError as exc:
+            self._release()
+            session.on_dispatch_rejected(exc)  # raises but for a job that cannot proceed
             return Trial(self, session.fallback_state())
         except BaseException:
             self._release()
@@ -154,12 +221,42 @@ class BatchSizeOptimizer(OptimizerView):
         OPEN_TRIALS.add(session.endpoint, state)
         return Trial(self, state)
 
+    def _replay(self, state: TrialState | None, *, retry: Retry | None = NO_RETRY) -> None:
+        """Send the job's kept reports in order, while the server answers."""
+        spool = self._session.spool()
+        if spool is None or not spool.exists():
+            return
+        replay = spool.begin_replay()
+        if replay is None:
+            return
+        try:
+            while (call := replay.next_call()) is not None:
+                try:
+                    answer = self._send(call, retry=retry)
+                except BSOError as exc:
+                    replay.failed(exc)
+                else:
+                    replay.answered(answer)
+        finally:
+            spool.end_replay(replay)
+        self._session.replayed(replay, state)
+
     def _report(self, state: TrialState, call: Call) -> Decision:
+        session = self._session
+        if state.spooled:
+            self._replay(state)
+            if state.server_ended:
+                assert state.decision is not None
+                return state.decision  # a kept report was the final one
+            if state.spooled:
+                return session.on_unsent(state, call)
         retry = NO_RETRY if state.degraded else None
         try:
             answer = self._send(call, retry=retry)
         except BSOUnavailableError as exc:
-            return self._session.on_report_failure(state, exc)
+            return session.on_report_failure(state, call, exc)
+        except BSORejectedError as exc:
+            return session.on_report_rejected(state, call, exc)
         return state.answered(answer)
 
     def _end(self, state: TrialState, *, raise_errors: bool) -> None:
@@ -168,10 +265,16 @@ class BatchSizeOptimizer(OptimizerView):
         if state.dispatch.leader and not state.dispatch.fallback:
             self._running -= 1
         try:
-            if call is not None:
-                self._send(call, retry=NO_RETRY if state.degraded else None)
-        except Exception as exc:
-            self._session.on_end_failure(exc, raise_errors=raise_errors)
+            if call is not None and state.spooled:
+                self._replay(state)
+            if call is not None and not state.server_ended:
+                if state.spooled:
+                    self._session.keep(state, call)  # after the reports that wait
+                else:
+                    self._send(call, retry=NO_RETRY if state.degraded else None)
+        except BaseException as exc:
+            assert call is not None
+            self._session.on_end_failure(state, call, exc, raise_errors=raise_errors)
         finally:
             if self._running == 0:
                 self._release()

@@ -1,8 +1,11 @@
-"""What the sync and async optimizers share: settings, the meter, the calls, the fallback rules.
+"""What the sync and async optimizers share: settings, the meter, the calls, the failure rule.
 
-No I/O here but opening the energy meter. ``BSO_URL`` and ``BSO_TOKEN`` are
-read when the optimizer is made; the unavailability warnings are given once
-per optimizer (and the ``warnings`` module's filters apply as usual).
+No I/O here but opening the energy meter and the report spool. ``BSO_URL``
+and ``BSO_TOKEN`` are read when the optimizer is made; the unavailability and
+refusal warnings are given once per optimizer (and the ``warnings`` module's
+filters apply as usual). client/README.md's failure table is this module's
+contract: before a run has its batch size a 4xx raises (but the 409 of a job
+that cannot proceed); after, nothing the server answers raises into training.
 """
 
 from __future__ import annotations
@@ -10,19 +13,23 @@ from __future__ import annotations
 import logging
 import os
 import uuid
+from pathlib import Path
 from typing import Any, Literal
 
-from bso_client import distributed
+from bso_client import distributed, rules
 from bso_client.errors import (
     BSOError,
     BSORejectedError,
     BSOUnavailableError,
+    BSOWarning,
+    RejectedWarning,
     UnavailableWarning,
     warn,
 )
 from bso_client.http import Call, Endpoint, Retry
 from bso_client.meters import EnergyChoice, EnergyMeter, open_meter
 from bso_client.spec import Host, JobSpec
+from bso_client.spool import Record, Replay, Spool, spool_dir
 from bso_client.trial import Decision, Dispatch, TrialState
 
 OnUnavailable = Literal["fallback", "raise"]
@@ -45,6 +52,7 @@ class Session:
         timeout: float,
         retry: Retry | None,
         rank: int | None,
+        spool: str | os.PathLike[str] | None = None,
     ) -> None:
         if not isinstance(job, JobSpec):
             raise TypeError(f"job must be a bso_client.JobSpec, not {type(job).__name__}")
@@ -67,6 +75,8 @@ class Session:
         self.meter: EnergyMeter | None = None
         self.registered: dict[str, Any] | None = None
         self._warned: set[str] = set()
+        self._spool_dir: Path = spool_dir(spool)
+        self._spools: dict[str, Spool] = {}
 
     @property
     def leader(self) -> bool:
@@ -89,6 +99,23 @@ class Session:
         if self.meter is not None and isinstance(self._energy, str):
             self.meter.close()  # a meter the caller gave is the caller's to close
         self.meter = None
+
+    def estimate_note(self) -> str | None:
+        """What to say when a report's energy is ``max_power x time`` from a max_power we chose.
+
+        None when the spec gives ``max_power`` (the cost is then what the caller asked for).
+        """
+        if self.job.max_power is not None:
+            return None
+        meter = self.open_meter()
+        reason = getattr(meter, "reason", None) or f"the {meter.name} meter measures no energy"
+        source = getattr(meter, "max_power_source", None) or f"the {meter.name} meter's host"
+        return (
+            f"no energy measured ({reason}): reports carry max_power x time as their energy, "
+            f"so the cost is max_power x time, with max_power {self.host().max_power:g} W from "
+            f"{source}. Give JobSpec(max_power=...) or a meter (energy=...), or pass energy= "
+            "to trial.report()."
+        )
 
     def host(self) -> Host:
         """The hardware fields of the spec: the spec's own where set, else the meter's."""
@@ -124,8 +151,18 @@ class Session:
     def _state(self, dispatch: Dispatch) -> TrialState:
         meter = self.meter if dispatch.leader else None
         max_power = self.host().max_power if dispatch.leader else 0.0
+        estimate = self.estimate_note() if dispatch.leader and meter is not None else None
+        if meter is not None and meter.measures_energy:
+            estimate = None
         return TrialState(
-            dispatch, max_epochs=self.job.max_epochs, max_power=max_power, meter=meter
+            dispatch,
+            max_epochs=self.job.max_epochs,
+            max_power=max_power,
+            meter=meter,
+            target_metric=self.job.target_metric,
+            higher_is_better=self.job.higher_is_better_metric,
+            eta=self.job.eta_knob,
+            estimate_note=estimate,
         )
 
     def dispatched_state(self, answer: Any) -> TrialState:
@@ -151,10 +188,12 @@ class Session:
 
     # ------------------------------------------------------- unavailability
 
-    def _warn_once(self, key: str, message: str) -> None:
+    def _warn_once(
+        self, key: str, message: str, category: type[BSOWarning] = UnavailableWarning
+    ) -> None:
         if key not in self._warned:
             self._warned.add(key)
-            warn(message, UnavailableWarning)
+            warn(message, category)
         logger.info("%s", message)
 
     def on_dispatch_failure(self, exc: BSOUnavailableError) -> None:
@@ -164,34 +203,124 @@ class Session:
         self._warn_once(
             "dispatch",
             f"the batch size optimizer is unavailable ({exc}); training with the default "
-            f"batch size {self.job.default_batch_size}, and reports will not stop training",
+            f"batch size {self.job.default_batch_size}; the client stops the run at its "
+            "target or max_epochs",
         )
 
-    def on_report_failure(self, state: TrialState, exc: BSOUnavailableError) -> Decision:
+    def on_dispatch_rejected(self, exc: BSORejectedError) -> None:
+        """Raise the caller's mistake; a job that cannot proceed trains at the default, loudly."""
+        if exc.status_code != rules.CANNOT_PROCEED or exc.path != "/jobs/batch_size":
+            raise exc
+        message = (
+            f"THE JOB CANNOT PROCEED: {exc}. This run trains with the default batch size "
+            f"{self.job.default_batch_size}, without the optimizer; the client stops it at its "
+            "target or max_epochs."
+        )
+        logger.error("%s", message)
+        warn(message, RejectedWarning)  # every run: the operator must act
+
+    # ------------------------------------------------------------ the spool
+
+    def spool(self) -> Spool | None:
+        """The spool of this job's kept reports on this server (None before the job has an id)."""
+        job_id = self.job_id
+        if job_id is None:
+            return None
+        if job_id not in self._spools:
+            self._spools[job_id] = Spool(self._spool_dir, self.endpoint.safe_url, job_id)
+        return self._spools[job_id]
+
+    def keep(self, state: TrialState, call: Call) -> None:
+        """Keep a call of ``state``'s trial in the spool, to send when the server takes it."""
+        spool = self.spool()
+        if spool is not None and spool.add(Record.of(call)):
+            state.spooled += 1
+
+    def replayed(self, replay: Replay, state: TrialState | None) -> None:
+        """What a replay of the spool changed: the running trial's decision, a warning."""
+        if replay.dropped:
+            warn(
+                f"{replay.dropped} kept report(s) and end(s) were dropped: the server at "
+                f"{self.endpoint.safe_url} no longer holds their trial (its lease expired, or "
+                "it was deleted)",
+                UnavailableWarning,
+            )
+        if replay.delivered:
+            logger.info("sent %d kept report(s) to the server", replay.delivered)
+        if state is None or state.dispatch.trial_number is None:
+            return
+        key = (str(state.dispatch.job_id), state.dispatch.trial_number)
+        state.spooled = replay.pending(key)
+        if key in replay.decisions:
+            state.server_decided(replay.decisions[key])
+        elif replay.blocked is not None:
+            state.degraded = True
+
+    def on_report_failure(
+        self, state: TrialState, call: Call, exc: BSOUnavailableError
+    ) -> Decision:
         if self.on_unavailable == "raise":
             raise exc
         self._warn_once(
             "report",
-            f"a report got no answer ({exc}); training goes on, and the server's decisions "
-            "resume when it answers again",
+            f"a report got no answer ({exc}); training goes on: the client stops the run at "
+            "its target or max_epochs, and keeps its reports to send, in order, when the "
+            "server answers again",
         )
+        self.keep(state, call)
         return state.unanswered(str(exc))
 
-    def on_end_failure(self, exc: Exception, *, raise_errors: bool) -> None:
-        """A failed PATCH /trials: raise it when nothing else is being raised and it matters."""
-        if raise_errors and (
-            isinstance(exc, BSORejectedError)
-            or (isinstance(exc, BSOUnavailableError) and self.on_unavailable == "raise")
-        ):
-            raise exc
-        if not isinstance(exc, BSOError):
-            if raise_errors:
-                raise exc
-            logger.warning("ending the trial failed: %r", exc)
-            return
+    def on_report_rejected(self, state: TrialState, call: Call, exc: BSORejectedError) -> Decision:
+        """A 4xx to a running trial's report: warn once, keep it if it may pass later, decide."""
+        later = exc.status_code in rules.KEPT_FOR_LATER
         self._warn_once(
-            "end", f"ending the trial failed ({exc}); its lease will end it on the server"
+            f"rejected-{exc.status_code}",
+            f"the server refused a report of the running trial ({exc}); training goes on: "
+            "the client stops the run at its target or max_epochs"
+            + (
+                ", and keeps its reports to send when the server takes them (the trial ends "
+                "then, or by its lease)"
+                if later
+                else ""
+            ),
+            RejectedWarning,
         )
+        if later:
+            self.keep(state, call)
+        return state.unanswered(f"{exc.status_code} {exc.message}")
+
+    def on_unsent(self, state: TrialState, call: Call) -> Decision:
+        """Earlier reports still wait in the spool: keep this one after them, decide."""
+        self.keep(state, call)
+        return state.unanswered("earlier reports still wait for the server")
+
+    def on_end_failure(
+        self, state: TrialState, call: Call, exc: BaseException, *, raise_errors: bool
+    ) -> None:
+        """A failed PATCH /trials: kept for later; raised only under ``on_unavailable="raise"``."""
+        if isinstance(exc, BSOUnavailableError):
+            if raise_errors and self.on_unavailable == "raise":
+                raise exc
+            self.keep(state, call)
+            self._warn_once(
+                "end",
+                f"ending the trial failed ({exc}); the end is kept and sent when the server "
+                "answers again (or the trial's lease ends it)",
+            )
+            return
+        if isinstance(exc, BSORejectedError):
+            if exc.status_code in rules.KEPT_FOR_LATER:
+                self.keep(state, call)
+            self._warn_once(
+                f"rejected-{exc.status_code}",
+                f"the server refused to end the trial ({exc}); it ends when the server takes "
+                "the kept end, or by its lease",
+                RejectedWarning,
+            )
+            return
+        if raise_errors or not isinstance(exc, Exception):
+            raise exc
+        logger.warning("ending the trial failed: %r", exc)
 
 
 class OptimizerView:

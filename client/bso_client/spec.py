@@ -29,7 +29,10 @@ class JobSpec:
     ``job_id`` None lets the server make one (``{job_id_prefix}-{8 hex}``) each
     time a new optimizer registers, which defeats learning across runs: give
     a stable id for a recurring job. ``beta_knob=None`` disables early
-    stopping; ``policy=None`` takes the server's default.
+    stopping; ``policy=None`` takes the server's default; ``group`` names the
+    job group (docs/SPEC.md section 12) whose jobs share what each batch size
+    needs to converge. tests/client/test_contract.py fails when a field of the
+    server's JobSpec is missing here, or one here is not the server's.
     """
 
     job_id_prefix: str
@@ -51,6 +54,7 @@ class JobSpec:
     max_power: float | None = None
     number_of_gpus: int | None = None
     gpu_model: str | None = None
+    group: str | None = None
 
     def __post_init__(self) -> None:
         # A frozen copy: a list passed in and changed later must not change the spec.
@@ -59,12 +63,14 @@ class JobSpec:
     def wire(self, host: Host) -> dict[str, Any]:
         """The body of POST /jobs: this spec, hardware fields from ``host`` unless set.
 
-        ``policy`` is left out when None, as every Zeus client leaves it out.
+        ``policy`` and ``group`` are left out when None, as every Zeus client
+        leaves them out (the server then keeps what the job was created with).
         """
         body: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self)}
         body["batch_sizes"] = list(self.batch_sizes)
-        if body["policy"] is None:
-            del body["policy"]
+        for optional in ("policy", "group"):
+            if body[optional] is None:
+                del body[optional]
         for name in ("gpu_model", "number_of_gpus", "max_power"):
             if body[name] is None:
                 body[name] = getattr(host, name)

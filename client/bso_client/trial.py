@@ -3,8 +3,10 @@
 ``TrialState`` measures training time and energy between reports (the
 client's own HTTP time is left out: the meter is read before and after each
 call), builds the calls, and turns answers (or their absence) into
-``Decision``s. It does no I/O itself, so the two clients are thin loops
-around it. Trials still open when the interpreter exits are ended by one
+``Decision``s. Without the server's answer it decides what the client can:
+the job's target, its direction and ``max_epochs`` are known here, so a run
+that reaches its target stops there. It does no I/O itself, so the two
+clients are thin loops around it. Trials still open when the interpreter exits are ended by one
 ``atexit`` hook; leases cover a SIGKILL.
 """
 
@@ -19,7 +21,7 @@ from typing import Any
 
 import httpx
 
-from bso_client.errors import EnergyWarning, warn
+from bso_client.errors import EnergyWarning, warn, warn_once_per_process
 from bso_client.http import Call, Endpoint
 from bso_client.meters.base import EnergyMeter
 
@@ -29,7 +31,8 @@ class Decision:
     """The answer to a report: whether to stop, and whether the trial reached its target.
 
     ``fallback`` is True when the answer is the client's own because the
-    server could not be reached: it never says stop.
+    server did not answer (or refused) the report: it says stop only when
+    the run reached its target metric (``converged``) or ``max_epochs``.
     """
 
     stop: bool
@@ -102,13 +105,26 @@ class TrialState:
         max_power: float,
         meter: EnergyMeter | None,
         clock: Callable[[], float] = time.monotonic,
+        target_metric: float | None = None,
+        higher_is_better: bool = True,
+        eta: float = 0.5,
+        estimate_note: str | None = None,
     ) -> None:
         self.dispatch = dispatch
         self.max_epochs = max_epochs
         self.epoch = 0
+        self.metric: float | None = None
         self.decision: Decision | None = None
         self.ended = False
         self.degraded = False  # a report found the server away; later ones try once
+        self.spooled = 0  # this trial's reports waiting in the spool
+        self.server_ended = False  # a stop answer of the server ended it there
+        self.target_metric = target_metric
+        self.higher_is_better = higher_is_better
+        self.eta = eta
+        # Said once per process when a report's energy is max_power x time from a
+        # max_power the caller did not give; None when there is nothing to say.
+        self._estimate_note = estimate_note
         self._max_power = max_power
         self._meter = meter
         self._stopwatch = Stopwatch(meter if dispatch.leader else None, clock)
@@ -143,9 +159,42 @@ class TrialState:
         return self._meter.name
 
     @property
+    def cost(self) -> float:
+        """The service's cost of the run so far: ``eta * energy + (1 - eta) * max_power * time``."""
+        return self.eta * self.energy + (1 - self.eta) * self._max_power * self.time
+
+    @property
     def stopped(self) -> bool:
-        """The server said stop: the trial ended on its side."""
+        """The run is over: the server said stop, or the client did without its answer."""
         return self.decision is not None and self.decision.stop
+
+    def reached(self) -> bool:
+        """The last reported metric reached the job's target."""
+        if self.metric is None or self.target_metric is None:
+            return False
+        if self.higher_is_better:
+            return self.metric >= self.target_metric
+        return self.metric <= self.target_metric
+
+    def client_decision(self, reason: str) -> Decision:
+        """What the client decides without the server: stop at the target or at max_epochs."""
+        if self.reached():
+            return Decision(
+                True,
+                True,
+                f"{reason}; the run reached target_metric {self.target_metric:g} at epoch "
+                f"{self.epoch}, so the client stops it",
+                fallback=True,
+            )
+        if self.epoch >= self.max_epochs:
+            return Decision(
+                True,
+                False,
+                f"{reason}; the run spent max_epochs ({self.max_epochs}) without reaching "
+                "the target, so the client stops it",
+                fallback=True,
+            )
+        return Decision(False, False, f"{reason}; training goes on", fallback=True)
 
     # ---------------------------------------------------------------- reports
 
@@ -160,15 +209,18 @@ class TrialState:
             return self.decision  # the server already answered the final report
         self._stopwatch.pause()
         self.epoch += 1
+        self.metric = float(metric)
         self._given = (time, energy)
         if not self.dispatch.leader:
             self._stopwatch.start()
             return Decision(False, False, "Only rank 0 reports; broadcast its decision.", True)
+        if energy is None and self._estimate_note and self.energy_source == "max_power x time":
+            warn_once_per_process("estimate", self._estimate_note, EnergyWarning)
         if self.dispatch.fallback:
-            self._stopwatch.start()
-            return Decision(
-                False, False, "The optimizer was unavailable: training goes on.", fallback=True
-            )
+            self.decision = self.client_decision("The optimizer gave no batch size")
+            if not self.decision.stop:
+                self._stopwatch.start()
+            return self.decision
         return Call(
             "POST",
             "/report",
@@ -186,20 +238,29 @@ class TrialState:
     def answered(self, body: Any) -> Decision:
         """The server's answer to the report."""
         self.degraded = False
-        self.decision = Decision(
-            stop=bool(body["stop_train"]),
-            converged=bool(body["converged"]),
-            message=str(body.get("message", "")),
+        return self.server_decided(
+            Decision(
+                stop=bool(body["stop_train"]),
+                converged=bool(body["converged"]),
+                message=str(body.get("message", "")),
+            )
         )
+
+    def server_decided(self, decision: Decision) -> Decision:
+        """The server's decision (to this report, or to a kept one it just received)."""
+        self.decision = decision
+        self.server_ended = decision.stop
+        if not decision.stop:
+            self._stopwatch.start()
+        return decision
+
+    def unanswered(self, reason: str) -> Decision:
+        """No usable answer to the report: the client decides (stop at target or max_epochs)."""
+        self.degraded = True
+        self.decision = self.client_decision(f"The optimizer did not answer ({reason})")
         if not self.decision.stop:
             self._stopwatch.start()
         return self.decision
-
-    def unanswered(self, reason: str) -> Decision:
-        """No answer to the report: keep training."""
-        self.degraded = True
-        self._stopwatch.start()
-        return Decision(False, False, f"The optimizer did not answer ({reason}).", fallback=True)
 
     # -------------------------------------------------------------------- end
 
@@ -207,7 +268,7 @@ class TrialState:
         """The PATCH /trials that ends the trial on the server; None when none is needed."""
         self._stopwatch.pause()
         self.ended = True
-        if self.dispatch.fallback or not self.dispatch.leader or self.stopped:
+        if self.dispatch.fallback or not self.dispatch.leader or self.server_ended:
             return None  # nothing on the server, or the final report already ended it
         return Call(
             "PATCH",
@@ -277,9 +338,29 @@ class TrialView:
         return self._state.energy_source
 
     @property
+    def cost(self) -> float:
+        """The service's cost of this run so far (docs/SPEC.md section 1), as the client sees it."""
+        return self._state.cost
+
+    @property
+    def ended(self) -> bool:
+        """The trial has ended (its block was left, or ``end()`` was called)."""
+        return self._state.ended
+
+    @property
     def decision(self) -> Decision | None:
         """The last report's answer."""
         return self._state.decision
+
+    def follow(self, decision: Decision) -> Decision:
+        """On a rank other than 0, take rank 0's ``decision`` (broadcast) as this trial's.
+
+        So every rank's ``bso.trials()`` tries again, or ends, together. Rank
+        0's trial keeps its own; either way ``decision`` is returned.
+        """
+        if not self.leader:
+            self._state.decision = decision
+        return decision
 
     def __repr__(self) -> str:
         return (
@@ -309,8 +390,8 @@ class _OpenTrials:
             pending, self._open = list(self._open.values()), {}
         for endpoint, state in pending:
             call = state.end_call()
-            if call is None:
-                continue
+            if call is None or state.spooled:
+                continue  # kept reports go first, at the job's next start (or the lease ends it)
             options = {**endpoint.request_options(call), "timeout": min(endpoint.timeout, 5.0)}
             try:
                 with httpx.Client() as http:

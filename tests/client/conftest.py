@@ -84,6 +84,14 @@ def server(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S
         yield running
 
 
+@pytest.fixture(autouse=True)
+def spool(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test keeps unanswered reports in a folder of its own (BSO_SPOOL_DIR)."""
+    folder = tmp_path / "spool"
+    monkeypatch.setenv("BSO_SPOOL_DIR", str(folder))
+    return folder
+
+
 @pytest.fixture
 def job_id(request: pytest.FixtureRequest) -> str:
     """A job id no other test uses: ``client-<8 hex>``."""

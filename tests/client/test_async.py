@@ -57,7 +57,10 @@ async def test_async_fallback_and_refusal(server: Server, job_id: str) -> None:
     with pytest.warns(UnavailableWarning, match="default batch size 32"):
         async with away.trial() as trial:
             assert trial.fallback and trial.batch_size == 32
-            assert not (await trial.report(metric=1.0)).stop
+            assert not (await trial.report(metric=0.5)).stop
+            # The client knows the target: the run stops there, without the server.
+            reached = await trial.report(metric=0.95)
+            assert reached.stop and reached.converged and reached.fallback
     bad = AsyncBatchSizeOptimizer(
         job=spec(job_id, max_epochs=0), url=server.base_url, energy=CountingMeter()
     )

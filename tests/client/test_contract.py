@@ -12,12 +12,13 @@ from __future__ import annotations
 import asyncio
 import json
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import MISSING, fields
 from typing import Any
 
 import httpx
 import jsonschema_rs
 import pytest
-from bso_client import AsyncBatchSizeOptimizer, BatchSizeOptimizer
+from bso_client import AsyncBatchSizeOptimizer, BatchSizeOptimizer, JobSpec
 
 from tests.client.conftest import CountingMeter, Recorder, spec
 from tests.support.server import Server
@@ -83,6 +84,7 @@ SPECS = {
         "gpu_model": "NVIDIA A100-SXM4-80GB",
         "number_of_gpus": 4,
         "max_power": 1600,
+        "group": "contract-group",
     },
 }
 
@@ -114,6 +116,32 @@ def test_every_request_matches_the_served_openapi_schema(
     assert all(status < 300 for _, _, status in recorder.answers), recorder.answers
     checked = {check(document, request) for request in recorder.requests}
     assert checked == {"POST /jobs", "GET /jobs/batch_size", "POST /report", "PATCH /trials"}
+
+
+def served_job_spec(document: dict[str, Any]) -> dict[str, Any]:
+    """The schema the served POST /jobs takes, its reference followed."""
+    schema = document["paths"]["/jobs"]["post"]["requestBody"]["content"]["application/json"]
+    reference = schema["schema"]["$ref"].removeprefix("#/components/schemas/")
+    return dict(document["components"]["schemas"][reference])
+
+
+def test_the_clients_job_spec_has_exactly_the_servers_fields(server: Server) -> None:
+    """One JobSpec, two sides: a field the server takes and the client lacks (or the
+    reverse) fails here, so the client's copy cannot drift again."""
+    served = served_job_spec(httpx.get(server.base_url + "/openapi.json").json())
+    ours = {f.name for f in fields(JobSpec)}
+    assert ours == set(served["properties"]), (
+        f"missing in the client: {sorted(set(served['properties']) - ours)}; "
+        f"unknown to the server: {sorted(ours - set(served['properties']))}"
+    )
+    # The required ones are the client's required arguments (no default).
+    required = {f.name for f in fields(JobSpec) if f.default is MISSING}
+    hardware = {"max_power", "number_of_gpus", "gpu_model"}  # filled from the meter
+    assert required == set(served["required"]) - hardware
+    # Defaults agree where the server states one.
+    for f in fields(JobSpec):
+        if "default" in served["properties"][f.name] and f.default is not MISSING:
+            assert f.default == served["properties"][f.name]["default"], f.name
 
 
 def test_the_validator_is_not_blind(server: Server) -> None:

@@ -7,16 +7,19 @@ folder. No GPU and no root needed.
 
 from __future__ import annotations
 
+import os
 import sys
+import time
 import types
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from bso_client import EnergyWarning, Host, MeterUnavailableError
 from bso_client.http import Call
 from bso_client.meters import open_meter, rapl
+from bso_client.meters.none import TimeOnlyMeter
 from bso_client.meters.nvml import NvmlMeter, visible_handles
 from bso_client.meters.rapl import RaplMeter, cpu_host
 from bso_client.trial import Dispatch, Stopwatch, TrialState
@@ -195,7 +198,17 @@ def powercap(tmp_path: Path) -> Iterator[Path]:
 
 
 def set_energy(root: Path, name: str, microjoules: int) -> None:
-    (root / name / "energy_uj").write_text(f"{microjoules}\n")
+    """Replace the counter at once, as the kernel does: a reader never sees half a write."""
+    temporary = root / name / "energy_uj.new"
+    temporary.write_text(f"{microjoules}\n")
+    os.replace(temporary, root / name / "energy_uj")
+
+
+def wait_for(condition: Callable[[], bool], what: str, seconds: float = 30.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"not within {seconds} s: {what}"
+        time.sleep(0.005)
 
 
 def test_rapl_adds_packages_and_survives_a_wrap(powercap: Path) -> None:
@@ -216,14 +229,34 @@ def test_rapl_adds_packages_and_survives_a_wrap(powercap: Path) -> None:
 
 def test_rapl_poller_reads_between_reports(powercap: Path) -> None:
     meter = RaplMeter(powercap, poll_interval=0.01)
+    package_1 = meter._zones[1]
     set_energy(powercap, "intel-rapl:1", 4_294_000_000)
-    import time
-
-    time.sleep(0.2)  # the poller has seen the value before the wrap
+    # Wait until the poller (not this thread: no report is made) has seen the value before the wrap.
+    wait_for(lambda: package_1.last_uj == 4_294_000_000, "the poller reads the counter")
     set_energy(powercap, "intel-rapl:1", 1_000_000)
-    time.sleep(0.2)
     expected = (4_294_967_295 - 4_000_000_000 + 1_000_000) / 1e6
     assert meter.joules() == pytest.approx(expected)
+    meter.close()
+
+
+def test_rapl_poller_outlives_a_reading_that_is_not_a_number(powercap: Path) -> None:
+    """A counter that once reads as no number (a half-written file, not sysfs) is read again."""
+    meter = RaplMeter(powercap, poll_interval=0.01)
+    package_1 = meter._zones[1]
+    reads = [0]
+    read_uj = package_1.read_uj
+
+    def counted() -> int:
+        reads[0] += 1
+        return read_uj()
+
+    package_1.read_uj = counted  # type: ignore[method-assign]
+    (powercap / "intel-rapl:1" / "energy_uj").write_text("")
+    wait_for(lambda: reads[0] >= 3, "the poller tries the empty counter")
+    assert meter._poller is not None and meter._poller.is_alive()
+    set_energy(powercap, "intel-rapl:1", 4_000_500_000)
+    wait_for(lambda: package_1.last_uj == 4_000_500_000, "the poller reads on")
+    assert meter.joules() == pytest.approx(0.5)  # 500_000 uJ, the empty reading skipped
     meter.close()
 
 
@@ -248,15 +281,19 @@ def test_auto_on_a_cpu_host_takes_rapl_then_time_only(
     monkeypatch.setitem(sys.modules, "pynvml", None)
     monkeypatch.setitem(sys.modules, "zeus.monitor", None)
     monkeypatch.setattr(rapl, "POWERCAP", powercap)
-    with pytest.warns(EnergyWarning, match=r"RAPL.*gpu_model 'cpu'.*275 W"):
+    # Opening a meter warns of nothing: the client warns only when a report's cost
+    # rests on a max_power the caller did not give (tests/client/test_lifecycle.py).
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", EnergyWarning)
         meter = open_meter("auto")
-    assert meter.name == "rapl"
-    meter.close()
-    monkeypatch.setattr(rapl, "POWERCAP", tmp_path / "nothing")
-    with pytest.warns(EnergyWarning, match=r"max_power x time.*'cpu'.*100 W") as caught:
+        assert meter.name == "rapl" and meter.host == Host("cpu", 1, 275.0)
+        meter.close()
+        monkeypatch.setattr(rapl, "POWERCAP", tmp_path / "nothing")
         meter = open_meter("auto")
+    assert isinstance(meter, TimeOnlyMeter)
     assert meter.name == "none" and not meter.measures_energy
-    assert "nvml: nvidia-ml-py is not installed" in str(caught[0].message)
+    assert "nvml: nvidia-ml-py is not installed" in meter.reason
+    assert meter.max_power_source == "the default for a CPU host, gpu_model 'cpu'"
     assert meter.host == Host("cpu", 1, 100.0)
 
 
@@ -271,9 +308,11 @@ def test_named_meters_that_cannot_work_say_why(monkeypatch: pytest.MonkeyPatch) 
 def test_energy_none_still_describes_gpus_nvml_sees(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "pynvml", fake_pynvml(two_a100s()))
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    with pytest.warns(EnergyWarning, match=r"2 x NVIDIA A100, max_power 800 W"):
-        meter = open_meter("none")
+    meter = open_meter("none")
     assert meter.host == Host("NVIDIA A100", 2, 800.0)
+    assert isinstance(meter, TimeOnlyMeter)
+    assert meter.max_power_source == "NVML's power limits of 2 x NVIDIA A100"
+    assert meter.reason == 'energy="none"'
 
 
 # --------------------------------------------------------------- stopwatch

@@ -11,6 +11,13 @@ stored trials imply with the service's own algorithm code (app/bandit):
   bandit-stage trial implies arms;
 - min_cost is the cheapest converged trial's cost (null when none) and
   min_cost_batch_size that trial's batch size (the default when none);
+- a job group's shared statistics per batch size (``group_batch_size``) are
+  those of its member jobs' Succeeded trials: ``runs`` is their number and
+  ``converged`` the converged ones' (counted once, whichever job reported),
+  with ``exhausted``, ``min_epochs`` and ``total_epochs`` within what those
+  counts allow (a trial does not store its last epoch); every member's batch
+  size has its row, and every member agrees with its group's ``job_group``
+  row on target_metric, higher_is_better_metric and max_epochs;
 - and what clients were told (``Acknowledged``) is what is stored: every
   acknowledged registration, dispatch, final report (its time, energy and
   verdict, recorded once) and end.
@@ -31,7 +38,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import bandit
 from app.bandit import ArmPosterior, RewardStats, Stage, TrialStatus, TrialType
-from app.store.tables import arm, batch_size, job, trial
+from app.store.tables import arm, batch_size, group_batch_size, job, job_group, trial
 
 TrialKey = tuple[str, int]  # (job_id, trial_number)
 
@@ -55,7 +62,12 @@ async def check_consistency(engine: AsyncEngine, acknowledged: Acknowledged | No
             r._asdict() for r in await conn.execute(select(trial).order_by(trial.c.trial_number))
         ]
         arms = [r._asdict() for r in await conn.execute(select(arm))]
-    problems = consistency_problems(jobs, sizes, trials, arms, acknowledged or Acknowledged())
+        groups = [r._asdict() for r in await conn.execute(select(job_group))]
+        group_sizes = [r._asdict() for r in await conn.execute(select(group_batch_size))]
+    problems = consistency_problems(
+        jobs, sizes, trials, arms, acknowledged or Acknowledged(),
+        groups=groups, group_sizes=group_sizes,
+    )  # fmt: skip
     assert not problems, "inconsistent state:\n" + "\n".join(problems[:40])
 
 
@@ -65,6 +77,9 @@ def consistency_problems(
     trials: Sequence[dict[str, Any]],
     arms: Sequence[dict[str, Any]],
     acknowledged: Acknowledged,
+    *,
+    groups: Sequence[dict[str, Any]] = (),
+    group_sizes: Sequence[dict[str, Any]] = (),
 ) -> list[str]:
     problems: list[str] = []
     sizes_of: dict[str, dict[int, dict[str, Any]]] = defaultdict(dict)
@@ -82,9 +97,76 @@ def consistency_problems(
             f"job {job_id}: {p}"
             for p in _job_problems(row, sizes_of[job_id], trials_of[job_id], arms_of[job_id])
         ]
+    problems += _group_problems(jobs, sizes, trials, groups, group_sizes)
     problems += _acknowledged_problems(
         {r["job_id"] for r in jobs}, sizes_of, trials_of, acknowledged
     )
+    return problems
+
+
+def _group_problems(
+    jobs: Sequence[dict[str, Any]],
+    sizes: Sequence[dict[str, Any]],
+    trials: Sequence[dict[str, Any]],
+    groups: Sequence[dict[str, Any]],
+    group_sizes: Sequence[dict[str, Any]],
+) -> list[str]:
+    """Each group's tables against its members' rows (group rows are never deleted,
+    so this assumes no member job was: its trials would be gone, not its counts)."""
+    problems: list[str] = []
+    group_of = {r["job_id"]: r["group"] for r in jobs if r["group"] is not None}
+    agreed = {r["name"]: r for r in groups}
+    for row in jobs:
+        name = row["group"]
+        if name is None:
+            continue
+        if name not in agreed:
+            problems.append(f"job {row['job_id']}: group {name!r} has no job_group row")
+            continue
+        fields = ("target_metric", "higher_is_better_metric", "max_epochs")
+        if any(row[f] != agreed[name][f] for f in fields):
+            problems.append(
+                f"job {row['job_id']}: {[row[f] for f in fields]} differs from group {name!r}'s "
+                f"{[agreed[name][f] for f in fields]}"
+            )
+    stored = {(r["group_name"], r["batch_size"]): r for r in group_sizes}
+    declared = {(group_of[r["job_id"]], r["batch_size"]) for r in sizes if r["job_id"] in group_of}
+    problems += [f"group {g!r}: batch size {bs} has no row" for g, bs in declared - set(stored)]
+    runs: dict[tuple[str, int], int] = defaultdict(int)
+    converged: dict[tuple[str, int], int] = defaultdict(int)
+    for t in trials:
+        if t["job_id"] in group_of and t["status"] == TrialStatus.SUCCEEDED:
+            key = (group_of[t["job_id"]], t["batch_size"])
+            runs[key] += 1
+            converged[key] += bool(t["converged"])
+    for (name, bs), row in stored.items():
+        where = f"group {name!r} batch size {bs}"
+        counts = (row["runs"], row["converged"])
+        if counts != (runs[(name, bs)], converged[(name, bs)]):
+            problems.append(
+                f"{where}: runs, converged {counts} but its members' Succeeded trials give "
+                f"{(runs[(name, bs)], converged[(name, bs)])}"
+            )
+        if not 0 <= row["exhausted"] <= row["runs"] - row["converged"]:
+            problems.append(f"{where}: exhausted {row['exhausted']} of {counts}")
+        max_epochs = agreed[name]["max_epochs"] if name in agreed else None
+        if row["converged"] == 0:
+            if (row["min_epochs"], row["total_epochs"]) != (None, 0):
+                problems.append(f"{where}: min_epochs, total_epochs {row} without a converged run")
+        elif (
+            row["min_epochs"] is None
+            or max_epochs is None
+            or not (
+                1 <= row["min_epochs"] <= max_epochs
+                and row["converged"] * row["min_epochs"]
+                <= row["total_epochs"]
+                <= row["converged"] * max_epochs
+            )
+        ):
+            problems.append(
+                f"{where}: min_epochs {row['min_epochs']}, total_epochs {row['total_epochs']} "
+                f"impossible for {row['converged']} converged runs of at most {max_epochs} epochs"
+            )
     return problems
 
 

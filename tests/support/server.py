@@ -198,6 +198,15 @@ def child_processes(pid: int) -> dict[int, str]:
     return children
 
 
+def worker_processes(pid: int) -> set[int]:
+    """The workers of ``bso serve --workers N`` started as ``pid``: its children (forks)."""
+    return {
+        child
+        for child, cmdline in child_processes(pid).items()
+        if "resource_tracker" not in cmdline
+    }
+
+
 def bso_args(*args: str) -> list[str]:
     """The installed console script, as an operator runs it."""
     return [str(VENV_BIN / "bso"), *args]

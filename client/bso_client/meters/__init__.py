@@ -3,15 +3,17 @@
 "auto" takes the first that works here, in that order: NVML for NVIDIA GPUs,
 a ZeusMonitor (which also knows AMD GPUs) when zeus is installed, RAPL for a
 CPU host whose counters are readable, else time only. A host without a GPU
-is described as ``gpu_model="cpu"`` with RAPL's power limit or a default,
-and the client says so once in a warning.
+is described as ``gpu_model="cpu"`` with RAPL's power limit or a default.
+Opening a meter warns of nothing: the client gives one ``EnergyWarning`` per
+process only when a report's cost really is ``max_power x time`` with a
+max_power the caller did not give (``bso_client.session``).
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Literal
 
-from bso_client.errors import EnergyWarning, warn
 from bso_client.meters.base import DEFAULT_CPU_POWER_W, EnergyMeter, MeterUnavailableError
 from bso_client.meters.none import TimeOnlyMeter
 from bso_client.meters.nvml import NvmlMeter
@@ -35,23 +37,21 @@ __all__ = [
 ]
 
 
+logger = logging.getLogger("bso_client")
+
+
 def _time_only(reason: str) -> TimeOnlyMeter:
     try:  # GPUs that NVML sees are still described as they are
         gpus = NvmlMeter(poll_interval=None)
     except MeterUnavailableError:
         host, source = cpu_host()
-        described = f"gpu_model 'cpu' with max_power {host.max_power:g} W ({source})"
+        source = f"{source}, gpu_model 'cpu'"
     else:
         host = gpus.host
         gpus.close()
-        described = f"{host.number_of_gpus} x {host.gpu_model}, max_power {host.max_power:g} W"
-    warn(
-        f"no energy meter ({reason}): energy is reported as max_power x time, so the "
-        f"cost is max_power x time. The job is described as {described}; "
-        "JobSpec(gpu_model=..., max_power=...) overrides that.",
-        EnergyWarning,
-    )
-    return TimeOnlyMeter(host)
+        source = f"NVML's power limits of {host.number_of_gpus} x {host.gpu_model}"
+    logger.info("no energy meter (%s); max_power %g W from %s", reason, host.max_power, source)
+    return TimeOnlyMeter(host, reason=reason, max_power_source=source)
 
 
 def open_meter(choice: str | EnergyMeter) -> EnergyMeter:
@@ -85,10 +85,9 @@ def open_meter(choice: str | EnergyMeter) -> EnergyMeter:
 
 
 def _cpu_warning(meter: RaplMeter) -> RaplMeter:
-    warn(
-        f"no GPU: measuring the CPU packages with RAPL; this host is described as gpu_model "
-        f"'cpu' with max_power {meter.host.max_power:g} W; JobSpec(gpu_model=..., "
-        "max_power=...) overrides that.",
-        EnergyWarning,
+    logger.info(
+        "no GPU: measuring the CPU packages with RAPL; this host is described as gpu_model "
+        "'cpu' with max_power %g W (JobSpec(gpu_model=..., max_power=...) overrides that)",
+        meter.host.max_power,
     )
     return meter

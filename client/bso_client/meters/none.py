@@ -6,13 +6,20 @@ from bso_client.spec import Host
 
 
 class TimeOnlyMeter:
-    """Measures nothing; ``host`` is what the client could learn otherwise."""
+    """Measures nothing; ``host`` is what the client could learn otherwise.
+
+    ``reason`` says why no meter measures energy, ``max_power_source`` where
+    ``host.max_power`` came from: the client says both, once, if a report's
+    cost then rests on a max_power the caller did not give.
+    """
 
     name = "none"
     measures_energy = False
 
-    def __init__(self, host: Host) -> None:
+    def __init__(self, host: Host, *, reason: str = "", max_power_source: str = "") -> None:
         self.host = host
+        self.reason = reason
+        self.max_power_source = max_power_source
 
     def joules(self) -> float:
         return 0.0

@@ -120,6 +120,8 @@ class RaplMeter:
                 self.joules()
             except OSError:
                 return  # the zone went away; the next reading says so
+            except ValueError:
+                continue  # not a number (sysfs reads are whole; a file is not): read again
 
     def joules(self) -> float:
         with self._lock:
