@@ -39,6 +39,7 @@ from tests.support.server import (
     fresh_postgres_database,
     running_server,
     worker_name,
+    worker_processes,
 )
 
 FAST = Retry(attempts=3, backoff=0.01, max_backoff=0.05, max_retry_after=2.0)
@@ -77,8 +78,8 @@ def replicas(
                 args_b, port=port_b, env=env, log_dir=folder, cwd=folder, ready_path="/readyz"
             ) as b,
         ):
-            workers = [c for c in child_processes(a.process.pid).values() if "spawn_main" in c]
-            assert len(workers) == 2, workers
+            workers = worker_processes(a.process.pid)
+            assert len(workers) == 2, child_processes(a.process.pid)
             yield Replicas(url, a, b)
     finally:
         if name is not None:
