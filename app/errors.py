@@ -89,3 +89,9 @@ class TokenNotFoundError(DomainError):
 
     def __init__(self, name: str) -> None:
         super().__init__(f"No token is named {name!r}; `bso tokens list` shows them.")
+
+
+class InvalidIdempotencyKeyError(DomainError):
+    """An ``Idempotency-Key`` header that is not one key of the documented form."""
+
+    status_code = 400

@@ -235,11 +235,14 @@ async def dispatch_trial(
     now: datetime,
     lease: Lease = Lease(0),
     caller: Principal = ANYONE,
+    idempotency_key: str | None = None,
 ) -> TrialId:
     """Choose the next batch size and record it as a new trial.
 
     With a lease, the job's trials whose lease ran out are marked Failed
     first (under the job's lock), so that lost explorations are explored again.
+    A repeat of a dispatch (the same ``idempotency_key``) whose trial runs within
+    its lease answers that trial and writes nothing (SPEC 3, idempotency keys).
     """
     async with engine.begin() as conn:
         state = await jobs.lock_job(conn, job_id)
@@ -247,6 +250,11 @@ async def dispatch_trial(
             raise JobNotFoundError(job_id)
         job = state.job
         _authorize(caller, job.job_id_prefix, job_id)  # before anything is written
+        if idempotency_key is not None and (
+            repeated := await trials.keyed_trial(conn, job_id, idempotency_key, lease, now)
+        ):
+            logger.info("job %s trial %d: dispatch repeated", job_id, repeated.trial_number)
+            return repeated
         expired: list[ExpiredTrial] = []
         if (renewed_before := lease.expired_before(now)) is not None:
             expired = await trials.expire_job_trials(
@@ -295,6 +303,7 @@ async def dispatch_trial(
             conn, job, number=number, batch_size=decision.batch_size,
             trial_type=decision.trial_type, stage=stage, rng_state=rng_state, now=now,
             pruning_round=decision.pruning_round, start_batch_size=start,
+            idempotency_key=idempotency_key,
         )  # fmt: skip
     log_expired(expired, lease)
     logger.info("job %s trial %d: %s batch size %d", job_id, number, decision.trial_type,

@@ -168,6 +168,23 @@ async def run(url: str, n: int) -> None:
         await service.end_trial(engine, ended_id, now=service.utcnow())
 
     await timed("now: service.end_trial of an ended trial (whole use case)", n, end_again)
+
+    # A dispatch with a new Idempotency-Key looks it up first (one more statement);
+    # a repeat answers from that lookup. Two jobs alike, so both grow the same.
+    for job_id in ("cost-plain", "cost-keyed"):
+        await service.register_job(engine, JobSpec(**job_spec(job_id, "cost", None)),
+                                   now=service.utcnow())  # fmt: skip
+
+    async def dispatch(job_id: str, key: str | None) -> None:
+        await service.dispatch_trial(engine, job_id, now=service.utcnow(), idempotency_key=key)
+
+    keys = iter(range(10**9))
+    await timed("now: service.dispatch_trial, no key (whole use case)", n,
+                lambda: dispatch("cost-plain", None))  # fmt: skip
+    await timed("now: service.dispatch_trial, a new Idempotency-Key (whole use case)", n,
+                lambda: dispatch("cost-keyed", f"key-{next(keys)}"))  # fmt: skip
+    await timed("now: service.dispatch_trial, a repeated Idempotency-Key (whole use case)", n,
+                lambda: dispatch("cost-keyed", "key-0"))  # fmt: skip
     await engine.dispose()
 
 

@@ -8,8 +8,9 @@ and after its COMMIT without passing the answer on. On SQLite, which runs in
 the service's process, the engine's events fail the transaction at the same
 points but the last (tests/support/sqlite_cut.py). For every kind of write
 (registration, dispatch in either stage, entering the bandit stage, a
-dispatch that expires lapsed trials, a final report in either stage or of a
-job group's job, an end, the lease sweep), each cut must
+dispatch that expires lapsed trials, a dispatch with an Idempotency-Key, a
+final report in either stage or of a job group's job, an end, the lease
+sweep), each cut must
 
 - answer the client 503 with Retry-After, counted as "unavailable" (the HTTP
   writes), or raise an error the service classifies as "database unavailable"
@@ -17,7 +18,8 @@ job group's job, an end, the lease sweep), each cut must
 - leave the rows of the job exactly as before the request (cut before the
   COMMIT) or exactly as a request that was not cut leaves them (cut after);
 - let the retry succeed on a fresh connection, with the answer a retry gets
-  (a final report retried after a cut past its COMMIT changes nothing: its
+  (a keyed dispatch cut after its COMMIT: its trial again, no second one; a
+  final report retried after a cut past its COMMIT changes nothing: its
   group's shared counts do not move twice);
 
 and at the end every job in the database passes the consistency check.
@@ -60,6 +62,7 @@ LATER = T0 + timedelta(seconds=LEASE.seconds + 1)
 # Columns whose values differ between two runs of the same requests.
 CLOCK_COLUMNS = {"created_at", "updated_at", "start_timestamp", "end_timestamp", "lease_renewed_at"}
 MAX_STATEMENTS = 20  # more statements than any write has
+KEY = '"a1b2c3d4-0000-4000-8000-000000000001"'  # a key's scope is its job: one for all
 
 
 class Cutter(Protocol):
@@ -253,6 +256,16 @@ async def dispatch(world: World, job_id: str) -> Outcome:
     return response
 
 
+async def keyed_dispatch(world: World, job_id: str) -> Outcome:
+    """A dispatch with an Idempotency-Key: a retry of a committed one answers its trial."""
+    response = await world.http.get(
+        "/jobs/batch_size", params={"job_id": job_id}, headers={"Idempotency-Key": KEY}
+    )
+    if response.status_code == 200:
+        _note_dispatch(world, response.json())
+    return response
+
+
 def report(name: str) -> Action:
     async def action(world: World, job_id: str) -> Outcome:
         sent = world.trials[name]
@@ -292,6 +305,7 @@ async def sweep(world: World, job_id: str) -> Outcome:
 SCENARIOS: dict[str, tuple[Setup, Action]] = {
     "registration": (_nothing, register),
     "dispatch in the pruning stage": (_register, dispatch),
+    "dispatch with an Idempotency-Key": (_register, keyed_dispatch),
     "dispatch that starts the bandit stage": (_pruned, dispatch),
     "dispatch in the bandit stage": (_in_bandit, dispatch),
     "dispatch that expires lapsed trials": (_lapsed, expiring_dispatch),
@@ -413,8 +427,8 @@ async def test_a_cut_at_any_point_of_a_write_leaves_it_whole_or_undone(
         # Retried on a fresh connection.
         retried = await action(world, job_id)
         assert _succeeded(retried), (cut, retried)
-        if cut.commit != "after":
-            assert await snapshot(direct, job_id) == after, cut
+        if cut.commit != "after" or scenario == "dispatch with an Idempotency-Key":
+            assert await snapshot(direct, job_id) == after, cut  # a keyed retry: no new trial
         else:
             _check_retry_of_committed(scenario, retried)
             if scenario.startswith("final report"):  # applied once: nothing moves again

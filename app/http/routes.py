@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app import reads, service
 from app.bandit import Lease, TrialStatus, TrialType
 from app.http.auth import NOT_A_TRAINER, NOT_AN_ADMIN, UNAUTHENTICATED, TrainerDep, admin, viewer
+from app.http.idempotency import FORM, IdempotencyKeyDep
 from app.schemas import (
     JOB_SPEC_EXAMPLE,
     PRINTABLE,
@@ -114,7 +115,15 @@ BUSY: dict[int | str, dict[str, Any]] = {
     }
 }
 
+BAD_KEY: dict[int | str, dict[str, Any]] = {
+    400: {
+        **error_example(f"Idempotency-Key: empty; a key is {FORM}."),
+        "description": "The Idempotency-Key header is malformed or sent more than once.",
+    }
+}
+
 TRIAL_ERRORS: dict[int | str, dict[str, Any]] = {
+    **BAD_KEY,
     404: {**UNKNOWN_TRIAL, "description": "No such job or trial."},
     409: {
         **error_example(
@@ -182,13 +191,18 @@ async def register_job(
     summary="Get the batch size for the next recurrence",
     responses={
         404: {**UNKNOWN_JOB, "description": "No such job."},
+        **BAD_KEY,
         **NOT_A_TRAINER,
         **INVALID,
         **BUSY,
     },
 )
 async def get_batch_size(
-    job_id: JobIdQuery, db: DatabaseDep, lease: LeaseDep, caller: TrainerDep
+    job_id: JobIdQuery,
+    db: DatabaseDep,
+    lease: LeaseDep,
+    caller: TrainerDep,
+    key: IdempotencyKeyDep,
 ) -> TrialId:
     """Dispatch a new trial: the batch size to train this recurrence with.
 
@@ -196,8 +210,14 @@ async def get_batch_size(
     still running, a Concurrent trial of the cheapest batch size so far.
     Bandit stage: Gaussian Thompson Sampling over the surviving batch sizes.
     The job's trials whose lease ran out are marked Failed first.
+
+    With an `Idempotency-Key`, a retry (same job, same key) while the trial
+    it made runs within its lease answers that trial again and creates none,
+    so a dispatch whose answer was lost may be sent again.
     """
-    return await service.dispatch_trial(db, job_id, now=utcnow(), lease=lease, caller=caller)
+    return await service.dispatch_trial(
+        db, job_id, now=utcnow(), lease=lease, caller=caller, idempotency_key=key
+    )
 
 
 @zeus.post(
@@ -207,7 +227,11 @@ async def get_batch_size(
     responses={**TRIAL_ERRORS, **NOT_A_TRAINER},
 )
 async def report(
-    result: TrainingResult, db: DatabaseDep, lease: LeaseDep, caller: TrainerDep
+    result: TrainingResult,
+    db: DatabaseDep,
+    lease: LeaseDep,
+    caller: TrainerDep,
+    _key: IdempotencyKeyDep,
 ) -> ReportResponse:
     """Report cumulative time, energy and metric after an epoch; obey `stop_train`.
 
@@ -227,7 +251,9 @@ async def report(
     summary="End a trial",
     responses={**TRIAL_ERRORS, **NOT_A_TRAINER},
 )
-async def end_trial(trial: TrialId, db: DatabaseDep, caller: TrainerDep) -> TrialRead:
+async def end_trial(
+    trial: TrialId, db: DatabaseDep, caller: TrainerDep, _key: IdempotencyKeyDep
+) -> TrialRead:
     """End a trial (Zeus's client calls this when the training script exits).
 
     A trial still running without a final report becomes Failed, and its batch

@@ -30,11 +30,12 @@ def job_params(row: JobRow, batch_sizes: Sequence[int] = ()) -> JobParams:
     return JobParams(batch_sizes=tuple(batch_sizes), **{f: getattr(row, f) for f in PARAM_FIELDS})
 
 
-# The predictive policy's bookkeeping is not part of the read API.
+# The predictive policy's bookkeeping and the dispatch's key are not part of the read API.
 _TRIAL_READ_COLUMNS = tuple(
     c.name
     for c in trial.c
-    if c.name not in {"lease_renewed_at", "pruning_round", "last_epoch", "last_cost"}
+    if c.name
+    not in {"lease_renewed_at", "pruning_round", "last_epoch", "last_cost", "idempotency_key"}
 )
 
 

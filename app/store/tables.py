@@ -267,6 +267,9 @@ trial = Table(
     Column("pruning_round", Integer),
     Column("last_epoch", Integer),
     Column("last_cost", Float),
+    # The Idempotency-Key its dispatch was sent with (null: none); one trial of a
+    # job holds a key at a time (a key reused after its trial's lease moves on).
+    Column("idempotency_key", String(255)),
     # A trial's batch size is one of its job's.
     ForeignKeyConstraint(
         ["job_id", "batch_size"],
@@ -300,6 +303,8 @@ trial = Table(
     Index("ix_trial_job_id_status", "job_id", "status", "trial_number"),
     # The lease sweep: Dispatched trials renewed before a cutoff, across jobs.
     Index("ix_trial_status_lease_renewed_at", "status", "lease_renewed_at"),
+    # A dispatch's key: its retries find the trial it made (NULLs never collide).
+    Index("ix_trial_job_id_idempotency_key", "job_id", "idempotency_key", unique=True),
 )
 
 # The bandit's belief about one surviving batch size of a job.

@@ -38,7 +38,7 @@ from app.bandit import (
     TrialStatus,
     TrialType,
 )
-from app.schemas import TrialRead
+from app.schemas import TrialId, TrialRead
 from app.store.rows import NOW, PARAM_FIELDS, TRIAL_KEY, JobRow, page, trial_read
 from app.store.tables import UTCDateTime, arm, batch_size, job, trial
 
@@ -63,6 +63,7 @@ _NEW_TRIAL: dict[str, Any] = {
     "start_timestamp": NOW,
     "lease_renewed_at": NOW,
     "pruning_round": bindparam("pruning_round", type_=Integer),
+    "idempotency_key": bindparam("idempotency_key", type_=String),
 }
 _INSERT_TRIAL = insert(trial).values(_NEW_TRIAL)
 # PostgreSQL runs both in one statement (a data-modifying CTE); SQLite has none.
@@ -77,6 +78,36 @@ _BUMP_AND_INSERT = (
 )
 
 
+# A repeated dispatch (SPEC 3, idempotency keys): the trial its key made, by
+# ix_trial_job_id_idempotency_key. Under the job's lock, so one trial per key.
+_KEYED = (trial.c.job_id == bindparam("k_job_id"), trial.c.idempotency_key == bindparam("k_key"))
+_KEYED_TRIAL = select(
+    trial.c.job_id, trial.c.batch_size, trial.c.trial_number, trial.c.status,
+    trial.c.lease_renewed_at,
+).where(*_KEYED)  # fmt: skip
+_FREE_KEY = update(trial).where(*_KEYED).values(idempotency_key=None)
+
+
+async def keyed_trial(
+    conn: AsyncConnection, job_id: str, key: str, lease: Lease, now: datetime
+) -> TrialId | None:
+    """The trial of ``job_id`` dispatched with ``key``, if it runs within its lease at ``now``.
+
+    Otherwise the key is free: an ended trial, or one whose lease ran out (the
+    dispatch goes on to expire it), gives it up here for the next trial.
+    """
+    values = {"k_job_id": job_id, "k_key": key}
+    row = (await conn.execute(_KEYED_TRIAL, values)).first()
+    if row is None:
+        return None
+    if row.status == TrialStatus.DISPATCHED and not lease.is_expired(row.lease_renewed_at, now):
+        return TrialId.model_construct(
+            job_id=row.job_id, batch_size=row.batch_size, trial_number=row.trial_number
+        )
+    await conn.execute(_FREE_KEY, values)
+    return None
+
+
 async def add_trial(
     conn: AsyncConnection,
     state: JobRow,
@@ -89,9 +120,11 @@ async def add_trial(
     now: datetime,
     pruning_round: int | None = None,
     start_batch_size: int | None = None,
+    idempotency_key: str | None = None,
 ) -> None:
     """Record a dispatched trial and advance the job's counter past it."""
     values = {
+        "idempotency_key": idempotency_key,
         "start_batch_size": start_batch_size,
         "k_job_id": state.job_id,
         "k_number": number,

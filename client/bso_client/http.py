@@ -4,9 +4,9 @@ What may be retried follows docs/SPEC.md: a 503 means the request's
 transaction was rolled back, and a refused connection never reached the
 server, so both are retried for every call. Anything else that leaves the
 outcome unknown (a read timeout, a 502/504, a dropped connection) is retried
-only for idempotent calls: registering a named job, reporting, ending. A
-dispatch (GET /jobs/batch_size) creates a trial, so it is not retried then;
-the trial it may have created expires by its lease.
+only for idempotent calls: registering a named job, reporting, ending, and a
+dispatch (GET /jobs/batch_size), which carries an ``Idempotency-Key`` that its
+retries repeat, so that the server answers them with the trial it made.
 
 The decisions are plain functions; ``SyncTransport`` and ``AsyncTransport``
 are the two loops around them.
@@ -72,6 +72,7 @@ class Call:
     json: Mapping[str, Any] | None = None
     params: Mapping[str, str] | None = None
     idempotent: bool = True
+    headers: Mapping[str, str] | None = None  # besides the transport's own
     request_id: str = field(default_factory=lambda: f"bso-client-{uuid.uuid4().hex[:16]}")
 
     def describe(self) -> str:
@@ -183,7 +184,8 @@ class Endpoint:
 
     def request_options(self, call: Call) -> dict[str, Any]:
         """Everything of a request but its method, on any ``httpx`` client (given or ours)."""
-        headers = {"User-Agent": USER_AGENT, "X-Request-ID": call.request_id}
+        headers = {**(call.headers or {}), "User-Agent": USER_AGENT}
+        headers["X-Request-ID"] = call.request_id
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
         options: dict[str, Any] = {

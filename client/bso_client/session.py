@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import uuid
 from pathlib import Path
 from typing import Any, Literal
 
@@ -136,7 +137,14 @@ class Session:
     def dispatch_call(self) -> Call:
         job_id = self.job_id
         assert job_id is not None, "registered first"
-        return Call("GET", "/jobs/batch_size", params={"job_id": job_id}, idempotent=False)
+        # One key per dispatch, sent again by its retries: the server answers a
+        # retry with the trial the first try made (SPEC 3), so a dispatch whose
+        # answer was lost (reset, timeout) is retried like any idempotent call.
+        key = f'"{uuid.uuid4()}"'  # a Structured Field string, as the IETF draft spells it
+        return Call(
+            "GET", "/jobs/batch_size", params={"job_id": job_id},
+            headers={"Idempotency-Key": key}, idempotent=True,
+        )  # fmt: skip
 
     # --------------------------------------------------------------- trials
 

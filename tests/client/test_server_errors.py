@@ -1,10 +1,10 @@
 """A 5xx other than 503: the outcome is unknown, so only what is safe to repeat is repeated.
 
 SPEC 13 (client/bso_client/http.py): a 500, 502 or 504 may come after the
-server applied the request. A dispatch creates a trial, so it is not sent
-again (the run trains with the default; the trial it may have created ends
-by its lease); a report is idempotent, so it is sent again and gets the
-answer a retry gets. The 5xx comes from a proxy in front of a real
+server applied the request. A dispatch carries an Idempotency-Key, so it is
+sent again and the server answers the retry with the trial it made (one
+trial); a report is idempotent, so it is sent again and gets the answer a
+retry gets. The 5xx comes from a proxy in front of a real
 ``bso serve`` that passes the request on and loses the answer
 (tests/support/fault_proxy.py).
 """
@@ -12,7 +12,7 @@ answer a retry gets. The 5xx comes from a proxy in front of a real
 from __future__ import annotations
 
 import pytest
-from bso_client import BatchSizeOptimizer, UnavailableWarning
+from bso_client import BatchSizeOptimizer
 
 from tests.client.conftest import FAST, CountingMeter, read, spec
 from tests.support.fault_proxy import Faults, fault_proxy
@@ -22,7 +22,7 @@ STATUSES = [500, 502, 504]
 
 
 @pytest.mark.parametrize("status", STATUSES)
-def test_a_dispatch_answered_5xx_is_not_sent_again(
+def test_a_dispatch_answered_5xx_is_sent_again_and_makes_one_trial(
     server: Server, job_id: str, status: int
 ) -> None:
     faults = Faults()
@@ -30,17 +30,16 @@ def test_a_dispatch_answered_5xx_is_not_sent_again(
         bso = BatchSizeOptimizer(job=spec(job_id), url=url, energy=CountingMeter(), retry=FAST)
         bso.register()
         faults.fail("GET", "/jobs/batch_size", status)
-        with pytest.warns(UnavailableWarning, match=str(status)):
-            trial = bso.trial()
-        assert trial.fallback and trial.batch_size == 32  # trains with the default
-        assert faults.count("GET", "/jobs/batch_size") == 1, faults.forwarded
+        trial = bso.trial()  # the retry carries the first try's Idempotency-Key
+        assert not trial.fallback and trial.trial_number == 1
+        assert faults.count("GET", "/jobs/batch_size") == 2, faults.forwarded
+        assert [s for m, p, s in faults.seen if p == "/jobs/batch_size"] == [status, 200]
         with trial:
-            assert trial.report(metric=0.1).fallback  # no trial number: nothing sent
+            assert not trial.report(metric=0.1).fallback
         bso.close()
-    # The server did create the trial; it stays Dispatched until its lease ends it.
+    # The server made the trial once: the retry was answered with it.
     (created,) = read(server, f"/jobs/{job_id}/trials")["items"]
-    assert created["status"] == "Dispatched"
-    assert [m for m, _ in faults.forwarded].count("POST") == 1  # the registration only
+    assert created["trial_number"] == 1
 
 
 @pytest.mark.parametrize("status", STATUSES)

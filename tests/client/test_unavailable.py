@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import asyncpg
+import httpx
 import pytest
 from bso_client import (
     BatchSizeOptimizer,
@@ -208,12 +209,15 @@ def test_a_real_503_is_retried_after_retry_after(tmp_path: Path, job_id: str) ->
         drop_postgres_database(pg_name)
 
 
-def test_a_dispatch_answered_too_late_is_not_sent_again(tmp_path: Path, job_id: str) -> None:
-    """A dispatch whose answer does not come in time may have created a trial: not resent.
+def test_a_dispatch_answered_too_late_is_sent_again_and_makes_one_trial(
+    tmp_path: Path, job_id: str
+) -> None:
+    """A dispatch whose answer does not come in time is sent again with the same key.
 
     The server waits up to 30 s for the locked row (BSO_LOCK_TIMEOUT_MS) and the
-    client 1 s per call: it gives up long before any answer, however slow the
-    machine, and its registration has the same second to spare.
+    client 1 s per call: every try gives up long before any answer. Once the row
+    is free the server runs the tries it received, one at a time under the
+    job's lock: the first makes the trial, the others answer it (SPEC 3).
     """
     url, pg_name = database("postgresql", tmp_path, "impatient")
     impatient = Recorder()
@@ -230,8 +234,18 @@ def test_a_dispatch_answered_too_late_is_not_sent_again(tmp_path: Path, job_id: 
             with job_row_locked(url, job_id), pytest.warns(UnavailableWarning, match="Timeout"):
                 fallback = quick.trial()
             assert fallback.fallback and fallback.batch_size == 32
-            sent = [r.url.path for r in impatient.requests]
-            assert sent == ["/jobs", "/jobs/batch_size"], sent
+            dispatches = [r for r in impatient.requests if r.url.path == "/jobs/batch_size"]
+            assert len(dispatches) == FAST.attempts
+            (key,) = {r.headers["Idempotency-Key"] for r in dispatches}
+            # The same key once more, after the tries the server queued: their one trial.
+            again = httpx.get(
+                server.base_url + "/jobs/batch_size", params={"job_id": job_id},
+                headers={"Idempotency-Key": key}, timeout=30,
+            )  # fmt: skip
+            assert again.json()["trial_number"] == 1, again.text
+            assert [t["trial_number"] for t in read(server, f"/jobs/{job_id}/trials")["items"]] == [
+                1
+            ]
     finally:
         assert pg_name is not None
         drop_postgres_database(pg_name)
