@@ -56,7 +56,7 @@ def migrate(url: str, cwd: Path) -> tuple[subprocess.CompletedProcess[str], floa
 async def test_a_held_row_lock_fails_the_migration_fast_and_changes_nothing(
     before_head: str, tmp_path: Path
 ) -> None:
-    # At the revision before the newest (which alters table job).
+    # At the revision before the newest (whichever table it alters: a dispatch locks both).
     newest = ScriptDirectory.from_config(alembic_config()).get_revision("head")
     assert newest is not None and isinstance(newest.down_revision, str)
     await asyncio.to_thread(command.upgrade, alembic_config(before_head), newest.down_revision)
@@ -65,9 +65,11 @@ async def test_a_held_row_lock_fails_the_migration_fast_and_changes_nothing(
     engine = create_async_engine(before_head, poolclass=NullPool)
     try:
         async with engine.connect() as holder:
-            # What a request's SELECT ... FOR UPDATE of a job row takes, held until the
-            # migration has returned: a DDL that waited for it would never return.
+            # What a dispatch's SELECT ... FOR UPDATE of a job row and its trial's INSERT
+            # take, held until the migration has returned: a DDL that waited for either
+            # would never return.
             await holder.execute(text("LOCK TABLE job IN ROW SHARE MODE"))
+            await holder.execute(text("LOCK TABLE trial IN ROW EXCLUSIVE MODE"))
             done, seconds = await asyncio.to_thread(migrate, before_head, tmp_path)
             await holder.rollback()
     finally:
