@@ -37,8 +37,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from bench.load import busy_cores
 from bench.reporting import machine_summary
@@ -55,6 +57,17 @@ from bench.servers import (
 
 def burn_cpu(count: int) -> list[subprocess.Popen[bytes]]:
     return [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)]
+
+
+def run_while_burning(burners: int, measure: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """Run ``measure()`` with ``burners`` processes spinning on the CPU, stopped afterwards."""
+    burning = burn_cpu(burners)
+    try:
+        asyncio.run(measure())
+    finally:
+        for burner in burning:
+            burner.kill()
+            burner.wait()
 
 
 def log_lines(server: Server) -> list[dict[str, object]]:
@@ -225,13 +238,7 @@ def run_kills(
             stop.set()
             await asyncio.gather(*tasks)
 
-        burning = burn_cpu(burners)
-        try:
-            asyncio.run(measure())
-        finally:
-            for burner in burning:
-                burner.kill()
-                burner.wait()
+        run_while_burning(burners, measure)
     print(
         f"kill -9 of a worker, {kills} kills, {burners} CPU burners, {clients} clients:\n"
         f"  noticed:  median {statistics.median(noticed):.2f} s, worst {max(noticed):.2f} s\n"
@@ -275,13 +282,7 @@ def run_rolling(
             stop.set()
             await asyncio.gather(*tasks)
 
-        burning = burn_cpu(burners)
-        try:
-            asyncio.run(measure())
-        finally:
-            for burner in burning:
-                burner.kill()
-                burner.wait()
+        run_while_burning(burners, measure)
     print(
         f"rolling restart of two servers x{rounds}, {clients} keep-alive clients, "
         f"{burners} CPU burners:\n"
