@@ -4,6 +4,34 @@
 
 VENV_DIR=".venv"
 
+# Run each argument, a command line of this shell's functions and commands, in a
+# subshell of its own in the background (with `set -e`: its first failing command
+# ends it), wait for all of them, then print each one's output in turn with its
+# time; fail, naming them, if any failed.
+in_parallel() {
+    local dir i failed=""
+    local -a commands=("$@") pids=() started=()
+    dir="$(mktemp -d)"
+    for i in "${!commands[@]}"; do
+        started[i]=$SECONDS
+        (
+            set -e
+            eval "${commands[i]}"
+            echo "(done in $((SECONDS - started[i])) s)"
+        ) >"$dir/$i.log" 2>&1 &
+        pids[i]=$!
+    done
+    for i in "${!commands[@]}"; do
+        wait "${pids[i]}" || failed+=$'\n  '"${commands[i]}"
+    done
+    for i in "${!commands[@]}"; do
+        printf -- '--- %s\n' "${commands[i]}"
+        cat "$dir/$i.log"
+    done
+    rm -rf "$dir"
+    [ -z "$failed" ] || die "failed:$failed"
+}
+
 # Each step says when it starts, in seconds since the script began, so that a
 # CI log shows where the time went.
 step() {
