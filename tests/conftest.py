@@ -39,6 +39,33 @@ def pytest_configure(config: pytest.Config) -> None:
     Settings.model_config["env_file"] = None
 
 
+# Modules marked "once": scripts/test.sh runs them on the newest Python only
+# (-m "not once" on the oldest), because what they check does not run on the
+# interpreter under test, or runs there through code the rest of the suite
+# covers on both. Everything else runs on both Pythons.
+ONCE: dict[str, str] = {
+    "tests/test_schemathesis.py": "fuzzes the served OpenAPI document, the same on every Python; "
+    "the routes' code runs on both through tests/api",
+    "tests/test_k8s.py": "the manifests, and the container's commands (the image's Python is 3.13)",
+    "tests/test_deploy.py": "docker-compose.yml and the Dockerfile",
+    "tests/test_docs_links.py": "the Markdown files",
+    "tests/test_layout.py": "the source's imports and sizes, read as text",
+    "tests/test_test_script.py": "scripts/test.sh",
+    "tests/test_isolated_settings.py": "the suite's own isolation from the caller's settings",
+    "tests/dashboard/test_browser.py": "what Chromium renders; the pages' routes run on both "
+    "through tests/dashboard/test_pages.py",
+    "tests/zeus_import/test_source_forms.py": "the URL forms of MariaDB, MySQL and PostgreSQL "
+    "sources (drivers); the import itself runs on both through the other zeus_import tests",
+}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    root = Path(str(config.rootpath))
+    for item in items:
+        if str(item.path.relative_to(root)) in ONCE:
+            item.add_marker(pytest.mark.once)
+
+
 @pytest.fixture(scope="session")
 def postgresql_url() -> Iterator[str]:
     """A fresh, migrated PostgreSQL database for this worker of this run."""

@@ -11,6 +11,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from tests.conftest import ONCE
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -34,3 +36,10 @@ def test_a_missing_python_3_11_fails_the_script_with_a_message(tmp_path: Path) -
     assert run.returncode != 0, run.stdout
     assert "error: no Python 3.11 here" in run.stderr, run.stderr
     assert "Python environments" not in run.stdout, "went on without Python 3.11"
+
+
+def test_every_module_marked_once_exists_and_says_why() -> None:
+    """A renamed module would silently run on one Python no more: its entry must follow it."""
+    for path, why in ONCE.items():
+        assert (ROOT / path).is_file(), f"ONCE names {path}, which is not a file"
+        assert why.strip(), path
