@@ -201,7 +201,7 @@ class AsyncBatchSizeOptimizer(OptimizerView):
         try:
             await self._register()
             await self._replay(None, retry=None)
-            answer = await self._send(session.dispatch_call())
+            answer = await self._dispatch()
             state = session.dispatched_state(answer)
         except BSOUnavailableError as exc:
             await self._release()
@@ -217,6 +217,17 @@ class AsyncBatchSizeOptimizer(OptimizerView):
         self._running += 1
         OPEN_TRIALS.add(session.endpoint, state)
         return AsyncTrial(self, state)
+
+    async def _dispatch(self) -> Any:
+        """Ask for a batch size; a job deleted since it was registered is registered again."""
+        session = self._session
+        try:
+            return await self._send(session.dispatch_call())
+        except BSORejectedError as exc:
+            if not session.job_gone(exc):
+                raise
+        await self._register()
+        return await self._send(session.dispatch_call())
 
     async def _replay(self, state: TrialState | None, *, retry: Retry | None = NO_RETRY) -> None:
         spool = self._session.spool()

@@ -204,7 +204,7 @@ class BatchSizeOptimizer(OptimizerView):
         try:
             self._register()
             self._replay(None, retry=None)
-            answer = self._send(session.dispatch_call())
+            answer = self._dispatch()
             state = session.dispatched_state(answer)
         except BSOUnavailableError as exc:
             self._release()
@@ -220,6 +220,17 @@ class BatchSizeOptimizer(OptimizerView):
         self._running += 1
         OPEN_TRIALS.add(session.endpoint, state)
         return Trial(self, state)
+
+    def _dispatch(self) -> Any:
+        """Ask for a batch size; a job deleted since it was registered is registered again."""
+        session = self._session
+        try:
+            return self._send(session.dispatch_call())
+        except BSORejectedError as exc:
+            if not session.job_gone(exc):
+                raise
+        self._register()
+        return self._send(session.dispatch_call())
 
     def _replay(self, state: TrialState | None, *, retry: Retry | None = NO_RETRY) -> None:
         """Send the job's kept reports in order, while the server answers."""

@@ -219,6 +219,25 @@ class Session:
         logger.error("%s", message)
         warn(message, RejectedWarning)  # every run: the operator must act
 
+    def job_gone(self, exc: BSORejectedError) -> bool:
+        """A dispatch answered 404 for a job this client had registered: it was deleted since.
+
+        Forgets the registration, so that the caller registers the job again
+        from this spec (the optimizer starts over for it) and dispatches once
+        more, instead of failing a recurring job because an operator reset it.
+        """
+        if exc.status_code != 404 or exc.path != "/jobs/batch_size" or self.registered is None:
+            return False
+        message = (
+            f"job {self.job_id} is gone from {self.endpoint.safe_url} (deleted since this "
+            "process registered it): registering it again from this spec; the optimizer "
+            "starts over for it"
+        )
+        self.registered = None
+        logger.warning("%s", message)
+        warn(message, RejectedWarning)
+        return True
+
     # ------------------------------------------------------------ the spool
 
     def spool(self) -> Spool | None:

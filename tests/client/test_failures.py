@@ -292,6 +292,46 @@ def test_a_job_deleted_mid_run_warns_once_and_training_goes_on(
     assert kept(spool) == []  # the server will never take them
 
 
+def _delete_job(server: Server, job_id: str) -> None:
+    deleted = httpx.delete(server.base_url + "/jobs", params={"job_id": job_id})
+    assert deleted.status_code == 200, deleted.text
+
+
+def test_a_job_deleted_between_recurrences_is_registered_again_and_starts_over(
+    server: Server, job_id: str
+) -> None:
+    meter = CountingMeter()
+    bso = BatchSizeOptimizer(job=spec(job_id), url=server.base_url, energy=meter)
+    for _ in range(2):
+        with bso.trial() as trial:
+            meter.work(100.0)
+            trial.report(metric=0.95)
+    assert trial.trial_number == 2
+    _delete_job(server, job_id)  # an operator resets the job while the process lives
+    with pytest.warns(RejectedWarning) as caught, bso.trial() as again:
+        meter.work(100.0)
+        again.report(metric=0.95)
+    assert len(caught) == 1, [str(w.message) for w in caught]
+    assert f"job {job_id} is gone" in str(caught[0].message)
+    assert not again.fallback and again.trial_number == 1  # the job's first trial, again
+    assert again.batch_size == 32  # pruning starts over at the default
+    assert [t["trial_number"] for t in read(server, f"/jobs/{job_id}/trials")["items"]] == [1]
+
+
+async def test_the_async_client_registers_a_deleted_job_again(server: Server, job_id: str) -> None:
+    meter = CountingMeter()
+    bso = AsyncBatchSizeOptimizer(job=spec(job_id), url=server.base_url, energy=meter)
+    async with bso.trial() as trial:
+        meter.work(100.0)
+        await trial.report(metric=0.95)
+    _delete_job(server, job_id)  # a blocking call: the server is another process
+    with pytest.warns(RejectedWarning, match=f"job {job_id} is gone"):
+        async with bso.trial() as again:
+            meter.work(100.0)
+            await again.report(metric=0.95)
+    assert not again.fallback and again.trial_number == 1
+
+
 # ------------------------------------------------------------ a revoked token
 
 
