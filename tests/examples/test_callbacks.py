@@ -1,11 +1,12 @@
-"""docs/training.md's promises of the Hugging Face callback that the examples do not reach.
+"""docs/training.md's promises of the callbacks that the examples do not reach.
 
 - ``metric="accuracy"`` means ``"eval_accuracy"`` (an ``eval_*`` key is taken
   as it is), and a metric the evaluation does not have is refused naming the
   ones it has;
 - a rank other than 0 whose trial would talk to the server is refused when
-  the callback is made (at setup), before any training: every rank would
-  otherwise register, dispatch and report.
+  the Hugging Face callback is made, and at the Lightning callback's setup,
+  before any training: every rank would otherwise register, dispatch and
+  report.
 
 With the real transformers objects (TrainingArguments, TrainerState,
 TrainerControl) and a real ``bso serve``; the hooks are called as the Trainer
@@ -105,3 +106,45 @@ def test_a_rank_that_took_itself_for_rank_0_is_refused_at_setup(
         BatchSizeOptimizerCallback(trial, args, metric="accuracy")
     listed = httpx.get(f"{server.base_url}/jobs/{other}", timeout=10)
     assert listed.status_code == 404, "rank 1 registered the job"
+
+
+def test_lightning_refuses_a_rank_that_took_itself_for_rank_0_at_setup(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Lightning callback's guard, with a real Trainer and module (rank 1 as DDP would set it).
+
+    Two real DDP processes are in tests/examples/test_examples.py; here only the
+    trainer's rank is made 1, so that setup runs as on a second rank.
+    """
+    import lightning
+    import torch
+    from bso_client.lightning import BatchSizeOptimizerCallback
+
+    class Model(lightning.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.batch_size = 8
+            self.layer = torch.nn.Linear(2, 2)
+
+    monkeypatch.setattr(lightning.Trainer, "global_rank", property(lambda self: 1))
+    trainer = lightning.Trainer(
+        accelerator="cpu", devices=1, logger=False, enable_checkpointing=False
+    )
+    model = Model()
+    job_id = f"hf-{uuid.uuid4().hex[:8]}"
+    # rank=0 given on every rank by mistake: this process's trial would talk to the server.
+    bso = BatchSizeOptimizer(job=job(job_id), url=server.base_url, energy=CountingMeter(), rank=0)
+    with bso, bso.trial() as trial:
+        callback = BatchSizeOptimizerCallback(trial, monitor="val_acc")
+        with pytest.raises(RuntimeError, match="rank 1 holds a trial that talks to the server"):
+            callback.setup(trainer, model, stage="fit")
+        assert model.batch_size == 8  # refused before anything was set
+    # Told its rank, the process follows: setup takes the broadcast batch size, no call made.
+    other = f"hf-{uuid.uuid4().hex[:8]}"
+    follower = BatchSizeOptimizer(
+        job=job(other), url=server.base_url, energy=CountingMeter(), rank=1
+    )
+    with follower, follower.trial() as trial:
+        assert not trial.leader
+        BatchSizeOptimizerCallback(trial, monitor="val_acc").setup(trainer, model, stage="fit")
+    assert httpx.get(f"{server.base_url}/jobs/{other}", timeout=10).status_code == 404
