@@ -170,11 +170,16 @@ def judge_report_predictive(
     per_epoch = last_epoch_cost(cost, current_epoch, last)
     left = max(0, planned_epochs(batch_size, fewest_epochs) - current_epoch)
     predicted = cost + per_epoch * max(1, left)
-    if predicted > cost_upper_bound(params, reference):
+    # The paper's rule lets a run train the epoch that crosses the bound, and a run that
+    # reaches the target at that epoch leaves its user a model; so the prediction stops only
+    # a run that crosses it before its earliest epoch of the target (left >= 2).
+    before_target = cost + per_epoch * (left - 1)
+    if left >= 2 and before_target > cost_upper_bound(params, reference):
         message = (
-            f"Batch size {batch_size} is predicted to exceed the cost upper bound: cost "
-            f"{cost:.6g} + {max(1, left)} more epoch(s) of {per_epoch:.6g} = {predicted:.6g} "
-            f"> beta_knob {params.beta_knob} * {label} {reference:.6g}."
+            f"Batch size {batch_size} is predicted to exceed the cost upper bound before it "
+            f"can reach the target (in {left} more epochs at the earliest): cost {cost:.6g} + "
+            f"{left - 1} more epoch(s) of {per_epoch:.6g} = {before_target:.6g} > beta_knob "
+            f"{params.beta_knob} * {label} {reference:.6g}."
         )
         return PredictiveVerdict(
             Verdict(True, False, cost, message, StopReason.STOPPED_EARLY), predicted, here, fewest
