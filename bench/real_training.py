@@ -80,7 +80,7 @@ class Task:
     learning_rate: float = 0.1
     data_seed: int = 2021
     batch_sizes: tuple[int, ...] = (16, 32, 64, 128, 256, 512)
-    default_batch_size: int = 64
+    default_batch_size: int = 32
     target: float = 0.81
     max_epochs: int = 12
 
