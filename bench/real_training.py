@@ -252,8 +252,10 @@ def free_port() -> int:
 
 # ``bso`` of a checkout on PYTHONPATH: app.cli.main (a package, issue 19's layout) or app.cli.
 _OTHER_BSO = (
-    "import sys, app.cli as c; m = c.main if callable(c.main) else c.main.main; "
-    "sys.argv[0] = 'bso'; sys.exit(m())"
+    "import importlib, sys\n"
+    "try:\n    m = importlib.import_module('app.cli.main').main\n"
+    "except ModuleNotFoundError:\n    m = importlib.import_module('app.cli').main\n"
+    "sys.argv[0] = 'bso'\nsys.exit(m())"
 )
 
 
