@@ -17,8 +17,16 @@ round already showed to be expensive. The rules (docs/SPEC.md, section 10):
   of ``min_cost_batch_size``'s trials, within ``[min_cost, SURVIVOR_RATIO *
   min_cost]`` (:func:`bound_reference`);
 - *predictive stop*: a run stops, not converged, once its cost so far plus its
-  last epoch's cost times at least one more epoch exceeds ``beta * reference``
-  (the paper's rule itself also reads ``beta * reference``);
+  last epoch's cost times the epochs it still needs *but one* exceeds ``beta *
+  reference`` (the paper's rule itself also reads ``beta * reference``): it
+  would cross the bound before the earliest epoch it can reach the target.
+  Never with one epoch or none still needed: the paper's rule lets a run
+  train the epoch that crosses the bound, and one that reaches the target
+  there leaves its user a model (over the bound, so not converged for the
+  service) where a run stopped an epoch sooner leaves none and its recurrence
+  pays a retry (issue 21: that stop made the policy cost more than zeus on a
+  real job). So, with exact epoch costs, the prediction never stops a run
+  that the paper's rule would let reach the target;
 - *round stop*: an exploration of a pruning round before the last stops, not
   converged, once its cost so far plus its last epoch's cost times the epochs
   it still needs exceeds ``SURVIVOR_RATIO * min_cost``: it cannot survive;

@@ -176,7 +176,8 @@ def test_a_run_stops_when_it_would_pass_beta_times_min_cost_before_its_target() 
 def test_a_run_that_may_reach_the_target_at_its_next_epoch_is_left_to_the_papers_rule() -> None:
     # 1800 + 600 = 2400 > 2000: the old prediction stopped it here; the paper's rule judges 2400.
     for fewest in ({}, {32: 3}, {32: 2}):
-        assert judge(1800.0, 3, last=LastReport(2, 1200.0), fewest=fewest).verdict.stop_train is False
+        v = judge(1800.0, 3, last=LastReport(2, 1200.0), fewest=fewest)
+        assert v.verdict.stop_train is False
 
 
 def test_a_run_that_may_reach_the_target_at_the_crossing_epoch_is_not_stopped() -> None:

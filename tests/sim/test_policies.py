@@ -82,8 +82,9 @@ async def test_the_predictive_policy_stops_a_doomed_exploration_sooner() -> None
     assert [(t.batch_size, t.epochs, t.converged) for t in zeus.tries] == [
         (16, 4, True), (8, 9, False), (32, 3, True),
     ]  # fmt: skip
-    # Predictive: the predictive stop (cost + 1 epoch > 8000) would stop 8 after epoch 8; the
-    # round stop (cost + epochs still needed, >= 4 x 8 / 16 = 2 in all, > 6000) after epoch 7.
+    # Predictive: the predictive stop never fires (past the 4 x 8 / 16 = 2 epochs 8 needs at
+    # least, it may reach the target at its next epoch); the round stop (cost + epochs still
+    # needed > 6000) stops it after epoch 7.
     assert [(t.batch_size, t.epochs, t.converged) for t in predictive.tries] == [
         (16, 4, True), (8, 7, False), (32, 3, True),
     ]  # fmt: skip
