@@ -80,7 +80,7 @@ class Task:
     learning_rate: float = 0.1
     data_seed: int = 2021
     batch_sizes: tuple[int, ...] = (16, 32, 64, 128, 256, 512)
-    default_batch_size: int = 64
+    default_batch_size: int = 32
     target: float = 0.81
     max_epochs: int = 12
 
@@ -203,6 +203,11 @@ class Truth:
         return [r for r in self.runs if r.reached_epoch is not None]
 
     @property
+    def epoch_price(self) -> float:
+        """The mean cost of one of its epochs over these runs."""
+        return sum(r.cost for r in self.runs) / sum(r.epochs for r in self.runs)
+
+    @property
     def expected_cost(self) -> float:
         """A recurrence's cost retrying until a run reaches the target (inf: none did)."""
         if not self.reached:
@@ -252,8 +257,10 @@ def free_port() -> int:
 
 # ``bso`` of a checkout on PYTHONPATH: app.cli.main (a package, issue 19's layout) or app.cli.
 _OTHER_BSO = (
-    "import sys, app.cli as c; m = c.main if callable(c.main) else c.main.main; "
-    "sys.argv[0] = 'bso'; sys.exit(m())"
+    "import importlib, sys\n"
+    "try:\n    m = importlib.import_module('app.cli.main').main\n"
+    "except ModuleNotFoundError:\n    m = importlib.import_module('app.cli').main\n"
+    "sys.argv[0] = 'bso'\nsys.exit(m())"
 )
 
 
@@ -420,6 +427,13 @@ def job_cells(
     default = truths[task.default_batch_size].expected_cost
     tries = [t for job in jobs for t in job.tries]
     spent = [sum(t.cost for t in job.tries) / recurrences for job in jobs]
+    # Every run's epochs at its batch size's ground-truth price: what the service's decisions
+    # cost without the CPU's drift between the ground truth's window and the jobs'.
+    priced = [
+        sum(t.epochs * truths[t.batch_size].epoch_price for t in job.tries
+            if t.batch_size is not None) / recurrences
+        for job in jobs
+    ]  # fmt: skip
     no_model = sum(
         1 for job in jobs for r in range(1, recurrences + 1)
         if not any(t.reached for t in job.tries if t.recurrence == r)
@@ -430,10 +444,13 @@ def job_cells(
     by_size = ", ".join(f"{bs}: {n}" for bs, n in sorted(defeated.items()))
     ratios = [c / oracle.expected_cost for c in spent]
     spread = f" ({min(ratios):.2f}-{max(ratios):.2f})" if len(ratios) > 1 else ""
+    at_prices = [c / oracle.expected_cost for c in priced]
+    at_spread = f" ({min(at_prices):.2f}-{max(at_prices):.2f})" if len(at_prices) > 1 else ""
     return [
         jobs[0].policy,
         f"{jobs[0].beta:g}",
         f"{statistics.fmean(ratios):.3f}{spread}",
+        f"{statistics.fmean(at_prices):.3f}{at_spread}",
         f"{statistics.fmean(spent) / default:.3f}",
         f"{sum(1 for t in tries if t.batch_size is not None) / (recurrences * len(jobs)):.2f}",
         f"{sum(1 for t in best if t.stopped_early)}/{len(best)}",
@@ -452,7 +469,8 @@ def markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 TRUTH_HEADER = ("batch size", "reached", "epochs to target by seed", "mean epochs",
                 "mean cost to target", "expected cost per recurrence")  # fmt: skip
-JOB_HEADER = ("policy", "beta", "cost / oracle", "cost / default", "runs per recurrence",
+JOB_HEADER = ("policy", "beta", "cost / oracle", "cost / oracle, epochs at ground-truth prices",
+              "cost / default", "runs per recurrence",
               "early stops of the oracle batch size",
               "early stops of runs that would have reached the target (by batch size)",
               "recurrences without a model",

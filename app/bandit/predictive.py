@@ -17,8 +17,16 @@ round already showed to be expensive. The rules (docs/SPEC.md, section 10):
   of ``min_cost_batch_size``'s trials, within ``[min_cost, SURVIVOR_RATIO *
   min_cost]`` (:func:`bound_reference`);
 - *predictive stop*: a run stops, not converged, once its cost so far plus its
-  last epoch's cost times at least one more epoch exceeds ``beta * reference``
-  (the paper's rule itself also reads ``beta * reference``);
+  last epoch's cost times the epochs it still needs *but one* exceeds ``beta *
+  reference`` (the paper's rule itself also reads ``beta * reference``): it
+  would cross the bound before the earliest epoch it can reach the target.
+  Never with one epoch or none still needed: the paper's rule lets a run
+  train the epoch that crosses the bound, and one that reaches the target
+  there leaves its user a model (over the bound, so not converged for the
+  service) where a run stopped an epoch sooner leaves none and its recurrence
+  pays a retry (issue 21: that stop made the policy cost more than zeus on a
+  real job). So, with exact epoch costs, the prediction never stops a run
+  that the paper's rule would let reach the target;
 - *round stop*: an exploration of a pruning round before the last stops, not
   converged, once its cost so far plus its last epoch's cost times the epochs
   it still needs exceeds ``SURVIVOR_RATIO * min_cost``: it cannot survive;
@@ -170,11 +178,16 @@ def judge_report_predictive(
     per_epoch = last_epoch_cost(cost, current_epoch, last)
     left = max(0, planned_epochs(batch_size, fewest_epochs) - current_epoch)
     predicted = cost + per_epoch * max(1, left)
-    if predicted > cost_upper_bound(params, reference):
+    # The paper's rule lets a run train the epoch that crosses the bound, and a run that
+    # reaches the target at that epoch leaves its user a model; so the prediction stops only
+    # a run that crosses it before its earliest epoch of the target (left >= 2).
+    before_target = cost + per_epoch * (left - 1)
+    if left >= 2 and before_target > cost_upper_bound(params, reference):
         message = (
-            f"Batch size {batch_size} is predicted to exceed the cost upper bound: cost "
-            f"{cost:.6g} + {max(1, left)} more epoch(s) of {per_epoch:.6g} = {predicted:.6g} "
-            f"> beta_knob {params.beta_knob} * {label} {reference:.6g}."
+            f"Batch size {batch_size} is predicted to exceed the cost upper bound before it "
+            f"can reach the target (in {left} more epochs at the earliest): cost {cost:.6g} + "
+            f"{left - 1} more epoch(s) of {per_epoch:.6g} = {before_target:.6g} > beta_knob "
+            f"{params.beta_knob} * {label} {reference:.6g}."
         )
         return PredictiveVerdict(
             Verdict(True, False, cost, message, StopReason.STOPPED_EARLY), predicted, here, fewest

@@ -73,14 +73,16 @@ def test_bso_default_policy_is_read_from_the_environment(monkeypatch: pytest.Mon
         Settings()
 
 
-async def _one_arm_history(client: httpx.AsyncClient, policy: str) -> tuple[str, dict[str, Any]]:
-    """A first trial converged at epoch 4 for 2000; a second one after two reports."""
+async def _one_arm_history(
+    client: httpx.AsyncClient, policy: str, epochs: int = 4
+) -> tuple[str, dict[str, Any]]:
+    """A first trial converged at ``epochs`` for 500 each; a second one after two reports."""
     job_id = await register(client, **ONE_ARM, policy=policy)
     first = await dispatch(client, job_id)
-    done = await report(client, first, time=40.0, energy=0.0, metric=0.95, epoch=4)
-    assert done.json()["converged"] is True  # min_cost 2000; 16 needs >= 4 epochs
+    done = await report(client, first, time=10.0 * epochs, energy=0.0, metric=0.95, epoch=epochs)
+    assert done.json()["converged"] is True  # min_cost 2000 at 4; 16 needs >= 4 epochs
     second = await dispatch(client, job_id)
-    for epoch, time in ((1, 10.0), (2, 20.0)):  # 1000 + 2 more epochs of 500 <= 4000
+    for epoch, time in ((1, 10.0), (2, 20.0)):  # 1000 + epochs - 3 more of 500 <= 2 x min_cost
         going = await report(client, second, time=time, energy=0.0, metric=0.1, epoch=epoch)
         assert going.json()["stop_train"] is False
     return job_id, second
@@ -89,24 +91,25 @@ async def _one_arm_history(client: httpx.AsyncClient, policy: str) -> tuple[str,
 async def test_a_predictive_stop_records_the_predicted_cost(
     app: FastAPI, client: httpx.AsyncClient
 ) -> None:
-    job_id, second = await _one_arm_history(client, "predictive")
-    # 3500 + 1 more epoch of 2500 = 6000 > 2 x 2000: stopped, counted as 6000.
+    job_id, second = await _one_arm_history(client, "predictive", epochs=5)
+    # 16 needs 5 epochs: 3500 + 1 more epoch of 2500 = 6000 > 2 x 2500 before epoch 5, so
+    # stopped, counted with its predicted cost to epoch 5: 3500 + 2 x 2500 = 8500.
     stopped = await report(client, second, time=70.0, energy=0.0, metric=0.1, epoch=3)
     assert stopped.json()["stop_train"] is True and stopped.json()["converged"] is False
     assert "predicted" in stopped.json()["message"]
     stored = (await client.get(f"/jobs/{job_id}/trials")).json()["items"][1]
-    assert (stored["time"], stored["energy"], stored["cost"]) == (70.0, 0.0, 6000.0)
+    assert (stored["time"], stored["energy"], stored["cost"]) == (70.0, 0.0, 8500.0)
     (arm,) = (await client.get(f"/jobs/{job_id}/arms")).json()
     assert arm["num_observations"] == 2
-    assert arm["param_mean"] == pytest.approx(-(2000.0 + 6000.0) / 2)
+    assert arm["param_mean"] == pytest.approx(-(2500.0 + 8500.0) / 2)
     job = (await client.get(f"/jobs/{job_id}")).json()
-    assert job["min_cost"] == 2000.0
+    assert job["min_cost"] == 2500.0
     async with app.state.engine.connect() as conn:
         epochs = (await conn.execute(select(batch_size.c.min_converged_epochs))).scalar_one()
         last = (await conn.execute(
             select(trial.c.last_epoch, trial.c.last_cost).where(trial.c.trial_number == 2)
         )).one()  # fmt: skip
-    assert epochs == 4
+    assert epochs == 5
     assert tuple(last) == (2, 1000.0)  # the last non-final report
 
 

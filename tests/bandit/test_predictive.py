@@ -90,7 +90,10 @@ def test_a_run_its_own_history_says_converges_is_not_stopped_on_another_size_s_b
 
     "cost 102.9 + 3 more epoch(s) of 52.3 = 259.9 > beta_knob 1.5 * min_cost 166.1":
     the 3 epochs came from 128's single 10-epoch run, although 64 had reached
-    the target in 4 epochs itself.
+    the target in 4 epochs itself. (Since the prediction stops only a run that
+    crosses the bound before its earliest epoch of the target, 128's 10 epochs
+    alone no longer stop it either: 102.9 + 2 x 52.3 = 207.5 <= 249.15 at epoch
+    3, and the paper's rule judges epoch 4; a 12-epoch run of 128 does.)
     """
     params = replace(PARAMS, batch_sizes=(32, 64, 128), default_batch_size=128, beta_knob=1.5)
     last, min_cost = LastReport(1, 50.6), 166.1
@@ -99,10 +102,12 @@ def test_a_run_its_own_history_says_converges_is_not_stopped_on_another_size_s_b
         return judge(102.9, 2, last=last, min_cost=min_cost, fewest=fewest, params=params,
                      batch_size=64)  # fmt: skip
 
-    alone = at_epoch_2({128: 10})  # nothing of its own: the bound from 128 stands
+    assert at_epoch_2({128: 10}).verdict.stop_train is False
+    alone = at_epoch_2({128: 12})  # nothing of its own: the bound from 128 (6 epochs) stands
     assert alone.verdict.stop_train is True
-    assert "3 more epoch(s)" in alone.verdict.message
-    own = at_epoch_2({64: 4, 128: 10})  # 102.9 + 2 x 52.3 = 207.5 <= 249.15
+    assert "3 more epoch(s) of 52.3 = 259.8" in alone.verdict.message
+    assert alone.recorded_cost == pytest.approx(102.9 + 4 * 52.3)  # to its earliest target
+    own = at_epoch_2({64: 4, 128: 12})  # 102.9 + 1 x 52.3 = 155.2 <= 249.15
     assert own.verdict.stop_train is False and own.recorded_cost == pytest.approx(102.9)
 
 
@@ -155,20 +160,74 @@ def test_the_first_report_is_judged_by_the_papers_rule_alone() -> None:
     assert v.last_report == LastReport(1, 1500.0)
 
 
-def test_a_run_stops_when_one_more_epoch_would_pass_beta_times_min_cost() -> None:
-    going = judge(1200.0, 2, last=LastReport(1, 600.0))  # 1200 + 600 = 1800 <= 2000
+def test_a_run_stops_when_it_would_pass_beta_times_min_cost_before_its_target() -> None:
+    # 32 needs 4 epochs at least: 1200 + (4 - 2 - 1) epochs of 600 = 1800 <= 2000 at epoch 3.
+    going = judge(1200.0, 2, last=LastReport(1, 600.0), fewest={32: 4})
     assert going.verdict.stop_train is False
     assert going.last_report == LastReport(2, 1200.0)
-    v = judge(1800.0, 3, last=LastReport(2, 1200.0))  # 1800 + 600 = 2400 > 2000
+    v = judge(1200.0, 2, last=LastReport(1, 600.0), fewest={32: 5})  # 1200 + 2 x 600 > 2000
     assert (v.verdict.stop_train, v.verdict.converged) == (True, False)
-    assert v.verdict.cost == 1800.0  # paid
-    assert v.recorded_cost == 2400.0  # what the arm statistics see
-    assert "predicted to exceed the cost upper bound" in v.verdict.message
-    assert v.last_report == LastReport(3, 1800.0)
+    assert v.verdict.cost == 1200.0  # paid
+    assert v.recorded_cost == 3000.0  # what the arm statistics see: to its earliest target
+    assert "predicted to exceed the cost upper bound before it" in v.verdict.message
+    assert v.last_report == LastReport(2, 1200.0)
+
+
+def test_a_run_that_may_reach_the_target_at_its_next_epoch_is_left_to_the_papers_rule() -> None:
+    # 1800 + 600 = 2400 > 2000: the old prediction stopped it here; the paper's rule judges 2400.
+    for fewest in ({}, {32: 3}, {32: 2}):
+        v = judge(1800.0, 3, last=LastReport(2, 1200.0), fewest=fewest)
+        assert v.verdict.stop_train is False
+
+
+def test_a_run_that_may_reach_the_target_at_the_crossing_epoch_is_not_stopped() -> None:
+    """Issue 21: the prediction stopped a run one epoch before it crossed the bound.
+
+    The paper's rule lets it train that epoch; a run that reaches the target
+    there ends over the bound (not converged for the service) but leaves its
+    user a model, while the run stopped by the prediction leaves none and its
+    recurrence pays a retry. 32 reached the target in 3 epochs before; this
+    run is at epoch 2 with 1500 paid and 750 per epoch: 2250 at epoch 3.
+    """
+    going = judge(1500.0, 2, last=LastReport(1, 750.0), fewest={32: 3})
+    assert (going.verdict.stop_train, going.recorded_cost) == (False, 1500.0)
+    assert judge(1500.0, 2, last=LastReport(1, 750.0)).verdict.stop_train is False  # no history
+    # Epoch 3: the target, over the bound. The paper's answer, as under zeus; the model is there.
+    v = judge(2250.0, 3, last=LastReport(2, 1500.0), fewest={32: 3}, metric=0.6)
+    assert (v.verdict.stop_train, v.verdict.converged) == (True, False)
+    assert "exceeded the cost upper bound" in v.verdict.message
+
+
+def test_the_prediction_never_stops_a_run_the_papers_rule_lets_reach_the_target() -> None:
+    """Every run the paper's rule lets reach the target reaches it under the prediction too.
+
+    Runs of constant epoch cost d reaching the target at epoch E, with the
+    batch size's own fewest epochs F <= E (its history is a lower bound):
+    the paper's rule lets the run train while its cost before the epoch is
+    within beta * min_cost; the prediction must not stop it earlier.
+    """
+    bound = 2.0 * 1000.0
+    checked = 0
+    for d in np.linspace(100.0, 1100.0, 41):
+        for reach in range(1, PARAMS.max_epochs + 1):
+            if d * (reach - 1) > bound:  # the paper's rule stops it before the target
+                continue
+            for fewest in ({}, *({32: f} for f in range(1, reach + 1))):
+                last: LastReport | None = None
+                for epoch in range(1, reach + 1):
+                    v = judge(d * epoch, epoch, last=last, fewest=fewest,
+                              metric=0.6 if epoch == reach else 0.1)  # fmt: skip
+                    last = v.last_report
+                    if v.verdict.stop_train:
+                        break
+                assert epoch == reach, (d, reach, fewest, v.verdict.message)
+                checked += 1
+    assert checked > 500
 
 
 def test_a_prediction_exactly_at_the_bound_goes_on() -> None:
-    assert judge(1400.0, 2, last=LastReport(1, 800.0)).verdict.stop_train is False  # 2000
+    v = judge(1400.0, 2, last=LastReport(1, 800.0), fewest={32: 4})  # 1400 + 1 x 600 = 2000
+    assert v.verdict.stop_train is False
 
 
 def test_the_history_stops_a_run_sooner() -> None:
@@ -182,11 +241,13 @@ def test_the_history_stops_a_run_sooner() -> None:
     assert within.verdict.stop_train is False
 
 
-def test_at_least_one_more_epoch_is_predicted_past_the_history() -> None:
+def test_past_its_history_a_run_is_judged_by_the_papers_rule_alone() -> None:
     # The history says 4 epochs; this run is at epoch 7 and still short of the target.
     v = judge(1800.0, 7, last=LastReport(6, 1500.0), fewest={32: 4})
-    assert v.recorded_cost == 2100.0  # 1800 + max(1, 4 - 7) * 300
-    assert v.verdict.stop_train is True
+    assert (v.verdict.stop_train, v.recorded_cost) == (False, 1800.0)  # 2100 > 2000 next epoch
+    over = judge(2100.0, 8, last=LastReport(7, 1800.0), fewest={32: 4})
+    assert (over.verdict.stop_train, over.recorded_cost) == (True, 2100.0)
+    assert "exceeded the cost upper bound" in over.verdict.message
 
 
 def test_no_min_cost_yet_means_no_predictive_stop() -> None:

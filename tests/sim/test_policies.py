@@ -82,8 +82,9 @@ async def test_the_predictive_policy_stops_a_doomed_exploration_sooner() -> None
     assert [(t.batch_size, t.epochs, t.converged) for t in zeus.tries] == [
         (16, 4, True), (8, 9, False), (32, 3, True),
     ]  # fmt: skip
-    # Predictive: the predictive stop (cost + 1 epoch > 8000) would stop 8 after epoch 8; the
-    # round stop (cost + epochs still needed, >= 4 x 8 / 16 = 2 in all, > 6000) after epoch 7.
+    # Predictive: the predictive stop never fires (past the 4 x 8 / 16 = 2 epochs 8 needs at
+    # least, it may reach the target at its next epoch); the round stop (cost + epochs still
+    # needed > 6000) stops it after epoch 7.
     assert [(t.batch_size, t.epochs, t.converged) for t in predictive.tries] == [
         (16, 4, True), (8, 7, False), (32, 3, True),
     ]  # fmt: skip
@@ -95,19 +96,20 @@ async def test_a_predictive_stop_counts_its_predicted_cost_in_the_arms() -> None
     job_id = await engine.register(respec(SPEC, batch_sizes=[16], policy=Policy.PREDICTIVE,
                                            num_pruning_rounds=0))  # fmt: skip
     first = await engine.next_trial(job_id)  # bandit stage at once: one arm, no rounds
-    answer = await engine.report(first, time=40.0, energy=0.0, metric=0.5, current_epoch=4)
-    assert answer.converged  # cost 2000 (50 W x 40 s): min_cost, and 16 needs >= 4 epochs
+    answer = await engine.report(first, time=50.0, energy=0.0, metric=0.5, current_epoch=5)
+    assert answer.converged  # cost 2500 (50 W x 50 s): min_cost, and 16 needs >= 5 epochs
     second = await engine.next_trial(job_id)
     await engine.report(second, time=10.0, energy=0.0, metric=0.1, current_epoch=1)
     answer = await engine.report(second, time=20.0, energy=0.0, metric=0.1, current_epoch=2)
-    # 1000 + 2 more epochs of 500 = 2000 <= 4000: goes on.
+    # 1000 + 2 more epochs of 500 before its earliest target (epoch 5) = 2000 <= 5000: goes on.
     assert not answer.stop_train
     answer = await engine.report(second, time=70.0, energy=0.0, metric=0.1, current_epoch=3)
-    # 3500 + 1 more epoch of 2500 = 6000 > 2 x 2000: stopped, and counted as 6000, not 3500.
+    # 3500 + 1 more epoch of 2500 = 6000 > 2 x 2500 before epoch 5: stopped, and counted with
+    # its predicted cost to epoch 5, 3500 + 2 x 2500 = 8500, not 3500.
     assert (answer.stop_train, answer.converged) == (True, False)
     (arm,) = engine.arms(job_id)
     assert arm.num_observations == 2
-    assert arm.param_mean == pytest.approx(-(2000.0 + 6000.0) / 2)
+    assert arm.param_mean == pytest.approx(-(2500.0 + 8500.0) / 2)
 
 
 async def test_the_policy_is_part_of_the_spec_and_none_is_the_engines_default() -> None:
