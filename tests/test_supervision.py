@@ -217,6 +217,31 @@ async def _client(
         await asyncio.sleep(pause)
 
 
+async def _idle_until_refused(port: int, seen: Seen, refused: asyncio.Event) -> None:
+    """One answer on a new connection, then idle until the port refuses, then one more on it.
+
+    The drain's promise itself, without a race: the busy and slow clients may
+    all have sent their last request before the refusal was seen (a loaded
+    machine takes longer than their pauses to close the port).
+    """
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        status, close = await asyncio.wait_for(_request(reader, writer), 60)
+        assert (status, close) == (200, False)
+        seen.answered += 1
+        await refused.wait()
+        try:  # well inside the 5 s keep-alive timeout, which would close it
+            status, close = await asyncio.wait_for(_request(reader, writer), 60)
+        except (OSError, asyncio.IncompleteReadError, TimeoutError) as error:
+            seen.lost.append(repr(error))
+            return
+        assert status == 200 and close, (status, close)  # answered, and the connection ends
+        seen.answered += 1
+        seen.answered_after_refusal += 1
+    finally:
+        writer.close()
+
+
 async def _until_refused(port: int) -> None:
     """Return once connecting to ``port`` is refused."""
     for _ in range(WITHIN_S * 20):
@@ -241,7 +266,8 @@ def test_sigterm_under_keep_alive_load_answers_every_request_it_accepted(tmp_pat
             # Busy clients, and slow ones whose connections sit idle between requests
             # (well inside the 5 s keep-alive timeout) when the SIGTERM comes.
             clients = [_client(port, seen, stop, refused, pause) for pause in [0.0] * 6 + [0.5] * 6]
-            tasks = [asyncio.create_task(client) for client in clients]
+            waiters = [_idle_until_refused(port, seen, refused) for _ in range(3)]
+            tasks = [asyncio.create_task(client) for client in clients + waiters]
             await asyncio.sleep(2)
             server.process.send_signal(signal.SIGTERM)  # the main process only, as kubelet
             await _until_refused(port)
@@ -257,5 +283,6 @@ def test_sigterm_under_keep_alive_load_answers_every_request_it_accepted(tmp_pat
     assert seen.lost == [], seen
     assert seen.answered > 0 and seen.refused > 0
     # Kept-alive connections stayed open through the drain: requests sent on
-    # them after the port was closed were answered (uvicorn closed them at once).
-    assert seen.answered_after_refusal > 0, seen
+    # them after the port was closed were answered (uvicorn closed them at once):
+    # at least the three that waited for the refusal.
+    assert seen.answered_after_refusal >= 3, seen
