@@ -6,7 +6,8 @@ The request mix is bench.hotloop's (register, dispatch, ``--epochs`` reports
 of which the last reaches the target, end; ``--recurrences`` per job). It
 prints the process's CPU time per request type (``time.process_time``: the
 neighbours on shared cores change it little) and, with ``--profile``, the
-top functions of a cProfile run.
+top functions of a cProfile run. It also counts the pool checkouts of each
+request type (SQLAlchemy's pool "checkout" event), the same in every round.
 
 It imports ``app`` from the working directory, so that one copy of this file
 measures any checkout (both need SQLAlchemy's async engine; the database is
@@ -33,13 +34,14 @@ from typing import Any
 
 sys.path.insert(0, os.getcwd())
 
-import asyncpg  # noqa: E402
-import uvloop  # noqa: E402
-from starlette.types import ASGIApp, Message  # noqa: E402
+import asyncpg
+import uvloop
+from sqlalchemy import event
+from starlette.types import ASGIApp, Message
 
-from app.config import Settings  # noqa: E402
-from app.http.app import create_app  # noqa: E402
-from app.store.migrate import upgrade_head  # noqa: E402
+from app.config import Settings
+from app.http.app import create_app
+from app.store.migrate import upgrade_head
 
 ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 
@@ -98,13 +100,28 @@ def spec(job_id: str) -> bytes:
     ).encode()
 
 
+CHECKOUTS = [0]
+
+
+def count_checkout(*_: Any) -> None:
+    CHECKOUTS[0] += 1
+
+
 async def one_job(
-    app: ASGIApp, job_id: str, recurrences: int, epochs: int, cpu: dict[str, list[float]]
+    app: ASGIApp,
+    job_id: str,
+    recurrences: int,
+    epochs: int,
+    cpu: dict[str, list[float]],
+    checkouts: dict[str, list[int]] | None = None,
 ) -> None:
     async def timed(name: str, *request: Any) -> bytes:
+        before = CHECKOUTS[0]
         started = time.process_time()
         status, body = await call(app, *request)
         cpu[name].append(time.process_time() - started)
+        if checkouts is not None:
+            checkouts[name].append(CHECKOUTS[0] - before)
         assert status < 300, (name, status, body)
         return body
 
@@ -115,8 +132,9 @@ async def one_job(
         trial = json.loads(body)
         for epoch in range(1, epochs + 1):
             last = epoch == epochs
+            metric = 0.6 if last else 0.5 * epoch / epochs
             report = {**trial, "time": 10.0 * epoch, "energy": 2000.0 * epoch,
-                      "metric": 0.6 if last else 0.5 * epoch / epochs, "current_epoch": epoch}  # fmt: skip
+                      "metric": metric, "current_epoch": epoch}  # fmt: skip
             name = "POST /report (final)" if last else "POST /report"
             await timed(name, "POST", "/report", b"", json.dumps(report).encode())
         await timed("PATCH /trials", "PATCH", "/trials", b"", json.dumps(trial).encode())
@@ -131,9 +149,12 @@ async def main(args: argparse.Namespace) -> None:
         await asyncio.to_thread(upgrade_head, url)
         app = create_app(Settings(database_url=url, log_level="WARNING"))
         async with app.router.lifespan_context(app):
+            event.listen(app.state.engine.sync_engine.pool, "checkout", count_checkout)
             warm: dict[str, list[float]] = defaultdict(list)
             for j in range(2):
                 await one_job(app, f"inproc-warm-{j}", args.recurrences, args.epochs, warm)
+            checkouts: dict[str, list[int]] = defaultdict(list)
+            await one_job(app, "inproc-counted", args.recurrences, args.epochs, warm, checkouts)
             rounds: list[dict[str, list[float]]] = []
             profiler = cProfile.Profile(time.process_time) if args.profile else None
             for r in range(args.rounds):
@@ -149,6 +170,12 @@ async def main(args: argparse.Namespace) -> None:
         await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
         await admin.close()
     names = list(rounds[0])
+    print(f"pool checkouts per request (one job, {args.recurrences} recurrences):")
+    for n in names:
+        counts = checkouts[n]
+        print(f"  {n:24s} {statistics.fmean(counts):5.2f}  (min {min(counts)}, max {max(counts)})")
+    total = sum(sum(v) for v in checkouts.values()) / sum(len(v) for v in checkouts.values())
+    print(f"  {'all (hot-loop mix)':24s} {total:5.2f}")
     print(f"CPU us per request, median of {args.rounds} rounds (mean within a round):")
     per_round_all = []
     for n in names:
