@@ -6,11 +6,14 @@ Reads take no locks; each is bounded by a page size or the job's configuration.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Concatenate, ParamSpec, TypeVar
 
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import bandit
-from app.bandit import Stage, TrialStatus, TrialType
+from app.bandit import GroupBatchSize, Stage, TrialStatus, TrialType
 from app.errors import GroupNotFoundError, JobNotFoundError
 from app.schemas import (
     JOB_SPEC_FIELDS,
@@ -26,7 +29,11 @@ from app.schemas import (
     TrialPage,
 )
 from app.store import arms, groups, jobs, trials
-from app.store.engine import autocommit
+from app.store.engine import lock_free
+from app.store.rows import JobRow
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 def _finite(value: float) -> float | None:
@@ -34,8 +41,8 @@ def _finite(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
-async def _pruning(
-    conn: AsyncConnection, state: jobs.JobState
+def _pruning(
+    conn: Connection, state: jobs.JobState
 ) -> tuple[PruningProgress | None, PruningDeadEnd | None]:
     """The pruning round under way (None in the bandit stage), and a dead end if pruning had one.
 
@@ -48,10 +55,10 @@ async def _pruning(
         return None, None
     never: frozenset[int] = frozenset()
     if job.group is not None:
-        never = (await groups.group_knowledge(conn, job.group, job.job_id)).never_converged()
+        never = groups.group_knowledge(conn, job.group, job.job_id).never_converged()
     step = bandit.pruning_walk(
         state.params,
-        await trials.explorations(conn, job.job_id),
+        trials.explorations(conn, job.job_id),
         min_cost_batch_size=job.min_cost_batch_size,
         start_batch_size=job.start_batch_size,
         never_converged=never,
@@ -75,11 +82,7 @@ async def _pruning(
 
 
 async def get_job(engine: AsyncEngine, job_id: str) -> JobRead:
-    async with autocommit(engine) as conn:
-        state = await jobs.load_job(conn, job_id)
-        if state is None:
-            raise JobNotFoundError(job_id)
-        progress, dead_end = await _pruning(conn, state)
+    state, (progress, dead_end) = await lock_free(engine, _job, job_id)
     job = state.job
     return JobRead(
         job_id=job.job_id,
@@ -96,11 +99,19 @@ async def get_job(engine: AsyncEngine, job_id: str) -> JobRead:
     )
 
 
+def _job(
+    conn: Connection, job_id: str
+) -> tuple[jobs.JobState, tuple[PruningProgress | None, PruningDeadEnd | None]]:
+    state = jobs.load_job(conn, job_id)
+    if state is None:
+        raise JobNotFoundError(job_id)
+    return state, _pruning(conn, state)
+
+
 async def list_jobs(
     engine: AsyncEngine, *, prefix: str | None, after: str | None, limit: int
 ) -> JobPage:
-    async with autocommit(engine) as conn:
-        rows = await jobs.list_jobs(conn, prefix=prefix, after=after, limit=limit + 1)
+    rows = await lock_free(engine, jobs.list_jobs, prefix=prefix, after=after, limit=limit + 1)
     items = [
         JobSummary(
             job_id=j.job_id,
@@ -129,27 +140,23 @@ async def list_trials(
     lease: bandit.Lease | None = None,
 ) -> TrialPage:
     """A page of a job's trials; with ``lease``, each Dispatched one's lease expiry."""
-    async with autocommit(engine) as conn:
-        if not await jobs.job_exists(conn, job_id):
-            raise JobNotFoundError(job_id)
-        found = await trials.list_trials(
-            conn,
-            job_id,
-            status=status,
-            trial_type=trial_type,
-            after=after,
-            limit=limit + 1,
-            lease=lease,
-        )
+    found = await lock_free(
+        engine,
+        _of_job,
+        trials.list_trials,
+        job_id,
+        status=status,
+        trial_type=trial_type,
+        after=after,
+        limit=limit + 1,
+        lease=lease,
+    )
     items = found[:limit]
     return TrialPage(items=items, next_after=items[-1].trial_number if len(found) > limit else None)
 
 
 async def list_arms(engine: AsyncEngine, job_id: str) -> list[ArmRead]:
-    async with autocommit(engine) as conn:
-        if not await jobs.job_exists(conn, job_id):
-            raise JobNotFoundError(job_id)
-        posteriors = await arms.job_arms(conn, job_id)
+    posteriors = await lock_free(engine, _of_job, arms.job_arms, job_id)
     return [
         ArmRead(
             batch_size=a.batch_size,
@@ -162,16 +169,24 @@ async def list_arms(engine: AsyncEngine, job_id: str) -> list[ArmRead]:
     ]
 
 
+def _of_job(
+    conn: Connection,
+    read: Callable[Concatenate[Connection, str, P], T],
+    job_id: str,
+    *args: P.args,
+    **kwargs: P.kwargs,
+) -> T:
+    """``read(conn, job_id, ...)``, or 404 if there is no such job."""
+    if not jobs.job_exists(conn, job_id):
+        raise JobNotFoundError(job_id)
+    return read(conn, job_id, *args, **kwargs)
+
+
 async def get_group(
     engine: AsyncEngine, group: str, *, after: str | None = None, limit: int = 100
 ) -> GroupRead:
     """A group's definition of converged, its statistics per batch size, a page of its jobs."""
-    async with autocommit(engine) as conn:
-        row = await groups.group_row(conn, group)
-        if row is None:
-            raise GroupNotFoundError(group)
-        stats = await groups.group_stats(conn, group)
-        members = await groups.group_members(conn, group, after=after, limit=limit + 1)
+    row, stats, members = await lock_free(engine, _group, group, after, limit + 1)
     return GroupRead(
         group=row.name,
         target_metric=row.target_metric,
@@ -205,3 +220,13 @@ async def get_group(
         ],
         next_after=members[limit - 1].job_id if len(members) > limit else None,
     )
+
+
+def _group(
+    conn: Connection, group: str, after: str | None, limit: int
+) -> tuple[groups.GroupRow, dict[int, GroupBatchSize], list[JobRow]]:
+    row = groups.group_row(conn, group)
+    if row is None:
+        raise GroupNotFoundError(group)
+    stats = groups.group_stats(conn, group)
+    return row, stats, groups.group_members(conn, group, after=after, limit=limit)

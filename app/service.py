@@ -4,6 +4,11 @@ Every use case that changes a job first takes that job's row lock, always in
 the same order (job row, then its trials, batch sizes and arms), so requests
 on one job run one at a time across processes and replicas, and never
 deadlock. The transaction commits when the use case returns.
+
+Each use case's statements run as one synchronous function on one pooled
+connection (store.engine's ``in_transaction`` and ``lock_free``: one greenlet
+switch and one checkout per request); what it logs and counts happens after
+the commit, here.
 """
 
 from __future__ import annotations
@@ -15,20 +20,18 @@ from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app import bandit
+from app import bandit, judging
 from app.bandit import (
     FailureReason,
     GroupKnowledge,
-    JobParams,
-    LastReport,
     Lease,
     Policy,
     Stage,
     TrialStatus,
     TrialType,
-    Verdict,
 )
 from app.errors import (
     BatchSizeMismatchError,
@@ -48,8 +51,8 @@ from app.schemas import (
     TrialId,
     TrialRead,
 )
-from app.store import arms, groups, jobs, rows, trials
-from app.store.engine import autocommit
+from app.store import arms, groups, jobs, trials
+from app.store.engine import begin_writing, in_transaction, lock_free
 from app.store.rows import JobRow
 from app.store.trials import ExpiredTrial, Renewal, TrialState
 from app.telemetry import metrics
@@ -127,42 +130,46 @@ async def register_job(
     created.
     """
     _authorize(caller, spec.job_id_prefix, spec.job_id)
-    if spec.job_id is not None:
-        async with autocommit(engine) as conn:
-            existing = await jobs.load_job(conn, spec.job_id)
-        if existing is not None:
-            return confirm_registered(spec, existing)
-    requested = spec
     group = spec.group or (spec.job_id_prefix if group_by_prefix else None)
-    spec = spec.model_copy(update={"policy": spec.policy or default_policy, "group": group})
-    async with engine.begin() as conn:
-        if group is not None:
-            await _join_group(conn, group, spec, now)
+    full = spec.model_copy(update={"policy": spec.policy or default_policy, "group": group})
+    registration = await lock_free(engine, _register, spec, full, now)
+    if registration.created:
+        logger.info("registered job %s", registration.job.job_id)
+    return registration
+
+
+def _register(conn: Connection, requested: JobSpec, spec: JobSpec, now: datetime) -> Registration:
+    """``spec``: the ``requested`` one with its policy and group decided."""
+    if spec.job_id is not None and (existing := jobs.load_job(conn, spec.job_id)) is not None:
+        return confirm_registered(requested, existing)
+    begin_writing(conn)
+    with conn.begin():
+        if spec.group is not None:
+            _join_group(conn, spec.group, spec, now)
         if spec.job_id is None:
             # 32 random bits; on the rare collision, draw again.
             while True:
                 job_id = f"{spec.job_id_prefix}-{secrets.token_hex(4)}"
-                if await jobs.insert_job_if_absent(
+                if jobs.insert_job_if_absent(
                     conn, new_job_row(spec, job_id, now), spec.batch_sizes
                 ):
                     break
         else:
             job_id = spec.job_id
-            if not await jobs.insert_job_if_absent(
+            if not jobs.insert_job_if_absent(
                 conn, new_job_row(spec, job_id, now), spec.batch_sizes
             ):
-                existing = await jobs.load_job(conn, job_id)
+                existing = jobs.load_job(conn, job_id)
                 if existing is None:  # deleted between our insert and this read: rare
                     raise JobSpecMismatchError(f"Job {job_id!r} changed concurrently; retry.")
                 return confirm_registered(requested, existing)
-    logger.info("registered job %s", job_id)
     job = CreatedJob.model_construct(**{**spec.model_dump(), "job_id": job_id})
     return Registration(job, created=True)
 
 
-async def _join_group(conn: AsyncConnection, name: str, spec: JobSpec, now: datetime) -> None:
+def _join_group(conn: Connection, name: str, spec: JobSpec, now: datetime) -> None:
     """Create the group or check that the job agrees with it on what converged means."""
-    row = await groups.join_group(
+    row = groups.join_group(
         conn, name, target_metric=spec.target_metric,
         higher_is_better_metric=spec.higher_is_better_metric, max_epochs=spec.max_epochs,
         batch_sizes=spec.batch_sizes, now=now,
@@ -200,9 +207,8 @@ def confirm_registered(spec: JobSpec, existing: jobs.JobState) -> Registration:
 
 async def delete_job(engine: AsyncEngine, job_id: str) -> None:
     """Delete a job with its batch sizes, trials and arms."""
-    async with engine.begin() as conn:
-        if not await jobs.delete_job(conn, job_id):
-            raise JobNotFoundError(job_id)
+    if not await in_transaction(engine, jobs.delete_job, job_id):
+        raise JobNotFoundError(job_id)
     logger.info("deleted job %s", job_id)
 
 
@@ -228,6 +234,15 @@ def log_expired(expired: list[ExpiredTrial], lease: Lease) -> None:
                        lease.seconds)  # fmt: skip
 
 
+@dataclass(frozen=True, slots=True)
+class _Dispatch:
+    """What a dispatch's transaction did: its trial, and what is logged once it committed."""
+
+    trial: TrialId
+    trial_type: TrialType | None = None  # None: a repeated dispatch, nothing written
+    expired: tuple[ExpiredTrial, ...] = ()
+
+
 async def dispatch_trial(
     engine: AsyncEngine,
     job_id: str,
@@ -244,81 +259,92 @@ async def dispatch_trial(
     A repeat of a dispatch (the same ``idempotency_key``) whose trial runs within
     its lease answers that trial and writes nothing (SPEC 3, idempotency keys).
     """
-    async with engine.begin() as conn:
-        state = await jobs.lock_job(conn, job_id)
-        if state is None:
-            raise JobNotFoundError(job_id)
-        job = state.job
-        _authorize(caller, job.job_id_prefix, job_id)  # before anything is written
-        if idempotency_key is not None and (
-            repeated := await trials.keyed_trial(conn, job_id, idempotency_key, lease, now)
-        ):
-            logger.info("job %s trial %d: dispatch repeated", job_id, repeated.trial_number)
-            return repeated
-        expired: list[ExpiredTrial] = []
-        if (renewed_before := lease.expired_before(now)) is not None:
-            expired = await trials.expire_job_trials(
-                conn, job_id, renewed_before=renewed_before, now=now
-            )
-        in_bandit = job.stage == Stage.MAB
-        explorations = {}
-        posteriors: tuple[bandit.ArmPosterior, ...] = ()
-        if in_bandit:
-            posteriors = await arms.job_arms(conn, job_id)
-        else:
-            explorations = await trials.explorations(conn, job_id)
-        group: GroupKnowledge | None = None
-        start = job.start_batch_size
-        if job.group is not None and not in_bandit:
-            group = await groups.group_knowledge(conn, job.group, job_id)
-            if start is None and job.next_trial_number == 1:  # rule 3, once per job
-                start = bandit.walk_start(
-                    state.params, await groups.sibling_best(conn, job.group, job_id)
-                )
-        rng = _generator(job)
-        decision = bandit.decide(
-            state.params,
-            in_bandit_stage=in_bandit,
-            min_cost_batch_size=job.min_cost_batch_size,
-            explorations=explorations,
-            arms=posteriors,
-            rng=rng,
-            group=group,
-            start_batch_size=start,
-        )
-        stage = Stage(job.stage)
-        if decision.new_arms is not None:
-            await arms.insert_arms(conn, job_id, decision.new_arms)
-            stage = Stage.MAB
-            logger.info("job %s enters the bandit stage with arms %s", job_id,
-                        [a.batch_size for a in decision.new_arms])  # fmt: skip
-            if decision.dead_end is not None:  # SPEC 5, rule 4: the job goes on regardless
-                logger.warning("job %s: %s", job_id, decision.dead_end.message)
-        rng_state = job.rng_state
-        if job.mab_seed is not None and decision.trial_type == TrialType.MAB:
-            rng_state = dict(rng.bit_generator.state)
-        # The trial number comes from the job's counter, under its row lock.
-        number = job.next_trial_number
-        await trials.add_trial(
-            conn, job, number=number, batch_size=decision.batch_size,
-            trial_type=decision.trial_type, stage=stage, rng_state=rng_state, now=now,
-            pruning_round=decision.pruning_round, start_batch_size=start,
-            idempotency_key=idempotency_key,
-        )  # fmt: skip
-    log_expired(expired, lease)
-    logger.info("job %s trial %d: %s batch size %d", job_id, number, decision.trial_type,
-                decision.batch_size)  # fmt: skip
-    metrics.trial_dispatched(decision.trial_type)
-    return TrialId.model_construct(
+    done = await in_transaction(engine, _dispatch, job_id, now, lease, caller, idempotency_key)
+    trial = done.trial
+    if done.trial_type is None:
+        logger.info("job %s trial %d: dispatch repeated", job_id, trial.trial_number)
+        return trial
+    log_expired(list(done.expired), lease)
+    logger.info("job %s trial %d: %s batch size %d", job_id, trial.trial_number,
+                done.trial_type, trial.batch_size)  # fmt: skip
+    metrics.trial_dispatched(done.trial_type)
+    return trial
+
+
+def _dispatch(
+    conn: Connection,
+    job_id: str,
+    now: datetime,
+    lease: Lease,
+    caller: Principal,
+    idempotency_key: str | None,
+) -> _Dispatch:
+    state = jobs.lock_job(conn, job_id)
+    if state is None:
+        raise JobNotFoundError(job_id)
+    job = state.job
+    _authorize(caller, job.job_id_prefix, job_id)  # before anything is written
+    if idempotency_key is not None and (
+        repeated := trials.keyed_trial(conn, job_id, idempotency_key, lease, now)
+    ):
+        return _Dispatch(repeated)
+    expired: list[ExpiredTrial] = []
+    if (renewed_before := lease.expired_before(now)) is not None:
+        expired = trials.expire_job_trials(conn, job_id, renewed_before=renewed_before, now=now)
+    in_bandit = job.stage == Stage.MAB
+    explorations = {}
+    posteriors: tuple[bandit.ArmPosterior, ...] = ()
+    if in_bandit:
+        posteriors = arms.job_arms(conn, job_id)
+    else:
+        explorations = trials.explorations(conn, job_id)
+    group: GroupKnowledge | None = None
+    start = job.start_batch_size
+    if job.group is not None and not in_bandit:
+        group = groups.group_knowledge(conn, job.group, job_id)
+        if start is None and job.next_trial_number == 1:  # rule 3, once per job
+            start = bandit.walk_start(state.params, groups.sibling_best(conn, job.group, job_id))
+    rng = _generator(job)
+    decision = bandit.decide(
+        state.params,
+        in_bandit_stage=in_bandit,
+        min_cost_batch_size=job.min_cost_batch_size,
+        explorations=explorations,
+        arms=posteriors,
+        rng=rng,
+        group=group,
+        start_batch_size=start,
+    )
+    stage = Stage(job.stage)
+    if decision.new_arms is not None:
+        arms.insert_arms(conn, job_id, decision.new_arms)
+        stage = Stage.MAB
+        logger.info("job %s enters the bandit stage with arms %s", job_id,
+                    [a.batch_size for a in decision.new_arms])  # fmt: skip
+        if decision.dead_end is not None:  # SPEC 5, rule 4: the job goes on regardless
+            logger.warning("job %s: %s", job_id, decision.dead_end.message)
+    rng_state = job.rng_state
+    if job.mab_seed is not None and decision.trial_type == TrialType.MAB:
+        rng_state = dict(rng.bit_generator.state)
+    # The trial number comes from the job's counter, under its row lock.
+    number = job.next_trial_number
+    trials.add_trial(
+        conn, job, number=number, batch_size=decision.batch_size,
+        trial_type=decision.trial_type, stage=stage, rng_state=rng_state, now=now,
+        pruning_round=decision.pruning_round, start_batch_size=start,
+        idempotency_key=idempotency_key,
+    )  # fmt: skip
+    trial = TrialId.model_construct(
         job_id=job_id, batch_size=decision.batch_size, trial_number=number
     )
+    return _Dispatch(trial, decision.trial_type, tuple(expired))
 
 
 # ------------------------------------------------------------------ report
 
 
-async def _load_trial(
-    conn: AsyncConnection,
+def _load_trial(
+    conn: Connection,
     key: TrialId,
     caller: Principal,
     *,
@@ -332,9 +358,9 @@ async def _load_trial(
     ``lock``: take the job's row lock first, and read what it guards after.
     ``renew``: renew the trial's lease if it is due (see trials.load_trial).
     """
-    if lock and not await jobs.lock_job_row(conn, key.job_id):
+    if lock and not jobs.lock_job_row(conn, key.job_id):
         raise JobNotFoundError(key.job_id)
-    state = await trials.load_trial(conn, key.job_id, key.trial_number, renew=renew)
+    state = trials.load_trial(conn, key.job_id, key.trial_number, renew=renew)
     if state is None:
         raise JobNotFoundError(key.job_id)
     _authorize(caller, state.job.job_id_prefix, key.job_id)
@@ -348,94 +374,14 @@ async def _load_trial(
     return state, state.trial
 
 
-def _answer_for_ended(trial: TrialRead) -> ReportResponse:
-    """A report on an ended trial changes nothing; a retry gets the same answer."""
-    if trial.status == TrialStatus.SUCCEEDED:
-        return ReportResponse(
-            stop_train=True,
-            converged=bool(trial.converged),
-            message=f"The result of trial {trial.trial_number} was already reported.",
-        )
-    if trial.failure_reason == FailureReason.LEASE_EXPIRED:
-        return ReportResponse(
-            stop_train=True,
-            converged=False,
-            message=f"Trial {trial.trial_number}'s lease expired: no report arrived within "
-            "the lease (BSO_TRIAL_LEASE_S), so it was marked Failed and this result is not "
-            "recorded. Get a new trial from GET /jobs/batch_size.",
-        )
-    return ReportResponse(
-        stop_train=True,
-        converged=False,
-        message=f"Trial {trial.trial_number} was ended without a result.",
-    )
-
-
 @dataclass(frozen=True, slots=True)
-class Judgement:
-    """A verdict, and what the job's policy keeps of it.
+class _Answer:
+    """A report's answer, why (the metric's label), and the trial if the report ended it."""
 
-    ``recorded_cost`` is what the trial counts as if it ends (a predictive
-    stop: its predicted cost); ``last_report`` is what a predictive job's
-    running trial keeps for its next report (None: nothing to keep, a zeus
-    job); ``min_converged_epochs`` is the batch size's, this report included.
-    """
-
-    params: JobParams
-    verdict: Verdict
-    recorded_cost: float
-    last_report: LastReport | None
-    min_converged_epochs: int | None
-    predicted_cost: float | None = None  # a group's job: recorded when the trial ends
-
-
-async def _group_knowledge(
-    conn: AsyncConnection, state: TrialState, trial: TrialRead
-) -> GroupKnowledge | None:
-    """What a group's job reads from its group to judge a report (None: no group)."""
-    if state.job.group is None or trial.status != TrialStatus.DISPATCHED:
-        return None
-    return await groups.group_knowledge(
-        conn, state.job.group, state.job.job_id, from_batch_size=trial.batch_size
-    )
-
-
-def _judge(
-    state: TrialState,
-    trial: TrialRead,
-    result: TrainingResult,
-    group: GroupKnowledge | None = None,
-) -> Judgement:
-    job, params = state.job, rows.job_params(state.job)
-    if group is not None:
-        member = bandit.judge_member(
-            params, min_cost=job.min_cost, batch_size=trial.batch_size, time=result.time,
-            energy=result.energy, metric=result.metric, current_epoch=result.current_epoch,
-            last=state.last_report, fewest_epochs=state.fewest_epochs,
-            pruning_round=state.pruning_round, group=group, typical_cost=state.typical_cost,
-        )  # fmt: skip
-        epochs = member.fewest_epochs
-        if params.policy is not Policy.PREDICTIVE:
-            epochs = state.min_converged_epochs
-        return Judgement(
-            params, member.verdict, member.recorded_cost, member.last_report, epochs,
-            member.predicted_cost,
-        )  # fmt: skip
-    if params.policy is not Policy.PREDICTIVE:
-        verdict = bandit.judge_report(
-            params, min_cost=job.min_cost, batch_size=trial.batch_size, time=result.time,
-            energy=result.energy, metric=result.metric, current_epoch=result.current_epoch,
-        )  # fmt: skip
-        return Judgement(params, verdict, verdict.cost, None, state.min_converged_epochs)
-    judged = bandit.judge_report_predictive(
-        params, min_cost=job.min_cost, batch_size=trial.batch_size, time=result.time,
-        energy=result.energy, metric=result.metric, current_epoch=result.current_epoch,
-        last=state.last_report, fewest_epochs=state.fewest_epochs,
-        pruning_round=state.pruning_round, typical_cost=state.typical_cost,
-    )  # fmt: skip
-    return Judgement(
-        params, judged.verdict, judged.recorded_cost, judged.last_report, judged.fewest_epochs
-    )
+    response: ReportResponse
+    reason: str
+    ended: TrialRead | None = None
+    cost: float = 0.0
 
 
 async def report_result(
@@ -454,70 +400,69 @@ async def report_result(
     PostgreSQL in the same statement). A zeus job's "keep training" changes
     nothing else; a predictive job's stores the report for the next one (one
     UPDATE of the trial's row by primary key, no job lock). Only a report
-    that ends the trial takes the job's lock, and is judged again on what it
-    finds under the lock.
+    that ends the trial takes the job's lock, on the same connection, and is
+    judged again on what it finds under the lock.
     """
     renew = None
     if (before := lease.renewal_due_before(now)) is not None:
         renew = Renewal(result.batch_size, before, now)
-    async with autocommit(engine) as conn:
-        # A trainer held to some prefixes must not renew another team's trial:
-        # its first read writes nothing, and renews (one more round trip) only
-        # once its prefix passed and a renewal is due.
-        deferred = renew is not None and caller.limited_to_prefixes
-        state, trial = await _load_trial(conn, result, caller, renew=None if deferred else renew)
-        if deferred and _was_due(state, lease, now):
-            state, trial = await _load_trial(conn, result, caller, renew=renew)
-        if renew is not None and not state.renewed and _was_due(state, lease, now):
-            # Due but not renewed: another request ended it meanwhile. Read what it left.
-            state, trial = await _load_trial(conn, result, caller)
-        if trial.status == TrialStatus.DISPATCHED:
-            judged = _judge(state, trial, result, await _group_knowledge(conn, state, trial))
-            if not judged.verdict.stop_train and judged.last_report is not None:
-                await trials.remember_report(conn, trial, judged.last_report)
+    answer = await lock_free(engine, _report, result, now, lease, caller, renew)
+    if (trial := answer.ended) is not None:
+        logger.info("job %s trial %d ended: converged=%s cost=%.6g", trial.job_id,
+                    trial.trial_number, answer.response.converged, answer.cost)  # fmt: skip
+    metrics.report_answered(answer.reason)
+    return answer.response
+
+
+def _report(
+    conn: Connection,
+    result: TrainingResult,
+    now: datetime,
+    lease: Lease,
+    caller: Principal,
+    renew: Renewal | None,
+) -> _Answer:
+    # A trainer held to some prefixes must not renew another team's trial:
+    # its first read writes nothing, and renews (one more round trip) only
+    # once its prefix passed and a renewal is due.
+    deferred = renew is not None and caller.limited_to_prefixes
+    state, trial = _load_trial(conn, result, caller, renew=None if deferred else renew)
+    if deferred and judging.was_due(state, lease, now):
+        state, trial = _load_trial(conn, result, caller, renew=renew)
+    if renew is not None and not state.renewed and judging.was_due(state, lease, now):
+        # Due but not renewed: another request ended it meanwhile. Read what it left.
+        state, trial = _load_trial(conn, result, caller)
     if trial.status != TrialStatus.DISPATCHED:
-        metrics.report_answered(metrics.ALREADY_ENDED)
-        return _answer_for_ended(trial)  # ended trials never change again
+        return _Answer(judging.answer_for_ended(trial), metrics.ALREADY_ENDED)  # they never change
+    judged = judging.judge(state, trial, result, judging.group_knowledge(conn, state, trial))
     verdict = judged.verdict
     if not verdict.stop_train:
-        metrics.report_answered(verdict.reason)
-        return ReportResponse(stop_train=False, converged=False, message=verdict.message)
+        if judged.last_report is not None:
+            trials.remember_report(conn, trial, judged.last_report)
+        return _Answer(judging.keep_training(verdict), verdict.reason)
 
-    async with engine.begin() as conn:
-        state, trial = await _load_trial(conn, result, caller, lock=True)
+    begin_writing(conn)
+    with conn.begin():
+        state, trial = _load_trial(conn, result, caller, lock=True)
         if trial.status != TrialStatus.DISPATCHED:  # another request ended it meanwhile
-            metrics.report_answered(metrics.ALREADY_ENDED)
-            return _answer_for_ended(trial)
-        judged = _judge(state, trial, result, await _group_knowledge(conn, state, trial))
+            return _Answer(judging.answer_for_ended(trial), metrics.ALREADY_ENDED)
+        judged = judging.judge(state, trial, result, judging.group_knowledge(conn, state, trial))
         verdict = judged.verdict
         if not verdict.stop_train:  # min_cost moved meanwhile: a rare race
             if judged.last_report is not None:
-                await trials.remember_report(conn, trial, judged.last_report)
-            metrics.report_answered(verdict.reason)
-            return ReportResponse(stop_train=False, converged=False, message=verdict.message)
-        await _record_result(conn, state, trial, result, judged, now)
-    logger.info("job %s trial %d ended: converged=%s cost=%.6g", trial.job_id, trial.trial_number,
-                verdict.converged, verdict.cost)  # fmt: skip
-    metrics.report_answered(verdict.reason)
-    return ReportResponse(stop_train=True, converged=verdict.converged, message=verdict.message)
+                trials.remember_report(conn, trial, judged.last_report)
+            return _Answer(judging.keep_training(verdict), verdict.reason)
+        _record_result(conn, state, trial, result, judged, now)
+    response = ReportResponse(stop_train=True, converged=verdict.converged, message=verdict.message)
+    return _Answer(response, verdict.reason, trial, verdict.cost)
 
 
-def _was_due(state: TrialState, lease: Lease, now: datetime) -> bool:
-    """The read saw a Dispatched trial whose lease renewal was due."""
-    return (
-        state.trial is not None
-        and state.trial.status == TrialStatus.DISPATCHED
-        and state.lease_renewed_at is not None
-        and lease.renewal_due(state.lease_renewed_at, now)
-    )
-
-
-async def _record_result(
-    conn: AsyncConnection,
+def _record_result(
+    conn: Connection,
     state: TrialState,
     trial: TrialRead,
     result: TrainingResult,
-    judged: Judgement,
+    judged: judging.Judgement,
     now: datetime,
 ) -> None:
     job, params, verdict = state.job, judged.params, judged.verdict
@@ -526,9 +471,7 @@ async def _record_result(
     refit = job.stage == Stage.MAB and state.is_arm
     earlier: list[float] = []
     if refit and params.window_size > 1:
-        costs = await trials.recent_costs(
-            conn, job.job_id, trial.batch_size, params.window_size - 1
-        )
+        costs = trials.recent_costs(conn, job.job_id, trial.batch_size, params.window_size - 1)
         earlier = [bandit.reward(c) for c in costs]
     lesson = bandit.learn(
         params, verdict, batch_size=trial.batch_size, min_cost=job.min_cost,
@@ -538,29 +481,13 @@ async def _record_result(
     # The trial's cost is what it counts as (a predictive stop: the predicted
     # cost, as the pruning walk and window refits read it back); time and
     # energy are as reported.
-    await arms.record_result(
+    arms.record_result(
         conn, trial, time=result.time, energy=result.energy, cost=judged.recorded_cost,
         converged=verdict.converged, stats=lesson.stats, min_cost=lesson.min_cost,
         min_cost_batch_size=lesson.min_cost_batch_size, arm_=lesson.arm, now=now,
         min_converged_epochs=judged.min_converged_epochs,
-        grouped=_group_result(state, judged, result),
+        grouped=judging.group_result(state, judged, result),
     )  # fmt: skip
-
-
-def _group_result(
-    state: TrialState, judged: Judgement, result: TrainingResult
-) -> groups.GroupResult | None:
-    """What a final report of a group's job adds to its group (None: no group)."""
-    if state.job.group is None:
-        return None
-    verdict = judged.verdict
-    return groups.GroupResult(
-        state.job.group,
-        converged=verdict.converged,
-        exhausted=verdict.reason is bandit.StopReason.MAX_EPOCHS,
-        epochs=result.current_epoch,
-        predicted_cost=judged.predicted_cost,
-    )
 
 
 # --------------------------------------------------------------------- end
@@ -574,23 +501,32 @@ async def end_trial(
     Zeus's client sends this at exit, usually after the final report ended
     the trial: that case is answered from one lock-free read.
     """
-    async with autocommit(engine) as conn:
-        _, trial = await _load_trial(conn, trial_id, caller)
-    if trial.status != TrialStatus.DISPATCHED:
+    trial, ended = await lock_free(engine, _end_trial, trial_id, now, caller)
+    if not ended:
         return trial  # ended trials never change again
-    async with engine.begin() as conn:
-        _, trial = await _load_trial(conn, trial_id, caller, lock=True)
-        if trial.status != TrialStatus.DISPATCHED:
-            return trial
-        await trials.fail_trial(conn, trial, now, FailureReason.ENDED)
-        await jobs.touch_job(conn, trial.job_id, now)
     logger.info("job %s trial %d ended without a result", trial.job_id, trial.trial_number)
     metrics.trial_ended(TrialStatus.FAILED)
-    ended = max(now, trial.start_timestamp)
     return trial.model_copy(
         update={
             "status": TrialStatus.FAILED,
-            "end_timestamp": ended,
+            "end_timestamp": max(now, trial.start_timestamp),
             "failure_reason": FailureReason.ENDED,
         }
     )
+
+
+def _end_trial(
+    conn: Connection, trial_id: TrialId, now: datetime, caller: Principal
+) -> tuple[TrialRead, bool]:
+    """The trial as read, and whether this request ended it."""
+    _, trial = _load_trial(conn, trial_id, caller)
+    if trial.status != TrialStatus.DISPATCHED:
+        return trial, False
+    begin_writing(conn)
+    with conn.begin():
+        _, trial = _load_trial(conn, trial_id, caller, lock=True)
+        if trial.status != TrialStatus.DISPATCHED:
+            return trial, False
+        trials.fail_trial(conn, trial, now, FailureReason.ENDED)
+        jobs.touch_job(conn, trial.job_id, now)
+    return trial, True

@@ -56,7 +56,7 @@ async def run(url: str, n: int) -> None:
     from app.config import Settings
     from app.schemas import JobSpec, TrainingResult, TrialId
     from app.store import jobs, trials
-    from app.store.engine import autocommit, create_engine
+    from app.store.engine import create_engine, in_transaction, lock_free
     from app.store.tables import job
 
     settings = Settings(database_url=url, log_level="WARNING")
@@ -115,30 +115,27 @@ async def run(url: str, n: int) -> None:
     await timed("engine.begin(): BEGIN; SELECT 1; COMMIT (checkout included)", n, begin_only)
 
     async def locked_frame() -> None:
-        async with engine.begin() as conn:
-            await jobs.lock_job(conn, "cost-1")
+        await in_transaction(engine, jobs.lock_job, "cost-1")
 
     await timed(
-        "now: engine.begin() + jobs.lock_job (job FOR UPDATE JOIN batch sizes)",
+        "now: in_transaction(engine, jobs.lock_job) (job FOR UPDATE JOIN batch sizes)",
         n,
         locked_frame,
     )
 
     async def lock_free_read() -> None:
-        async with autocommit(engine) as conn:
-            await trials.load_trial(conn, "cost-1", trial.trial_number)
+        await lock_free(engine, trials.load_trial, "cost-1", trial.trial_number)
 
     await timed(
-        "now: autocommit(engine) + trials.load_trial (job, trial, stats, arm: one read)",
+        "now: lock_free(engine, trials.load_trial) (job, trial, stats, arm: one read)",
         n,
         lock_free_read,
     )
 
     async def load_job() -> None:
-        async with autocommit(engine) as conn:
-            await jobs.load_job(conn, "cost-1")
+        await lock_free(engine, jobs.load_job, "cost-1")
 
-    await timed("now: autocommit(engine) + jobs.load_job (job, batch sizes, arms)", n, load_job)
+    await timed("now: lock_free(engine, jobs.load_job) (job, batch sizes, arms)", n, load_job)
     report = TrainingResult(
         job_id="cost-1",
         batch_size=trial.batch_size,

@@ -20,7 +20,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("app.bandit",),
     ("app.config", "app.errors", "app.roles", "app.schemas", "app.telemetry", "app.urls"),
     ("app.store",),
-    ("app.service", "app.reads", "app.tokens", "app.sweeper", "app.zeus_import"),
+    ("app.service", "app.judging", "app.reads", "app.tokens", "app.sweeper", "app.zeus_import"),
     ("app.http", "app.dashboard", "app.main"),
     ("app.sim",),
     ("app.cli",),

@@ -48,20 +48,21 @@ def parse_key(value: str) -> str:
     return value
 
 
-async def idempotency_key(
-    request: Request,
-    _declared: Annotated[
-        str | None,
-        Header(
-            alias=HEADER,
-            description=f"Optional. A client's unique key for this request ({FORM}). "
-            "GET /jobs/batch_size: a repeat of a dispatch with the same key, while its "
-            "trial runs within its lease, answers the same trial and creates none. "
-            "POST /report and PATCH /trials: checked, nothing stored (a retry of them "
-            "is already safe).",
-        ),
-    ] = None,
-) -> str | None:
+# The header as the OpenAPI document declares it; :func:`idempotency_key` reads it.
+DeclaredKey = Annotated[
+    str | None,
+    Header(
+        alias=HEADER,
+        description=f"Optional. A client's unique key for this request ({FORM}). "
+        "GET /jobs/batch_size: a repeat of a dispatch with the same key, while its "
+        "trial runs within its lease, answers the same trial and creates none. "
+        "POST /report and PATCH /trials: checked, nothing stored (a retry of them "
+        "is already safe).",
+    ),
+]
+
+
+async def idempotency_key(request: Request, _declared: DeclaredKey = None) -> str | None:
     """The request's key (None: no header); 400 for a malformed or repeated header."""
     values = request.headers.getlist(HEADER)
     if not values:

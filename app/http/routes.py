@@ -7,6 +7,7 @@ read side that Zeus lacks.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
@@ -15,8 +16,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import reads, service
 from app.bandit import Lease, TrialStatus, TrialType
-from app.http.auth import NOT_A_TRAINER, NOT_AN_ADMIN, UNAUTHENTICATED, TrainerDep, admin, viewer
-from app.http.idempotency import FORM, IdempotencyKeyDep
+from app.config import Settings
+from app.http.auth import NOT_A_TRAINER, NOT_AN_ADMIN, UNAUTHENTICATED, admin, trainer, viewer
+from app.http.idempotency import FORM, DeclaredKey, idempotency_key
+from app.roles import Principal
 from app.schemas import (
     JOB_SPEC_EXAMPLE,
     PRINTABLE,
@@ -61,6 +64,43 @@ async def get_lease(request: Request) -> Lease:
 
 
 LeaseDep = Annotated[Lease, Depends(get_lease)]
+
+
+@dataclass(frozen=True, slots=True)
+class TrainerCall:
+    """What a Zeus API call needs besides its own parameters, from one dependency.
+
+    One dependency, not one each for the engine, the lease, the caller and
+    the Idempotency-Key: FastAPI resolves every sub-dependency on every
+    request, at some 50 us of CPU each (docs/benchmarks.md, issue 24).
+    """
+
+    engine: AsyncEngine
+    settings: Settings
+    caller: Principal
+    key: str | None = None
+
+    @property
+    def lease(self) -> Lease:
+        lease: Lease = self.settings.lease
+        return lease
+
+
+async def trainer_call(request: Request) -> TrainerCall:
+    """The app's engine and settings, and the caller: a trainer (401 or 403 otherwise)."""
+    state = request.app.state
+    return TrainerCall(state.engine, state.settings, await trainer(request))
+
+
+async def keyed_trainer_call(request: Request, _declared: DeclaredKey = None) -> TrainerCall:
+    """:func:`trainer_call` with the request's Idempotency-Key (400 if malformed), checked after."""
+    state = request.app.state
+    caller = await trainer(request)
+    return TrainerCall(state.engine, state.settings, caller, await idempotency_key(request))
+
+
+TrainerCallDep = Annotated[TrainerCall, Depends(trainer_call)]
+KeyedTrainerCallDep = Annotated[TrainerCall, Depends(keyed_trainer_call)]
 JOB_ID_EXAMPLES = [JOB_SPEC_EXAMPLE["job_id"]]
 JobIdQuery = Annotated[
     str,
@@ -166,19 +206,17 @@ health = APIRouter(tags=["Health"])
         **UNAVAILABLE,
     },
 )
-async def register_job(
-    spec: JobSpec, request: Request, response: Response, db: DatabaseDep, caller: TrainerDep
-) -> CreatedJob:
+async def register_job(spec: JobSpec, response: Response, call: TrainerCallDep) -> CreatedJob:
     """Register a recurring job, or confirm that an identical one exists.
 
     With `job_id` null the server makes one: `{job_id_prefix}-{8 hex digits}`.
     Registering the same job_id again with an identical spec is a no-op (200).
     """
     bind_job(spec.job_id)
-    settings = request.app.state.settings
+    settings = call.settings
     registration = await service.register_job(
-        db, spec, now=utcnow(), default_policy=settings.default_policy,
-        group_by_prefix=settings.group_by_prefix, caller=caller,
+        call.engine, spec, now=utcnow(), default_policy=settings.default_policy,
+        group_by_prefix=settings.group_by_prefix, caller=call.caller,
     )  # fmt: skip
     if not registration.created:
         response.status_code = status.HTTP_200_OK
@@ -197,13 +235,7 @@ async def register_job(
         **BUSY,
     },
 )
-async def get_batch_size(
-    job_id: JobIdQuery,
-    db: DatabaseDep,
-    lease: LeaseDep,
-    caller: TrainerDep,
-    key: IdempotencyKeyDep,
-) -> TrialId:
+async def get_batch_size(job_id: JobIdQuery, call: KeyedTrainerCallDep) -> TrialId:
     """Dispatch a new trial: the batch size to train this recurrence with.
 
     Pruning stage: the next batch size to explore, or, while an exploration is
@@ -216,8 +248,9 @@ async def get_batch_size(
     so a dispatch whose answer was lost may be sent again.
     """
     return await service.dispatch_trial(
-        db, job_id, now=utcnow(), lease=lease, caller=caller, idempotency_key=key
-    )
+        call.engine, job_id, now=utcnow(), lease=call.lease, caller=call.caller,
+        idempotency_key=call.key,
+    )  # fmt: skip
 
 
 @zeus.post(
@@ -226,13 +259,7 @@ async def get_batch_size(
     summary="Report an epoch's cumulative result",
     responses={**TRIAL_ERRORS, **NOT_A_TRAINER},
 )
-async def report(
-    result: TrainingResult,
-    db: DatabaseDep,
-    lease: LeaseDep,
-    caller: TrainerDep,
-    _key: IdempotencyKeyDep,
-) -> ReportResponse:
+async def report(result: TrainingResult, call: KeyedTrainerCallDep) -> ReportResponse:
     """Report cumulative time, energy and metric after an epoch; obey `stop_train`.
 
     The trial ends (Succeeded) when it reaches the target, exceeds
@@ -242,7 +269,9 @@ async def report(
     Every report renews the trial's lease.
     """
     bind_job(result.job_id)
-    return await service.report_result(db, result, now=utcnow(), lease=lease, caller=caller)
+    return await service.report_result(
+        call.engine, result, now=utcnow(), lease=call.lease, caller=call.caller
+    )
 
 
 @zeus.patch(
@@ -251,16 +280,14 @@ async def report(
     summary="End a trial",
     responses={**TRIAL_ERRORS, **NOT_A_TRAINER},
 )
-async def end_trial(
-    trial: TrialId, db: DatabaseDep, caller: TrainerDep, _key: IdempotencyKeyDep
-) -> TrialRead:
+async def end_trial(trial: TrialId, call: KeyedTrainerCallDep) -> TrialRead:
     """End a trial (Zeus's client calls this when the training script exits).
 
     A trial still running without a final report becomes Failed, and its batch
     size will be explored again; an already ended trial is left as it is.
     """
     bind_job(trial.job_id)
-    return await service.end_trial(db, trial, now=utcnow(), caller=caller)
+    return await service.end_trial(call.engine, trial, now=utcnow(), caller=call.caller)
 
 
 @zeus.delete(

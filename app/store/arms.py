@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import and_, bindparam, func, insert, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.engine import Connection
 
 from app.bandit import ArmPosterior, RewardStats
 from app.schemas import TrialRead
@@ -29,9 +29,9 @@ _ARMS = (
 )
 
 
-async def job_arms(conn: AsyncConnection, job_id: str) -> tuple[ArmPosterior, ...]:
+def job_arms(conn: Connection, job_id: str) -> tuple[ArmPosterior, ...]:
     """A job's arms, ascending."""
-    return tuple(arm_posterior(r._mapping) for r in await conn.execute(_ARMS, {"job_id": job_id}))
+    return tuple(arm_posterior(r._mapping) for r in conn.execute(_ARMS, {"job_id": job_id}))
 
 
 _SAVE_STATS = (
@@ -101,8 +101,8 @@ _RECORD = {
 }
 
 
-async def record_result(
-    conn: AsyncConnection,
+def record_result(
+    conn: Connection,
     ended: TrialRead,
     *,
     time: float,
@@ -148,14 +148,14 @@ async def record_result(
         values |= {"k_group": grouped.group, "g_exhausted": int(grouped.exhausted),
                    "g_converged": int(grouped.converged), "g_epochs": grouped.epochs}  # fmt: skip
     if conn.dialect.name == "postgresql":
-        await conn.execute(_RECORD[arm_ is not None, grouped is not None], values)
+        conn.execute(_RECORD[arm_ is not None, grouped is not None], values)
         return
     for statement in (FINISH_TRIAL, _SAVE_STATS, _SAVE_MIN_COST):
-        await conn.execute(statement, values)
+        conn.execute(statement, values)
     if arm_ is not None:
-        await conn.execute(_SAVE_ARM, values)
+        conn.execute(_SAVE_ARM, values)
     if grouped is not None:
-        await conn.execute(COUNT_IN_GROUP, values)
+        conn.execute(COUNT_IN_GROUP, values)
 
 
 _INSERT_ARM = insert(arm).values(
@@ -168,5 +168,5 @@ _INSERT_ARM = insert(arm).values(
 )
 
 
-async def insert_arms(conn: AsyncConnection, job_id: str, arms: Sequence[ArmPosterior]) -> None:
-    await conn.execute(_INSERT_ARM, [_arm_values(job_id, a) for a in arms])
+def insert_arms(conn: Connection, job_id: str, arms: Sequence[ArmPosterior]) -> None:
+    conn.execute(_INSERT_ARM, [_arm_values(job_id, a) for a in arms])

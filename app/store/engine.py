@@ -7,6 +7,13 @@ with ``BEGIN IMMEDIATE`` (emitted here; SQLite has no row locks). Lock-free
 reads run on a connection whose statements each commit alone
 (:func:`autocommit`), saving the BEGIN/COMMIT round trips.
 
+A use case runs as one synchronous function on the connection
+(:func:`in_transaction`, :func:`lock_free`: ``AsyncConnection.run_sync``), so
+that a request pays one greenlet switch into SQLAlchemy's synchronous core,
+not one per statement, BEGIN and COMMIT. A lock-free read that finds it must
+write goes on, on the same connection, in a transaction
+(:func:`begin_writing`): one pool checkout per request.
+
 Database errors are classified here too (:func:`classify`), so that the HTTP
 layer answers a busy or unreachable database with 503 without knowing drivers.
 """
@@ -15,8 +22,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Callable
 from enum import StrEnum
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 from weakref import WeakKeyDictionary
 
 import asyncpg
@@ -100,6 +108,10 @@ def _sqlite_engine(settings: Settings) -> AsyncEngine:
 _readers: WeakKeyDictionary[AsyncEngine, AsyncEngine] = WeakKeyDictionary()
 
 
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
 def autocommit(engine: AsyncEngine) -> AsyncConnection:
     """A connection for lock-free reads: each statement commits alone.
 
@@ -110,6 +122,60 @@ def autocommit(engine: AsyncEngine) -> AsyncConnection:
     if reader is None:
         reader = _readers[engine] = engine.execution_options(**_AUTOCOMMIT[engine.dialect.name])
     return reader.connect()
+
+
+async def in_transaction(
+    engine: AsyncEngine,
+    fn: Callable[Concatenate[Connection, P], T],
+    *args: P.args,
+    **kwargs: P.kwargs,
+) -> T:
+    """``fn(connection, *args, **kwargs)`` in one transaction, in one greenlet.
+
+    Commits when ``fn`` returns, rolls back when it raises. SQLite's writers
+    begin with BEGIN IMMEDIATE, as every ``engine.begin()`` here.
+    """
+    async with engine.connect() as conn:
+        return await conn.run_sync(_transaction, fn, *args, **kwargs)
+
+
+def _transaction(
+    conn: Connection,
+    fn: Callable[Concatenate[Connection, P], T],
+    /,
+    *args: P.args,
+    **kwargs: P.kwargs,
+) -> T:
+    with conn.begin():
+        return fn(conn, *args, **kwargs)
+
+
+async def lock_free(
+    engine: AsyncEngine,
+    fn: Callable[Concatenate[Connection, P], T],
+    *args: P.args,
+    **kwargs: P.kwargs,
+) -> T:
+    """``fn(connection, *args, **kwargs)`` on a connection of :func:`autocommit`, in one greenlet.
+
+    Each statement commits alone, unless ``fn`` calls :func:`begin_writing`.
+    """
+    async with autocommit(engine) as conn:
+        return await conn.run_sync(fn, *args, **kwargs)
+
+
+def begin_writing(conn: Connection) -> None:
+    """Turn a lock-free connection (:func:`lock_free`) into a writer's; then ``conn.begin()``.
+
+    What its lock-free reads began (nothing on the server) ends first. The
+    pool restores the connection's settings when it is returned.
+    """
+    if conn.in_transaction():
+        conn.commit()
+    if conn.dialect.name == "sqlite":
+        conn.execution_options(**{_LOCK_FREE: False})
+    else:
+        conn.execution_options(isolation_level=conn.default_isolation_level)
 
 
 # ------------------------------------------------------------------ faults

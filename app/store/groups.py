@@ -20,7 +20,7 @@ from sqlalchemy import (
     union_all,
     update,
 )
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.engine import Connection
 
 from app.bandit import GroupBatchSize, GroupKnowledge
 from app.store.rows import JobRow, insert_if_absent, page
@@ -33,8 +33,8 @@ _GROUP = select(job_group).where(job_group.c.name == bindparam("name"))
 _INSERT_GROUP_BATCH_SIZES = insert_if_absent(group_batch_size)
 
 
-async def join_group(
-    conn: AsyncConnection,
+def join_group(
+    conn: Connection,
     name: str,
     *,
     target_metric: float,
@@ -51,9 +51,9 @@ async def join_group(
     """
     values = {"name": name, "target_metric": target_metric, "max_epochs": max_epochs,
               "higher_is_better_metric": higher_is_better_metric, "created_at": now}  # fmt: skip
-    await conn.execute(_INSERT_GROUP[conn.dialect.name], values)
-    row = (await conn.execute(_GROUP, {"name": name})).one()
-    await conn.execute(
+    conn.execute(_INSERT_GROUP[conn.dialect.name], values)
+    row = (conn.execute(_GROUP, {"name": name})).one()
+    conn.execute(
         _INSERT_GROUP_BATCH_SIZES[conn.dialect.name],
         [
             {"group_name": name, "batch_size": bs, "runs": 0, "exhausted": 0, "converged": 0,
@@ -64,8 +64,8 @@ async def join_group(
     return row
 
 
-async def group_row(conn: AsyncConnection, name: str) -> GroupRow | None:
-    return (await conn.execute(_GROUP, {"name": name})).first()
+def group_row(conn: Connection, name: str) -> GroupRow | None:
+    return (conn.execute(_GROUP, {"name": name})).first()
 
 
 _GROUP_STATS = (
@@ -79,9 +79,9 @@ def _group_batch_size(r: Row[Any]) -> GroupBatchSize:
     return GroupBatchSize(r.runs, r.exhausted, r.converged, r.min_epochs, r.total_epochs)
 
 
-async def group_stats(conn: AsyncConnection, name: str) -> dict[int, GroupBatchSize]:
+def group_stats(conn: Connection, name: str) -> dict[int, GroupBatchSize]:
     """A group's statistics per batch size, ascending."""
-    rows = await conn.execute(_GROUP_STATS, {"name": name})
+    rows = conn.execute(_GROUP_STATS, {"name": name})
     return {r.batch_size: _group_batch_size(r) for r in rows}
 
 
@@ -115,11 +115,11 @@ _KNOWLEDGE = union_all(
 )
 
 
-async def group_knowledge(
-    conn: AsyncConnection, name: str, job_id: str, *, from_batch_size: int = 0
+def group_knowledge(
+    conn: Connection, name: str, job_id: str, *, from_batch_size: int = 0
 ) -> GroupKnowledge:
     """What a group's job knows from its group (the batch sizes >= ``from_batch_size``)."""
-    rows = await conn.execute(_KNOWLEDGE, {"name": name, "job_id": job_id, "from": from_batch_size})
+    rows = conn.execute(_KNOWLEDGE, {"name": name, "job_id": job_id, "from": from_batch_size})
     stats, predicted = {}, {}
     for r in rows:
         if r.kind == "g":
@@ -143,21 +143,19 @@ _SIBLING = (
 )
 
 
-async def sibling_best(conn: AsyncConnection, name: str, job_id: str) -> int | None:
+def sibling_best(conn: Connection, name: str, job_id: str) -> int | None:
     """The best batch size of the group's other job with the most trials (None: none)."""
-    row = (await conn.execute(_SIBLING, {"name": name, "job_id": job_id})).first()
+    row = (conn.execute(_SIBLING, {"name": name, "job_id": job_id})).first()
     return None if row is None else int(row.min_cost_batch_size)
 
 
-async def group_members(
-    conn: AsyncConnection, name: str, *, after: str | None, limit: int
-) -> list[JobRow]:
+def group_members(conn: Connection, name: str, *, after: str | None, limit: int) -> list[JobRow]:
     """A page of a group's jobs, by job_id (ix_job_group)."""
     statement = page(
         select(job).where(job.c.group == name).order_by(job.c.job_id).limit(limit),
         (job.c.job_id, operator.gt, after),
     )
-    return list((await conn.execute(statement)).all())
+    return list((conn.execute(statement)).all())
 
 
 # A group's statistics of a batch size: atomic increments (and a running

@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Select, bindparam, delete, insert, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.engine import Connection
 
 from app.bandit import ArmPosterior, JobParams
 from app.store.arms import insert_arms
@@ -49,43 +49,43 @@ _JOB_AND_BATCH_SIZES = (
 _JOB_LOCKED = _JOB_AND_BATCH_SIZES.with_for_update(of=job)
 
 
-async def _job_state(conn: AsyncConnection, statement: Select[Any], job_id: str) -> JobState | None:
-    rows = (await conn.execute(statement, {"job_id": job_id})).all()
+def _job_state(conn: Connection, statement: Select[Any], job_id: str) -> JobState | None:
+    rows = (conn.execute(statement, {"job_id": job_id})).all()
     if not rows:
         return None
     return JobState(rows[0], tuple(r.batch_size for r in rows), ())
 
 
-async def load_job(conn: AsyncConnection, job_id: str) -> JobState | None:
+def load_job(conn: Connection, job_id: str) -> JobState | None:
     """A job and its batch sizes in one round trip (not its arms: see :func:`arms`)."""
-    return await _job_state(conn, _JOB_AND_BATCH_SIZES, job_id)
+    return _job_state(conn, _JOB_AND_BATCH_SIZES, job_id)
 
 
-async def lock_job(conn: AsyncConnection, job_id: str) -> JobState | None:
+def lock_job(conn: Connection, job_id: str) -> JobState | None:
     """Lock a job's row until the transaction ends; the job and its batch sizes."""
-    return await _job_state(conn, _JOB_LOCKED, job_id)
+    return _job_state(conn, _JOB_LOCKED, job_id)
 
 
 _LOCK_JOB_ROW = select(job.c.job_id).where(job.c.job_id == bindparam("job_id")).with_for_update()
 
 
-async def lock_job_row(conn: AsyncConnection, job_id: str) -> bool:
+def lock_job_row(conn: Connection, job_id: str) -> bool:
     """Lock a job's row until the transaction ends; False if there is no such job."""
-    return (await conn.execute(_LOCK_JOB_ROW, {"job_id": job_id})).first() is not None
+    return (conn.execute(_LOCK_JOB_ROW, {"job_id": job_id})).first() is not None
 
 
 _JOB_EXISTS = select(job.c.job_id).where(job.c.job_id == bindparam("job_id"))
 
 
-async def job_exists(conn: AsyncConnection, job_id: str) -> bool:
-    return (await conn.execute(_JOB_EXISTS, {"job_id": job_id})).first() is not None
+def job_exists(conn: Connection, job_id: str) -> bool:
+    return (conn.execute(_JOB_EXISTS, {"job_id": job_id})).first() is not None
 
 
 _INSERT_JOB = insert_if_absent(job, job.c.job_id)
 
 
-async def insert_job_if_absent(
-    conn: AsyncConnection, values: Mapping[str, Any], batch_sizes: Sequence[int]
+def insert_job_if_absent(
+    conn: Connection, values: Mapping[str, Any], batch_sizes: Sequence[int]
 ) -> bool:
     """Insert a job and its batch sizes unless the job_id exists; True if inserted.
 
@@ -94,9 +94,9 @@ async def insert_job_if_absent(
     first to commit, then does nothing), and different ids never wait.
     """
     statement = _INSERT_JOB[conn.dialect.name]
-    if (await conn.execute(statement, dict(values))).first() is None:
+    if (conn.execute(statement, dict(values))).first() is None:
         return False
-    await conn.execute(
+    conn.execute(
         insert(batch_size),
         [
             {"job_id": values["job_id"], "batch_size": bs, "reward_count": 0,
@@ -107,8 +107,8 @@ async def insert_job_if_absent(
     return True
 
 
-async def insert_imported_job(
-    conn: AsyncConnection,
+def insert_imported_job(
+    conn: Connection,
     values: Mapping[str, Any],
     batch_sizes: Sequence[Mapping[str, Any]],
     trials: Sequence[Mapping[str, Any]],
@@ -119,26 +119,26 @@ async def insert_imported_job(
     Its batch sizes come with their running statistics, its trials with
     their results and leases, its arms as fitted (app/zeus_import/mapping.py).
     """
-    if (await conn.execute(_INSERT_JOB[conn.dialect.name], dict(values))).first() is None:
+    if (conn.execute(_INSERT_JOB[conn.dialect.name], dict(values))).first() is None:
         return False
-    await conn.execute(insert(batch_size), [dict(b) for b in batch_sizes])
+    conn.execute(insert(batch_size), [dict(b) for b in batch_sizes])
     if trials:
-        await conn.execute(insert(trial), [dict(t) for t in trials])
+        conn.execute(insert(trial), [dict(t) for t in trials])
     if arms:
-        await insert_arms(conn, values["job_id"], arms)
+        insert_arms(conn, values["job_id"], arms)
     return True
 
 
 _DELETE_JOB = delete(job).where(job.c.job_id == bindparam("job_id"))
 
 
-async def delete_job(conn: AsyncConnection, job_id: str) -> bool:
+def delete_job(conn: Connection, job_id: str) -> bool:
     """Delete a job; its batch sizes, trials and arms go by cascade."""
-    return (await conn.execute(_DELETE_JOB, {"job_id": job_id})).rowcount > 0
+    return (conn.execute(_DELETE_JOB, {"job_id": job_id})).rowcount > 0
 
 
-async def list_jobs(
-    conn: AsyncConnection, *, prefix: str | None, after: str | None, limit: int
+def list_jobs(
+    conn: Connection, *, prefix: str | None, after: str | None, limit: int
 ) -> list[JobRow]:
     # ix_job_job_id_prefix with a prefix, the primary key without.
     statement = page(
@@ -146,11 +146,11 @@ async def list_jobs(
         (job.c.job_id_prefix, operator.eq, prefix),
         (job.c.job_id, operator.gt, after),
     )
-    return list((await conn.execute(statement)).all())
+    return list((conn.execute(statement)).all())
 
 
 _TOUCH_JOB = update(job).where(job.c.job_id == bindparam("k_job_id")).values(updated_at=NOW)
 
 
-async def touch_job(conn: AsyncConnection, job_id: str, now: datetime) -> None:
-    await conn.execute(_TOUCH_JOB, {"k_job_id": job_id, "now": now})
+def touch_job(conn: Connection, job_id: str, now: datetime) -> None:
+    conn.execute(_TOUCH_JOB, {"k_job_id": job_id, "now": now})

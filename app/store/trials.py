@@ -25,6 +25,7 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.bandit import (
@@ -88,8 +89,8 @@ _KEYED_TRIAL = select(
 _FREE_KEY = update(trial).where(*_KEYED).values(idempotency_key=None)
 
 
-async def keyed_trial(
-    conn: AsyncConnection, job_id: str, key: str, lease: Lease, now: datetime
+def keyed_trial(
+    conn: Connection, job_id: str, key: str, lease: Lease, now: datetime
 ) -> TrialId | None:
     """The trial of ``job_id`` dispatched with ``key``, if it runs within its lease at ``now``.
 
@@ -97,19 +98,19 @@ async def keyed_trial(
     dispatch goes on to expire it), gives it up here for the next trial.
     """
     values = {"k_job_id": job_id, "k_key": key}
-    row = (await conn.execute(_KEYED_TRIAL, values)).first()
+    row = (conn.execute(_KEYED_TRIAL, values)).first()
     if row is None:
         return None
     if row.status == TrialStatus.DISPATCHED and not lease.is_expired(row.lease_renewed_at, now):
         return TrialId.model_construct(
             job_id=row.job_id, batch_size=row.batch_size, trial_number=row.trial_number
         )
-    await conn.execute(_FREE_KEY, values)
+    conn.execute(_FREE_KEY, values)
     return None
 
 
-async def add_trial(
-    conn: AsyncConnection,
+def add_trial(
+    conn: Connection,
     state: JobRow,
     *,
     number: int,
@@ -137,10 +138,10 @@ async def add_trial(
         "pruning_round": pruning_round,
     }
     if conn.dialect.name == "postgresql":
-        await conn.execute(_BUMP_AND_INSERT, values)
+        conn.execute(_BUMP_AND_INSERT, values)
     else:
-        await conn.execute(_BUMP_JOB, values)
-        await conn.execute(_INSERT_TRIAL, values)
+        conn.execute(_BUMP_JOB, values)
+        conn.execute(_INSERT_TRIAL, values)
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,8 +262,8 @@ class Renewal:
     now: datetime
 
 
-async def load_trial(
-    conn: AsyncConnection, job_id: str, trial_number: int, *, renew: Renewal | None = None
+def load_trial(
+    conn: Connection, job_id: str, trial_number: int, *, renew: Renewal | None = None
 ) -> TrialState | None:
     """A job and one of its trials in one round trip; None if there is no such job.
 
@@ -280,7 +281,7 @@ async def load_trial(
         values |= {"k_batch_size": renew.batch_size, "renew_before": renew.before,
                    "now": renew.now}  # fmt: skip
     statement = _TRIAL_STATE_RENEWING if folded else _TRIAL_STATE
-    rows = (await conn.execute(statement, values)).all()
+    rows = (conn.execute(statement, values)).all()
     if not rows:
         return None
     row = rows[0]
@@ -292,7 +293,7 @@ async def load_trial(
             and found.batch_size == renew.batch_size
             and row.t_lease_renewed_at <= renew.before
         )
-        renewed = due and (await conn.execute(_RENEW_LEASE, values)).rowcount > 0
+        renewed = due and (conn.execute(_RENEW_LEASE, values)).rowcount > 0
     stats = RewardStats(row.reward_count or 0, row.reward_mean or 0.0, row.reward_m2 or 0.0)
     last = None if row.t_last_epoch is None else LastReport(row.t_last_epoch, row.t_last_cost)
     fewest = {r.c_batch_size: r.c_epochs for r in rows if r.c_batch_size is not None}
@@ -312,9 +313,9 @@ _REMEMBER_REPORT = (
 )
 
 
-async def remember_report(conn: AsyncConnection, running: TrialRead, last: LastReport) -> None:
+def remember_report(conn: Connection, running: TrialRead, last: LastReport) -> None:
     """Store a running trial's latest report (predictive policy)."""
-    await conn.execute(
+    conn.execute(
         _REMEMBER_REPORT,
         {"k_job_id": running.job_id, "k_number": running.trial_number,
          "last_epoch": last.epoch, "last_cost": last.cost},
@@ -344,10 +345,8 @@ _FAIL_TRIAL = (
 )
 
 
-async def fail_trial(
-    conn: AsyncConnection, ended: TrialRead, now: datetime, reason: FailureReason
-) -> None:
-    await conn.execute(
+def fail_trial(conn: Connection, ended: TrialRead, now: datetime, reason: FailureReason) -> None:
+    conn.execute(
         _FAIL_TRIAL,
         {"k_job_id": ended.job_id, "k_number": ended.trial_number,
          "end_timestamp": max(now, ended.start_timestamp), "failure_reason": reason.value},
@@ -398,8 +397,8 @@ def _expired(rows: Sequence[Row[Any]]) -> list[ExpiredTrial]:
     return [ExpiredTrial(r.job_id, r.trial_number, r.batch_size, TrialType(r.type)) for r in rows]
 
 
-async def expire_job_trials(
-    conn: AsyncConnection, job_id: str, *, renewed_before: datetime, now: datetime
+def expire_job_trials(
+    conn: Connection, job_id: str, *, renewed_before: datetime, now: datetime
 ) -> list[ExpiredTrial]:
     """Fail a locked job's Dispatched trials last renewed before a time: their clients are gone.
 
@@ -408,7 +407,7 @@ async def expire_job_trials(
     result would never arrive either.
     """
     values = {"k_job_id": job_id, "renewed_before": renewed_before, "now": now}
-    return _expired((await conn.execute(_EXPIRE_JOB_TRIALS, values)).all())
+    return _expired((conn.execute(_EXPIRE_JOB_TRIALS, values)).all())
 
 
 async def expire_lapsed_trials(
@@ -416,12 +415,21 @@ async def expire_lapsed_trials(
 ) -> tuple[int, list[ExpiredTrial]]:
     """Lock up to ``max_jobs`` jobs with lapsed trials and expire those trials.
 
+    The lease sweep's, in its transaction: its statements run as one
+    synchronous function (:func:`_expire_lapsed`), in one greenlet.
+
     Returns how many jobs were locked (fewer than ``max_jobs``: no more to do
     now) and the trials expired. PostgreSQL skips jobs locked elsewhere
     (``FOR UPDATE SKIP LOCKED``), so replicas sweeping at once share the work
     and each trial is expired once; SQLite has one writer at a time.
     """
-    locked = await conn.execute(
+    return await conn.run_sync(_expire_lapsed, renewed_before, now, max_jobs)
+
+
+def _expire_lapsed(
+    conn: Connection, renewed_before: datetime, now: datetime, max_jobs: int
+) -> tuple[int, list[ExpiredTrial]]:
+    locked = conn.execute(
         _JOBS_WITH_LAPSED_TRIALS, {"renewed_before": renewed_before, "limit": max_jobs}
     )
     job_ids = [r.job_id for r in locked]
@@ -429,13 +437,13 @@ async def expire_lapsed_trials(
         return 0, []
     # A new statement, so it sees every commit made before the locks were taken.
     values = {"job_ids": job_ids, "renewed_before": renewed_before, "now": now}
-    expired = _expired((await conn.execute(_EXPIRE_TRIALS_OF_JOBS, values)).all())
-    await conn.execute(_TOUCH_JOBS, {"job_ids": job_ids, "now": now})
+    expired = _expired((conn.execute(_EXPIRE_TRIALS_OF_JOBS, values)).all())
+    conn.execute(_TOUCH_JOBS, {"job_ids": job_ids, "now": now})
     return len(job_ids), expired
 
 
-async def list_trials(
-    conn: AsyncConnection,
+def list_trials(
+    conn: Connection,
     job_id: str,
     *,
     status: TrialStatus | None,
@@ -452,7 +460,7 @@ async def list_trials(
         (trial.c.type, operator.eq, trial_type),
         (trial.c.trial_number, operator.gt, after),
     )
-    return [trial_read(r._mapping, lease=lease) for r in await conn.execute(statement)]
+    return [trial_read(r._mapping, lease=lease) for r in conn.execute(statement)]
 
 
 _EXPLORATIONS = (
@@ -468,7 +476,7 @@ _EXPLORATIONS = (
 )
 
 
-async def explorations(conn: AsyncConnection, job_id: str) -> dict[int, list[Exploration]]:
+def explorations(conn: Connection, job_id: str) -> dict[int, list[Exploration]]:
     """Non-Failed Exploration trials per batch size, in trial order.
 
     At most num_pruning_rounds walks per batch size, two for a round that
@@ -476,7 +484,7 @@ async def explorations(conn: AsyncConnection, job_id: str) -> dict[int, list[Exp
     size is dispatched again only after its previous one Failed.
     """
     by_batch_size: dict[int, list[Exploration]] = defaultdict(list)
-    for r in await conn.execute(_EXPLORATIONS, {"job_id": job_id}):
+    for r in conn.execute(_EXPLORATIONS, {"job_id": job_id}):
         by_batch_size[r.batch_size].append(
             Exploration(
                 r.trial_number,
@@ -501,13 +509,9 @@ _RECENT_COSTS = (
 )
 
 
-async def recent_costs(
-    conn: AsyncConnection, job_id: str, batch_size: int, limit: int
-) -> list[float]:
+def recent_costs(conn: Connection, job_id: str, batch_size: int, limit: int) -> list[float]:
     """Costs of the last ``limit`` Succeeded trials of a batch size, oldest first."""
     if limit <= 0:
         return []
-    rows = await conn.execute(
-        _RECENT_COSTS, {"job_id": job_id, "batch_size": batch_size, "limit": limit}
-    )
+    rows = conn.execute(_RECENT_COSTS, {"job_id": job_id, "batch_size": batch_size, "limit": limit})
     return [float(r.cost) for r in reversed(rows.all())]

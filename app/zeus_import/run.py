@@ -12,13 +12,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.engine import URL
+from sqlalchemy.engine import URL, Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.errors import JobSpecMismatchError
 from app.service import confirm_registered
 from app.store import jobs
-from app.store.engine import autocommit
+from app.store.engine import in_transaction, lock_free
 from app.zeus_import.mapping import MappedJob, RowRefusedError, map_job
 from app.zeus_import.source import SourceError, job_ids, open_source, read_job
 
@@ -50,20 +50,25 @@ async def _write(engine: AsyncEngine, mapped: MappedJob, *, dry_run: bool) -> st
     Raises:
         JobSpecMismatchError: a job with this id and another spec is present.
     """
-    job_id = mapped.job["job_id"]
-    begin = autocommit(engine) if dry_run else engine.begin()
-    async with begin as conn:
-        existing = await jobs.load_job(conn, job_id)
-        if existing is None and not dry_run:
-            if await jobs.insert_imported_job(
-                conn, mapped.job, mapped.batch_sizes, mapped.trials, mapped.arms
-            ):
-                return None
-            existing = await jobs.load_job(conn, job_id)  # inserted meanwhile
-        if existing is None:
-            return None
+    run = lock_free if dry_run else in_transaction
+    existing = await run(engine, _existing_or_insert, mapped, dry_run)
+    if existing is None:
+        return None
     confirm_registered(mapped.spec, existing)  # raises on a different spec
     return "already here with the same spec"
+
+
+def _existing_or_insert(conn: Connection, mapped: MappedJob, dry_run: bool) -> jobs.JobState | None:
+    """The job already stored under the mapped one's id; None if absent or just inserted."""
+    job_id = mapped.job["job_id"]
+    existing = jobs.load_job(conn, job_id)
+    if existing is None and not dry_run:
+        if jobs.insert_imported_job(
+            conn, mapped.job, mapped.batch_sizes, mapped.trials, mapped.arms
+        ):
+            return None
+        existing = jobs.load_job(conn, job_id)  # inserted meanwhile
+    return existing
 
 
 async def import_zeus(
