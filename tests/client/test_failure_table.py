@@ -20,7 +20,11 @@ def table_rows() -> list[str]:
 
 def functions_in(path: str) -> set[str]:
     tree = ast.parse((CLIENT_TESTS / path).read_text())
-    return {node.name for node in ast.walk(tree) if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)}
+    return {
+        node.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+    }
 
 
 def test_every_row_of_the_failure_table_is_a_test() -> None:
