@@ -20,12 +20,12 @@ from typing import Any
 
 import httpx
 import pytest
-from bso_client import BatchSizeOptimizer, JobSpec, Retry
+from bso_client import BatchSizeOptimizer, JobSpec
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
 from app.store.migrate import upgrade_head
-from tests.client.conftest import CountingMeter
+from tests.client.conftest import FAST, CountingMeter
 from tests.helpers import spec
 from tests.support.answer_cut import AnswerCut
 from tests.support.consistency import Acknowledged, check_consistency
@@ -42,7 +42,6 @@ from tests.support.server import (
     worker_processes,
 )
 
-FAST = Retry(attempts=3, backoff=0.01, max_backoff=0.05, max_retry_after=2.0)
 REPEATS = 12
 
 

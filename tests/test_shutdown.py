@@ -8,7 +8,6 @@ for "it happens", never speed targets: the machine is shared and loaded.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import subprocess
@@ -41,6 +40,7 @@ from tests.support.server import (
     drop_postgres_database,
     free_port,
     fresh_postgres_database,
+    json_lines,
     running_server,
     worker_name,
     worker_processes,
@@ -246,16 +246,6 @@ async def test_the_lease_sweep_stops_between_batches_when_the_server_stops(
 
 
 # ------------------------------------------------------- workers that come back
-
-
-def json_lines(server: Server) -> list[dict[str, Any]]:
-    lines = []
-    for line in server.log_path.read_text(errors="replace").splitlines():
-        try:
-            lines.append(json.loads(line))
-        except ValueError:
-            continue
-    return lines
 
 
 def serving_workers(server: Server) -> set[int]:

@@ -9,7 +9,6 @@ kill to the supervisor's log line, and generous for an event the OS reports.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import threading
@@ -26,6 +25,7 @@ from tests.support.server import (
     bso_args,
     clean_env,
     free_port,
+    json_lines,
     run_off_loop,
     running_server,
     worker_processes,
@@ -46,16 +46,6 @@ def server_env(tmp_path: Path, **more: str) -> dict[str, str]:
         BSO_LOG_FORMAT="json",
         **more,
     )
-
-
-def json_lines(server: Server) -> list[dict[str, Any]]:
-    lines = []
-    for line in server.log_path.read_text(errors="replace").splitlines():
-        try:
-            lines.append(json.loads(line))
-        except ValueError:
-            continue
-    return lines
 
 
 def index_of(lines: list[dict[str, Any]], message: str, pid: int | None = None) -> int | None:

@@ -18,7 +18,6 @@ deselect it by its marker.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -26,19 +25,7 @@ import pytest
 from bso_client import BatchSizeOptimizer, JobSpec
 
 from tests.client.conftest import CountingMeter
-from tests.support.server import Server, bso_args, clean_env, free_port, running_server
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    folder = tmp_path_factory.mktemp("callbacks")
-    port = free_port()
-    env = clean_env(
-        BSO_DATABASE_URL=f"sqlite+aiosqlite:///{folder / 'bso.db'}", BSO_LOG_LEVEL="WARNING"
-    )
-    args = bso_args("serve", "--host", "127.0.0.1", "--port", str(port))
-    with running_server(args, port=port, env=env, log_dir=folder, cwd=folder) as s:
-        yield s
+from tests.support.server import Server
 
 
 def job(job_id: str) -> JobSpec:

@@ -11,31 +11,18 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.support.server import REPO_ROOT, Server, bso_args, clean_env, free_port, running_server
+from tests.support.server import REPO_ROOT, Server, clean_env, free_port
 
 BATCH_SIZES = (8, 16, 32, 64, 128, 256)
 DEFAULT_BATCH_SIZE = 32
 MAX_EPOCHS = 12
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """``bso serve`` on a fresh SQLite file (it migrates the embedded database itself)."""
-    folder = tmp_path_factory.mktemp("examples")
-    port = free_port()
-    env = clean_env(
-        BSO_DATABASE_URL=f"sqlite+aiosqlite:///{folder / 'bso.db'}", BSO_LOG_LEVEL="WARNING"
-    )
-    args = bso_args("serve", "--host", "127.0.0.1", "--port", str(port))
-    with running_server(args, port=port, env=env, log_dir=folder, cwd=folder) as s:
-        yield s
 
 
 def run_example(

@@ -7,6 +7,7 @@ these; everything else goes through the in-process ASGI client of conftest.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
@@ -175,6 +176,17 @@ def running_server(
         yield server
     finally:
         stop(process)
+
+
+def json_lines(server: Server) -> list[dict[str, Any]]:
+    """The server's log lines that are JSON (BSO_LOG_FORMAT=json), parsed; others skipped."""
+    lines = []
+    for line in server.log_path.read_text(errors="replace").splitlines():
+        try:
+            lines.append(json.loads(line))
+        except ValueError:
+            continue
+    return lines
 
 
 def uvicorn_args(port: int) -> list[str]:
