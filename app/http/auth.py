@@ -7,7 +7,8 @@ sends for ``server_url="http://trainer:<token>@bso:8000"`` (httpx turns URL
 credentials into Basic auth), and what a browser's login prompt sends for
 the dashboard.
 
-Routes take :data:`TrainerDep` (the caller goes on to the use case), or
+The Zeus routes take the trainer's caller through their one dependency
+(routes.py's ``TrainerCall``: the caller goes on to the use case), others
 ``dependencies=[Depends(viewer)]`` / ``[Depends(admin)]``; a trainer's job
 prefixes are checked by the write use cases, on the job row they read
 anyway (service.py). Each guard is one plain dependency: FastAPI's security
@@ -21,9 +22,9 @@ from __future__ import annotations
 import binascii
 from base64 import b64decode
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 
 from app.errors import ForbiddenError, UnauthorizedError
 from app.roles import ANYONE, Principal, Role
@@ -113,7 +114,6 @@ def install_openapi_security(app: FastAPI) -> None:
 viewer = requires(Role.VIEWER)
 trainer = requires(Role.TRAINER)
 admin = requires(Role.ADMIN)
-TrainerDep = Annotated[Principal, Depends(trainer)]
 
 # OpenAPI answers of guarded operations (BSO_AUTH=required).
 UNAUTHENTICATED: dict[int | str, dict[str, Any]] = {

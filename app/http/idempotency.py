@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from typing import Annotated
 
-from fastapi import Depends, Header, Request
+from fastapi import Header, Request
 
 from app.errors import InvalidIdempotencyKeyError
 
@@ -72,6 +72,3 @@ async def idempotency_key(request: Request, _declared: DeclaredKey = None) -> st
             f"{HEADER}: sent {len(values)} times; send one key per request."
         )
     return parse_key(values[0])
-
-
-IdempotencyKeyDep = Annotated[str | None, Depends(idempotency_key)]
