@@ -22,10 +22,10 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from enum import StrEnum
 from typing import Any, Concatenate, ParamSpec, TypeVar
-from weakref import WeakKeyDictionary
 
 import asyncpg
 from sqlalchemy import event
@@ -105,23 +105,20 @@ def _sqlite_engine(settings: Settings) -> AsyncEngine:
     return engine
 
 
-_readers: WeakKeyDictionary[AsyncEngine, AsyncEngine] = WeakKeyDictionary()
-
-
 P = ParamSpec("P")
 T = TypeVar("T")
 
 
-def autocommit(engine: AsyncEngine) -> AsyncConnection:
+@asynccontextmanager
+async def autocommit(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
     """A connection for lock-free reads: each statement commits alone.
 
-    ``async with autocommit(engine) as connection: ...``. The engine's pool,
-    with the options set once (an option engine), not on every checkout.
+    ``async with autocommit(engine) as connection: ...``. The option is set
+    on the connection (see :func:`_lock_free`), not through an option engine.
     """
-    reader = _readers.get(engine)
-    if reader is None:
-        reader = _readers[engine] = engine.execution_options(**_AUTOCOMMIT[engine.dialect.name])
-    return reader.connect()
+    async with engine.connect() as conn:
+        await conn.execution_options(**_AUTOCOMMIT[engine.dialect.name])
+        yield conn
 
 
 async def in_transaction(
@@ -135,8 +132,8 @@ async def in_transaction(
     Commits when ``fn`` returns, rolls back when it raises. SQLite's writers
     begin with BEGIN IMMEDIATE, as every ``engine.begin()`` here.
     """
-    async with engine.connect() as conn:
-        return await conn.run_sync(_transaction, fn, *args, **kwargs)
+    conn = await engine.connect()
+    return await conn.run_sync(_transaction, fn, *args, **kwargs)
 
 
 def _transaction(
@@ -146,8 +143,9 @@ def _transaction(
     *args: P.args,
     **kwargs: P.kwargs,
 ) -> T:
-    with conn.begin():
-        return fn(conn, *args, **kwargs)
+    with conn:  # returned to the pool in this greenlet (see _lock_free)
+        with conn.begin():
+            return fn(conn, *args, **kwargs)
 
 
 async def lock_free(
@@ -156,12 +154,32 @@ async def lock_free(
     *args: P.args,
     **kwargs: P.kwargs,
 ) -> T:
-    """``fn(connection, *args, **kwargs)`` on a connection of :func:`autocommit`, in one greenlet.
+    """``fn(connection, *args, **kwargs)`` on a lock-free connection, in one greenlet.
 
     Each statement commits alone, unless ``fn`` calls :func:`begin_writing`.
     """
-    async with autocommit(engine) as conn:
-        return await conn.run_sync(fn, *args, **kwargs)
+    conn = await engine.connect()
+    return await conn.run_sync(_lock_free, fn, *args, **kwargs)
+
+
+def _lock_free(
+    conn: Connection,
+    fn: Callable[Concatenate[Connection, P], T],
+    /,
+    *args: P.args,
+    **kwargs: P.kwargs,
+) -> T:
+    # The connection goes back to the pool here, in the use case's greenlet,
+    # not in AsyncConnection.__aexit__ (a greenlet switch more, and a task to
+    # shield the close from cancellation: some 60 us of CPU per request,
+    # docs/benchmarks.md, issue 24). A cancellation reaches this greenlet as
+    # an exception at its current statement, so the close still runs.
+    # The option is set on the connection, not through an option engine
+    # (engine.execution_options), whose joined event dispatch cost some 50 us
+    # more; the pool resets the isolation level when the connection returns.
+    with conn:
+        conn.execution_options(**_AUTOCOMMIT[conn.dialect.name])
+        return fn(conn, *args, **kwargs)
 
 
 def begin_writing(conn: Connection) -> None:
