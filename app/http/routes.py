@@ -18,7 +18,7 @@ from app import reads, service
 from app.bandit import Lease, TrialStatus, TrialType
 from app.config import Settings
 from app.http.auth import NOT_A_TRAINER, NOT_AN_ADMIN, UNAUTHENTICATED, admin, trainer, viewer
-from app.http.idempotency import FORM, DeclaredKey, idempotency_key
+from app.http.idempotency import FORM, declared, idempotency_key
 from app.roles import Principal
 from app.schemas import (
     JOB_SPEC_EXAMPLE,
@@ -92,11 +92,14 @@ async def trainer_call(request: Request) -> TrainerCall:
     return TrainerCall(state.engine, state.settings, await trainer(request))
 
 
-async def keyed_trainer_call(request: Request, _declared: DeclaredKey = None) -> TrainerCall:
-    """:func:`trainer_call` with the request's Idempotency-Key (400 if malformed), checked after."""
+async def keyed_trainer_call(request: Request) -> TrainerCall:
+    """:func:`trainer_call` with the request's Idempotency-Key (400 if malformed), checked after.
+
+    Its route declares the header in ``openapi_extra`` (idempotency.declared).
+    """
     state = request.app.state
     caller = await trainer(request)
-    return TrainerCall(state.engine, state.settings, caller, await idempotency_key(request))
+    return TrainerCall(state.engine, state.settings, caller, idempotency_key(request))
 
 
 TrainerCallDep = Annotated[TrainerCall, Depends(trainer_call)]
@@ -227,6 +230,7 @@ async def register_job(spec: JobSpec, response: Response, call: TrainerCallDep) 
     "/jobs/batch_size",
     response_model=TrialId,
     summary="Get the batch size for the next recurrence",
+    openapi_extra=declared(),
     responses={
         404: {**UNKNOWN_JOB, "description": "No such job."},
         **BAD_KEY,
@@ -257,6 +261,7 @@ async def get_batch_size(job_id: JobIdQuery, call: KeyedTrainerCallDep) -> Trial
     "/report",
     response_model=ReportResponse,
     summary="Report an epoch's cumulative result",
+    openapi_extra=declared(),
     responses={**TRIAL_ERRORS, **NOT_A_TRAINER},
 )
 async def report(result: TrainingResult, call: KeyedTrainerCallDep) -> ReportResponse:
@@ -278,6 +283,7 @@ async def report(result: TrainingResult, call: KeyedTrainerCallDep) -> ReportRes
     "/trials",
     response_model=TrialRead,
     summary="End a trial",
+    openapi_extra=declared(),
     responses={**TRIAL_ERRORS, **NOT_A_TRAINER},
 )
 async def end_trial(trial: TrialId, call: KeyedTrainerCallDep) -> TrialRead:

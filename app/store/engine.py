@@ -143,9 +143,9 @@ def _transaction(
     *args: P.args,
     **kwargs: P.kwargs,
 ) -> T:
-    with conn:  # returned to the pool in this greenlet (see _lock_free)
-        with conn.begin():
-            return fn(conn, *args, **kwargs)
+    # Returned to the pool in this greenlet (see _lock_free).
+    with conn, conn.begin():
+        return fn(conn, *args, **kwargs)
 
 
 async def lock_free(
