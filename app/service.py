@@ -13,6 +13,7 @@ the commit, here.
 
 from __future__ import annotations
 
+import functools
 import logging
 import secrets
 from dataclasses import dataclass
@@ -304,7 +305,7 @@ def _dispatch(
         group = groups.group_knowledge(conn, job.group, job_id)
         if start is None and job.next_trial_number == 1:  # rule 3, once per job
             start = bandit.walk_start(state.params, groups.sibling_best(conn, job.group, job_id))
-    rng = _generator(job)
+    rng = functools.cache(lambda: _generator(job))  # made only when a draw is due
     decision = bandit.decide(
         state.params,
         in_bandit_stage=in_bandit,
@@ -325,7 +326,7 @@ def _dispatch(
             logger.warning("job %s: %s", job_id, decision.dead_end.message)
     rng_state = job.rng_state
     if job.mab_seed is not None and decision.trial_type == TrialType.MAB:
-        rng_state = dict(rng.bit_generator.state)
+        rng_state = dict(rng().bit_generator.state)
     # The trial number comes from the job's counter, under its row lock.
     number = job.next_trial_number
     trials.add_trial(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -44,7 +44,7 @@ def decide(
     min_cost_batch_size: int,
     explorations: Mapping[int, Sequence[Exploration]],
     arms: Sequence[ArmPosterior],
-    rng: np.random.Generator,
+    rng: np.random.Generator | Callable[[], np.random.Generator],
     group: GroupKnowledge | None = None,
     start_batch_size: int | None = None,
 ) -> Decision:
@@ -53,7 +53,9 @@ def decide(
     In the pruning stage ``explorations`` drives the walk; the request that
     finds every round complete fits the arms, returns them in
     ``Decision.new_arms`` and is answered by the bandit. In the bandit stage
-    only ``arms`` (ascending) and ``rng`` matter.
+    only ``arms`` (ascending) and ``rng`` matter. ``rng`` may be a function
+    that makes the generator: it is called only when a draw is due (most
+    pruning-stage dispatches draw nothing, and making one costs some 10 us).
 
     A job of a group passes what the group knows (``group``) and where its
     walk starts (``start_batch_size``, :func:`app.bandit.groups.walk_start`
@@ -78,7 +80,11 @@ def decide(
                 pruning_round=step.state.round if explores else None,
             )
         new_arms = initial_arms(params, step.arms, explorations)
-        chosen = choose_arm(new_arms, num_explorations=params.mab_num_explorations, rng=rng)
+        chosen = choose_arm(new_arms, num_explorations=params.mab_num_explorations, rng=_made(rng))
         return Decision(chosen, TrialType.MAB, new_arms, dead_end=step.dead_end)
-    chosen = choose_arm(arms, num_explorations=params.mab_num_explorations, rng=rng)
+    chosen = choose_arm(arms, num_explorations=params.mab_num_explorations, rng=_made(rng))
     return Decision(chosen, TrialType.MAB)
+
+
+def _made(rng: np.random.Generator | Callable[[], np.random.Generator]) -> np.random.Generator:
+    return rng if isinstance(rng, np.random.Generator) else rng()
