@@ -290,7 +290,8 @@ def _dispatch(
     ):
         return _Dispatch(repeated)
     expired: list[ExpiredTrial] = []
-    if (renewed_before := lease.expired_before(now)) is not None:
+    renewed_before = lease.expired_before(now)
+    if renewed_before is not None and state.may_have_lapsed(renewed_before):
         expired = trials.expire_job_trials(conn, job_id, renewed_before=renewed_before, now=now)
     in_bandit = job.stage == Stage.MAB
     explorations = {}

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, bindparam, delete, insert, select, update
+from sqlalchemy import Select, bindparam, delete, func, insert, select, update
 from sqlalchemy.engine import Connection
 
-from app.bandit import ArmPosterior, JobParams
+from app.bandit import ArmPosterior, JobParams, TrialStatus
 from app.store.arms import insert_arms
 from app.store.rows import NOW, JobRow, insert_if_absent, job_params, page
 from app.store.tables import batch_size, job, trial
@@ -30,6 +30,13 @@ class JobState:
     job: JobRow
     batch_sizes: tuple[int, ...]
     arms: tuple[ArmPosterior, ...]  # ascending, when read (empty while pruning)
+    # The oldest lease renewal of the job's running trials (None: none runs);
+    # read by lock_job only. See _OLDEST_LEASE.
+    oldest_lease: datetime | None = None
+
+    def may_have_lapsed(self, renewed_before: datetime) -> bool:
+        """Whether a running trial may have been renewed last before ``renewed_before``."""
+        return self.oldest_lease is not None and self.oldest_lease < renewed_before
 
     @property
     def params(self) -> JobParams:
@@ -46,14 +53,32 @@ _JOB_AND_BATCH_SIZES = (
 # rows it joins as they were when it started (PostgreSQL, READ COMMITTED): a
 # locked read joins only what never changes (the batch sizes), and what may
 # have changed meanwhile is read by the next statement.
-_JOB_LOCKED = _JOB_AND_BATCH_SIZES.with_for_update(of=job)
+#
+# One exception, on purpose: the oldest lease renewal of the job's running
+# trials, so that a dispatch expires lapsed trials (one more round trip) only
+# when there may be one. An older view of it never hides a lapsed trial: a
+# renewal only moves later, a trial ended meanwhile only makes the expiry
+# find nothing, and a trial dispatched meanwhile is not lapsed.
+_OLDEST_LEASE = (
+    select(func.min(trial.c.lease_renewed_at))
+    .where(
+        trial.c.job_id == bindparam("job_id"),
+        trial.c.status == TrialStatus.DISPATCHED.value,
+    )
+    .scalar_subquery()
+    .label("oldest_lease")
+)
+_JOB_LOCKED = _JOB_AND_BATCH_SIZES.add_columns(_OLDEST_LEASE).with_for_update(of=job)
 
 
-def _job_state(conn: Connection, statement: Select[Any], job_id: str) -> JobState | None:
+def _job_state(
+    conn: Connection, statement: Select[Any], job_id: str, *, leases: bool = False
+) -> JobState | None:
     rows = (conn.execute(statement, {"job_id": job_id})).all()
     if not rows:
         return None
-    return JobState(rows[0], tuple(r.batch_size for r in rows), ())
+    oldest = rows[0].oldest_lease if leases else None
+    return JobState(rows[0], tuple(r.batch_size for r in rows), (), oldest)
 
 
 def load_job(conn: Connection, job_id: str) -> JobState | None:
@@ -62,8 +87,8 @@ def load_job(conn: Connection, job_id: str) -> JobState | None:
 
 
 def lock_job(conn: Connection, job_id: str) -> JobState | None:
-    """Lock a job's row until the transaction ends; the job and its batch sizes."""
-    return _job_state(conn, _JOB_LOCKED, job_id)
+    """Lock a job's row until the transaction ends; the job, its batch sizes, its oldest lease."""
+    return _job_state(conn, _JOB_LOCKED, job_id, leases=True)
 
 
 _LOCK_JOB_ROW = select(job.c.job_id).where(job.c.job_id == bindparam("job_id")).with_for_update()

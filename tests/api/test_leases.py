@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 from fastapi import FastAPI
+from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import reads, service, sweeper
@@ -83,6 +84,32 @@ async def test_an_abandoned_exploration_expires_and_its_batch_size_is_explored_a
     assert shown[0]["lease_expires_at"] is None
     expiry = datetime.fromisoformat(shown[2]["lease_expires_at"])
     assert expiry == EXPIRED + timedelta(seconds=Settings().trial_lease_s)
+
+
+async def test_a_dispatch_runs_the_expiry_only_when_a_trial_may_have_lapsed(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    job_id = await register(client)
+    expiries: list[str] = []
+
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.startswith("UPDATE trial SET status="):
+            expiries.append(statement)
+
+    sync_engine = app.state.engine.sync_engine
+    event.listen(sync_engine, "before_cursor_execute", record)
+    try:
+        first = await _dispatch(app, job_id, T0)  # nothing runs yet
+        await _dispatch(app, job_id, _at(LEASE.seconds - 1))  # the first is within its lease
+        assert expiries == []
+        await _dispatch(app, job_id, EXPIRED)  # the first lapsed (its Concurrent one did not)
+        assert len(expiries) == 1
+    finally:
+        event.remove(sync_engine, "before_cursor_execute", record)
+    trials = await _trials(app, job_id)
+    assert [(t.trial_number, t.status) for t in trials] == [
+        (first.trial_number, "Failed"), (2, "Dispatched"), (3, "Dispatched")
+    ]  # fmt: skip
 
 
 async def test_a_trial_that_reports_more_often_than_its_lease_never_expires(
