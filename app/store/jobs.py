@@ -43,16 +43,24 @@ class JobState:
         return job_params(self.job, self.batch_sizes)
 
 
-_JOB_AND_BATCH_SIZES = (
-    select(job, batch_size.c.batch_size)
-    .join_from(job, batch_size, batch_size.c.job_id == job.c.job_id)
-    .where(job.c.job_id == bindparam("job_id"))
-    .order_by(batch_size.c.batch_size)
-)
+# One row per job: its batch sizes in one column (PostgreSQL: an array,
+# SQLite: "16,32,64"), not one row per batch size that repeats every column
+# of the job (rng_state's JSON included) for the driver to decode again.
+_BATCH_SIZES = {
+    "postgresql": select(func.array_agg(batch_size.c.batch_size)),
+    "sqlite": select(func.group_concat(batch_size.c.batch_size)),
+}
+_JOB_AND_BATCH_SIZES = {
+    dialect: select(
+        job,
+        sizes.where(batch_size.c.job_id == job.c.job_id).scalar_subquery().label("batch_sizes"),
+    ).where(job.c.job_id == bindparam("job_id"))
+    for dialect, sizes in _BATCH_SIZES.items()
+}
 # Locked, a statement sees the job row as the lock holder left it, but the
-# rows it joins as they were when it started (PostgreSQL, READ COMMITTED): a
-# locked read joins only what never changes (the batch sizes), and what may
-# have changed meanwhile is read by the next statement.
+# rows it reads besides as they were when it started (PostgreSQL, READ
+# COMMITTED): a locked read reads besides only what never changes (the batch
+# sizes), and what may have changed meanwhile is read by the next statement.
 #
 # One exception, on purpose: the oldest lease renewal of the job's running
 # trials, so that a dispatch expires lapsed trials (one more round trip) only
@@ -68,17 +76,23 @@ _OLDEST_LEASE = (
     .scalar_subquery()
     .label("oldest_lease")
 )
-_JOB_LOCKED = _JOB_AND_BATCH_SIZES.add_columns(_OLDEST_LEASE).with_for_update(of=job)
+_JOB_LOCKED = {
+    dialect: statement.add_columns(_OLDEST_LEASE).with_for_update(of=job)
+    for dialect, statement in _JOB_AND_BATCH_SIZES.items()
+}
 
 
 def _job_state(
-    conn: Connection, statement: Select[Any], job_id: str, *, leases: bool = False
+    conn: Connection, statements: Mapping[str, Select[Any]], job_id: str, *, leases: bool = False
 ) -> JobState | None:
-    rows = (conn.execute(statement, {"job_id": job_id})).all()
-    if not rows:
+    row = conn.execute(statements[conn.dialect.name], {"job_id": job_id}).first()
+    if row is None:
         return None
-    oldest = rows[0].oldest_lease if leases else None
-    return JobState(rows[0], tuple(r.batch_size for r in rows), (), oldest)
+    sizes = row.batch_sizes or ()
+    if isinstance(sizes, str):  # SQLite's group_concat
+        sizes = [int(size) for size in sizes.split(",")]
+    oldest = row.oldest_lease if leases else None
+    return JobState(row, tuple(sorted(sizes)), (), oldest)
 
 
 def load_job(conn: Connection, job_id: str) -> JobState | None:
