@@ -181,7 +181,11 @@ TRIAL_ERRORS: dict[int | str, dict[str, Any]] = {
 
 # Guarded when BSO_AUTH=required: the Zeus API needs a trainer (DELETE an
 # admin), the read side a viewer; the dashboard copies read's dependencies.
-zeus = APIRouter(tags=["Zeus-compatible API"], responses=UNAUTHENTICATED)
+zeus = APIRouter(
+    tags=["Zeus-compatible API"],
+    responses=UNAUTHENTICATED,
+    strict_content_type=False,  # Zeus's client posts JSON without a Content-Type header
+)
 read = APIRouter(tags=["Read side"], dependencies=[Depends(viewer)], responses=UNAUTHENTICATED)
 health = APIRouter(tags=["Health"])
 

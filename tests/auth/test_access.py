@@ -44,8 +44,10 @@ EXPECTED: dict[str, tuple[int, ...]] = {
     "GET /jobs/{job_id}":            (401, 401, 401, 401, 200, 200, 200, 200, 200),
     "GET /jobs/{job_id}/trials":     (401, 401, 401, 401, 200, 200, 200, 200, 200),
     "GET /jobs/{job_id}/arms":       (401, 401, 401, 401, 200, 200, 200, 200, 200),
+    "GET /groups/{group}":           (401, 401, 401, 401, 200, 200, 200, 200, 200),
     "GET /dashboard":                (401, 401, 401, 401, 200, 200, 200, 200, 200),
     "GET /dashboard/jobs/{job_id}":  (401, 401, 401, 401, 200, 200, 200, 200, 200),
+    "GET /dashboard/groups/{group}": (401, 401, 401, 401, 200, 200, 200, 200, 200),
     "GET /metrics":                  (401, 401, 401, 401, 200, 200, 200, 200, 200),
     "GET /healthz":                  (200, 200, 200, 200, 200, 200, 200, 200, 200),
     "GET /readyz":                   (200, 200, 200, 200, 200, 200, 200, 200, 200),
@@ -103,8 +105,10 @@ def _requests() -> dict[str, Send]:
         "GET /jobs/{job_id}": get("/jobs/{job_id}"),
         "GET /jobs/{job_id}/trials": get("/jobs/{job_id}/trials"),
         "GET /jobs/{job_id}/arms": get("/jobs/{job_id}/arms"),
+        "GET /groups/{group}": get("/groups/group-{job_id}"),
         "GET /dashboard": get("/dashboard"),
         "GET /dashboard/jobs/{job_id}": get("/dashboard/jobs/{job_id}"),
+        "GET /dashboard/groups/{group}": get("/dashboard/groups/group-{job_id}"),
         "GET /metrics": get("/metrics"),
         "GET /healthz": get("/healthz"),
         "GET /readyz": get("/readyz"),
@@ -128,12 +132,13 @@ class World:
 
     async def job_with_a_trial(self, http: httpx.AsyncClient) -> dict[str, Any]:
         job_id = f"job-{next(self.jobs)}"
-        created = await http.post("/jobs", json=spec(job_id=job_id), headers=self.admin)
+        body = spec(job_id=job_id, group=f"group-{job_id}")  # the group routes' group
+        created = await http.post("/jobs", json=body, headers=self.admin)
         assert created.status_code == 201, created.text
         trial = await http.get("/jobs/batch_size", params={"job_id": job_id}, headers=self.admin)
         assert trial.status_code == 200, trial.text
-        body: dict[str, Any] = trial.json()
-        return body
+        dispatched: dict[str, Any] = trial.json()
+        return dispatched
 
 
 @pytest.fixture
@@ -189,12 +194,14 @@ async def test_each_caller_gets_the_answers_of_the_table(
 
 
 async def test_the_table_covers_every_route_of_the_app(auth_app: FastAPI) -> None:
+    # path_format: "/dashboard/jobs/{job_id}" for "/dashboard/jobs/{job_id:path}".
     routes = {
-        f"{method} {getattr(route, 'path', '')}"
+        f"{method} {getattr(route, 'path_format', getattr(route, 'path', ''))}"
         for route in auth_app.routes
         for method in getattr(route, "methods", None) or ()
         if method != "HEAD"
     }
     static = {r for r in routes if r.startswith("GET /static")}
+    assert "POST /report" in routes and "GET /dashboard" in routes, routes  # it sees them all
     assert routes - static - {"GET /docs", "GET /redoc"} <= set(EXPECTED), routes
     assert {r for r in EXPECTED if r.startswith("GET /static")}, "one static file is tried"
