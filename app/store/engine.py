@@ -5,12 +5,13 @@ Alembic alike. Writers run in ``engine.begin()``: PostgreSQL serialises them
 per job with ``SELECT ... FOR UPDATE`` (the repository asks for it), SQLite
 with ``BEGIN IMMEDIATE`` (emitted here; SQLite has no row locks). Lock-free
 reads run on a connection whose statements each commit alone
-(:func:`autocommit`), saving the BEGIN/COMMIT round trips.
+(:func:`lock_free`, :func:`autocommit`), saving the BEGIN/COMMIT round trips.
 
 A use case runs as one synchronous function on the connection
-(:func:`in_transaction`, :func:`lock_free`: ``AsyncConnection.run_sync``), so
-that a request pays one greenlet switch into SQLAlchemy's synchronous core,
-not one per statement, BEGIN and COMMIT. A lock-free read that finds it must
+(:func:`in_transaction`, :func:`lock_free`: ``AsyncConnection.run_sync``),
+which also returns the connection to the pool, so that a request pays two
+greenlet switches into SQLAlchemy's synchronous core (the checkout; the use
+case), not one per statement, BEGIN, COMMIT and checkin. A lock-free read that finds it must
 write goes on, on the same connection, in a transaction
 (:func:`begin_writing`): one pool checkout per request.
 
