@@ -11,6 +11,7 @@ same request once the holder lets go.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import sqlite3
 import uuid
@@ -24,6 +25,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
+from app import service
 from app.config import Settings
 from app.http.app import create_app
 from tests.helpers import spec
@@ -135,3 +137,40 @@ async def test_an_exhausted_connection_pool_answers_503_busy(
     assert_busy(report)
     assert await busy_count(http) == before + 2
     assert (await http.post("/report", json=final_report(trial))).json()["converged"] is True
+
+
+async def test_a_request_cancelled_while_it_waits_for_a_lock_returns_its_connection(
+    busy_app: FastAPI, http: httpx.AsyncClient
+) -> None:
+    """A use case returns its connection in its own greenlet (store.engine): a cancelled
+    task (a server stopping, say) still does, and the next request is served."""
+    trial = await running_trial(http)
+    job_id = str(trial["job_id"])
+    engine = busy_app.state.engine
+    url = engine.url.render_as_string(hide_password=False)
+    async with AsyncExitStack() as holding:
+        if engine.dialect.name == "postgresql":
+            other = create_async_engine(url, poolclass=NullPool)
+            holding.push_async_callback(other.dispose)
+            holder = await holding.enter_async_context(other.connect())
+            await holder.execute(
+                text("SELECT 1 FROM job WHERE job_id = :j FOR UPDATE"), {"j": job_id}
+            )
+        else:
+            holder_sqlite = holding.enter_context(
+                closing(sqlite3.connect(engine.url.database, isolation_level=None))
+            )
+            holder_sqlite.execute("BEGIN IMMEDIATE")
+        dispatch = asyncio.create_task(service.dispatch_trial(engine, job_id, now=service.utcnow()))
+        await asyncio.sleep(LOCK_TIMEOUT_MS / 1000 / 3)  # waiting for the lock by now
+        assert engine.pool.checkedout() == 1
+        dispatch.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await dispatch
+        assert engine.pool.checkedout() == 0
+        if engine.dialect.name == "postgresql":
+            await holder.rollback()
+        else:
+            holder_sqlite.execute("ROLLBACK")
+    served = await http.get("/jobs/batch_size", params={"job_id": job_id})
+    assert served.status_code == 200, served.text
