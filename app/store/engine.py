@@ -11,8 +11,8 @@ A use case runs as one synchronous function on the connection
 (:func:`in_transaction`, :func:`lock_free`: ``AsyncConnection.run_sync``),
 which also returns the connection to the pool, so that a request pays two
 greenlet switches into SQLAlchemy's synchronous core (the checkout; the use
-case), not one per statement, BEGIN, COMMIT and checkin. A lock-free read that finds it must
-write goes on, on the same connection, in a transaction
+case), not one per statement, BEGIN, COMMIT and checkin. A lock-free read
+that finds it must write goes on, on the same connection, in a transaction
 (:func:`begin_writing`): one pool checkout per request.
 
 Database errors are classified here too (:func:`classify`), so that the HTTP
