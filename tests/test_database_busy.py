@@ -16,13 +16,13 @@ import re
 import sqlite3
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, closing
+from contextlib import AsyncExitStack, asynccontextmanager, closing
 
 import httpx
 import pytest
 from fastapi import FastAPI
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
 from app import service
@@ -78,39 +78,46 @@ def final_report(trial: dict[str, object]) -> dict[str, object]:
     return {**trial, "time": 10.0, "energy": 1000.0, "metric": 0.95, "current_epoch": 1}
 
 
+@asynccontextmanager
+async def held_lock(engine: AsyncEngine, job_id: str) -> AsyncIterator[None]:
+    """Another holder of the job's lock until the block ends, as another replica or process."""
+    if engine.dialect.name == "postgresql":
+        # Another transaction (another replica's request, say) holds the job's row
+        # (the statement begins it).
+        other = create_async_engine(
+            engine.url.render_as_string(hide_password=False), poolclass=NullPool
+        )
+        try:
+            async with other.connect() as holder:
+                await holder.execute(
+                    text("SELECT 1 FROM job WHERE job_id = :j FOR UPDATE"), {"j": job_id}
+                )
+                yield
+                await holder.rollback()
+        finally:
+            await other.dispose()
+    else:
+        # Another process's connection holds SQLite's write lock.
+        with closing(
+            sqlite3.connect(str(engine.url.database), isolation_level=None)
+        ) as holder_sqlite:
+            holder_sqlite.execute("BEGIN IMMEDIATE")
+            yield
+            holder_sqlite.execute("ROLLBACK")
+
+
 async def test_a_held_job_lock_or_write_lock_answers_503_busy_until_released(
     busy_app: FastAPI, http: httpx.AsyncClient
 ) -> None:
     trial = await running_trial(http)
     job_id = str(trial["job_id"])
-    engine = busy_app.state.engine
-    url = engine.url.render_as_string(hide_password=False)
     before = await busy_count(http)
-    async with AsyncExitStack() as holding:
-        if engine.dialect.name == "postgresql":
-            # Another transaction (another replica's request, say) holds the job's row
-            # (the statement begins it).
-            other = create_async_engine(url, poolclass=NullPool)
-            holding.push_async_callback(other.dispose)
-            holder = await holding.enter_async_context(other.connect())
-            await holder.execute(
-                text("SELECT 1 FROM job WHERE job_id = :j FOR UPDATE"), {"j": job_id}
-            )
-        else:
-            # Another process's connection holds SQLite's write lock.
-            holder_sqlite = holding.enter_context(
-                closing(sqlite3.connect(engine.url.database, isolation_level=None))
-            )
-            holder_sqlite.execute("BEGIN IMMEDIATE")
+    async with held_lock(busy_app.state.engine, job_id):
         dispatch = await http.get("/jobs/batch_size", params={"job_id": job_id})
         report = await http.post("/report", json=final_report(trial))
         end = await http.patch("/trials", json=trial)
         # Reads that decide nothing take no lock: answered meanwhile.
         read = await http.get(f"/jobs/{job_id}")
-        if engine.dialect.name == "postgresql":
-            await holder.rollback()
-        else:
-            holder_sqlite.execute("ROLLBACK")
     for response in (dispatch, report, end):
         assert_busy(response)
     assert read.status_code == 200, read.text
@@ -147,20 +154,7 @@ async def test_a_request_cancelled_while_it_waits_for_a_lock_returns_its_connect
     trial = await running_trial(http)
     job_id = str(trial["job_id"])
     engine = busy_app.state.engine
-    url = engine.url.render_as_string(hide_password=False)
-    async with AsyncExitStack() as holding:
-        if engine.dialect.name == "postgresql":
-            other = create_async_engine(url, poolclass=NullPool)
-            holding.push_async_callback(other.dispose)
-            holder = await holding.enter_async_context(other.connect())
-            await holder.execute(
-                text("SELECT 1 FROM job WHERE job_id = :j FOR UPDATE"), {"j": job_id}
-            )
-        else:
-            holder_sqlite = holding.enter_context(
-                closing(sqlite3.connect(engine.url.database, isolation_level=None))
-            )
-            holder_sqlite.execute("BEGIN IMMEDIATE")
+    async with held_lock(engine, job_id):
         dispatch = asyncio.create_task(service.dispatch_trial(engine, job_id, now=service.utcnow()))
         await asyncio.sleep(LOCK_TIMEOUT_MS / 1000 / 3)  # waiting for the lock by now
         assert engine.pool.checkedout() == 1
@@ -168,9 +162,5 @@ async def test_a_request_cancelled_while_it_waits_for_a_lock_returns_its_connect
         with pytest.raises(asyncio.CancelledError):
             await dispatch
         assert engine.pool.checkedout() == 0
-        if engine.dialect.name == "postgresql":
-            await holder.rollback()
-        else:
-            holder_sqlite.execute("ROLLBACK")
     served = await http.get("/jobs/batch_size", params={"job_id": job_id})
     assert served.status_code == 200, served.text
