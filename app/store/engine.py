@@ -7,13 +7,13 @@ with ``BEGIN IMMEDIATE`` (emitted here; SQLite has no row locks). Lock-free
 reads run on a connection whose statements each commit alone
 (:func:`lock_free`, :func:`autocommit`), saving the BEGIN/COMMIT round trips.
 
-A use case runs as one synchronous function on the connection
-(:func:`in_transaction`, :func:`lock_free`: ``AsyncConnection.run_sync``),
-which also returns the connection to the pool, so that a request pays two
-greenlet switches into SQLAlchemy's synchronous core (the checkout; the use
-case), not one per statement, BEGIN, COMMIT and checkin. A lock-free read
-that finds it must write goes on, on the same connection, in a transaction
-(:func:`begin_writing`): one pool checkout per request.
+A use case runs as one synchronous function (:func:`in_transaction`,
+:func:`lock_free`) that checks a connection out, runs its statements and
+returns the connection to the pool, all in one greenlet: a request pays one
+switch into SQLAlchemy's synchronous core, not one per statement, BEGIN,
+COMMIT, checkout and checkin. A lock-free read that finds it must write goes
+on, on the same connection, in a transaction (:func:`begin_writing`): one
+pool checkout per request.
 
 Database errors are classified here too (:func:`classify`), so that the HTTP
 layer answers a busy or unreachable database with 503 without knowing drivers.
@@ -31,9 +31,10 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 import asyncpg
 from sqlalchemy import event
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import AsyncAdaptedQueuePool
+from sqlalchemy.util import greenlet_spawn
 
 from app.config import Settings
 
@@ -133,19 +134,17 @@ async def in_transaction(
     Commits when ``fn`` returns, rolls back when it raises. SQLite's writers
     begin with BEGIN IMMEDIATE, as every ``engine.begin()`` here.
     """
-    conn = await engine.connect()
-    return await conn.run_sync(_transaction, fn, *args, **kwargs)
+    return await greenlet_spawn(_transaction, engine.sync_engine, fn, args, kwargs)
 
 
 def _transaction(
-    conn: Connection,
-    fn: Callable[Concatenate[Connection, P], T],
-    /,
-    *args: P.args,
-    **kwargs: P.kwargs,
+    engine: Engine,
+    fn: Callable[..., T],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
 ) -> T:
-    # Returned to the pool in this greenlet (see _lock_free).
-    with conn, conn.begin():
+    # Checked out and returned in this greenlet (see _lock_free).
+    with engine.connect() as conn, conn.begin():
         return fn(conn, *args, **kwargs)
 
 
@@ -159,26 +158,32 @@ async def lock_free(
 
     Each statement commits alone, unless ``fn`` calls :func:`begin_writing`.
     """
-    conn = await engine.connect()
-    return await conn.run_sync(_lock_free, fn, *args, **kwargs)
+    return await greenlet_spawn(_lock_free, engine.sync_engine, fn, args, kwargs)
+
+
+# Both run the synchronous engine in a greenlet of their own through
+# greenlet_spawn, the function that AsyncEngine.connect and
+# AsyncConnection.run_sync each call (sqlalchemy.util exports it; the docs
+# do not describe it): the checkout, the use case and the checkin in one
+# greenlet, instead of one for the checkout (with an AsyncConnection
+# around it) and one for the rest, which cost some 54k instructions, 2.5%
+# of a hot-loop request (docs/benchmarks.md, issue 24). Nor does the
+# connection go back in AsyncConnection.__aexit__ (one more switch, and a
+# task that shields the close from cancellation). A cancellation reaches
+# the greenlet as an exception at its current await (the checkout or a
+# statement), so a connection checked out is always returned.
 
 
 def _lock_free(
-    conn: Connection,
-    fn: Callable[Concatenate[Connection, P], T],
-    /,
-    *args: P.args,
-    **kwargs: P.kwargs,
+    engine: Engine,
+    fn: Callable[..., T],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
 ) -> T:
-    # The connection goes back to the pool here, in the use case's greenlet,
-    # not in AsyncConnection.__aexit__ (a greenlet switch more, and a task to
-    # shield the close from cancellation: some 60 us of CPU per request,
-    # docs/benchmarks.md, issue 24). A cancellation reaches this greenlet as
-    # an exception at its current statement, so the close still runs.
     # The option is set on the connection, not through an option engine
     # (engine.execution_options), whose joined event dispatch cost some 50 us
     # more; the pool resets the isolation level when the connection returns.
-    with conn:
+    with engine.connect() as conn:
         conn.execution_options(**_AUTOCOMMIT[conn.dialect.name])
         return fn(conn, *args, **kwargs)
 
