@@ -161,3 +161,57 @@ def test_the_bso_command_does_not_import_prometheus_client_before_serve_sets_it_
     code = "import sys, app.cli.main; assert 'prometheus_client' not in sys.modules, 'imported'"
     result = subprocess.run([sys.executable, "-c", code], cwd=Path(REPO_ROOT), capture_output=True)
     assert result.returncode == 0, result.stderr.decode()
+
+
+# Counts the spans FastAPI starts; set as OpenTelemetry's global provider
+# before or after the app is built (a provider is set once per process).
+_SPANS_SCRIPT = """
+import asyncio, json, sys
+import httpx
+from opentelemetry import trace
+from app.config import Settings
+from app.http.app import create_app
+
+spans = []
+
+class Tracer(trace.NoOpTracer):
+    def start_span(self, name, *args, **kwargs):
+        spans.append(name)
+        return trace.INVALID_SPAN
+
+class Provider(trace.TracerProvider):
+    def get_tracer(self, *args, **kwargs):
+        return Tracer()
+
+async def main(when):
+    if when == "before":
+        trace.set_tracer_provider(Provider())
+    app = create_app(Settings(database_url="sqlite+aiosqlite:///:memory:"))
+    if when == "after":
+        trace.set_tracer_provider(Provider())
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        assert (await client.get("/healthz")).status_code == 200
+    print(json.dumps(spans))
+
+asyncio.run(main(sys.argv[1]))
+"""
+
+
+@pytest.mark.parametrize(
+    ("when", "expected"),
+    [("before", ["GET"]), ("after", [])],
+    ids=["set-up-before-the-app-is-built", "not-set-up-when-it-is-built"],
+)
+def test_fastapi_opentelemetry_is_on_only_where_set_up_when_the_app_is_built(
+    when: str, expected: list[str]
+) -> None:
+    # Off, FastAPI skips asking OpenTelemetry for its providers on every
+    # request (app/telemetry/otel.py); set up, its request spans are kept.
+    done = subprocess.run(
+        [sys.executable, "-c", _SPANS_SCRIPT, when],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    spans = json.loads(done.stdout.strip().splitlines()[-1])
+    assert spans[:1] == expected  # the request's span (then FastAPI's operation spans)

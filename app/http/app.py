@@ -26,6 +26,7 @@ from app.http.schema_gate import RequireSchema, SchemaGate, log_schema_at_startu
 from app.store.engine import create_engine
 from app.sweeper import sweeping
 from app.telemetry.log import configure_logging
+from app.telemetry.otel import fastapi_telemetry
 from app.tokens import TokenVerifier
 
 logger = logging.getLogger(__name__)
@@ -147,6 +148,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await engine.dispose()
 
     app = BsoApp(
+        # Off unless OpenTelemetry is set up (app/telemetry/otel.py).
+        telemetry=fastapi_telemetry(),
         title="Batch Size Optimizer",
         version="0.1.0",
         description=DESCRIPTION,
