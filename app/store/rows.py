@@ -44,7 +44,10 @@ def trial_read(mapping: RowMapping, prefix: str = "", lease: Lease | None = None
     values = {name: mapping[prefix + name] for name in _TRIAL_READ_COLUMNS}
     if lease is not None and values["status"] == TrialStatus.DISPATCHED:
         values["lease_expires_at"] = lease.expires_at(mapping[prefix + "lease_renewed_at"])
-    return TrialRead.model_construct(**values)
+    # Validated, not model_construct(): pydantic-core checks these dozen
+    # values faster than model_construct() copies them in Python (31k
+    # instructions per hot-loop request, docs/benchmarks.md, issue 24).
+    return TrialRead.model_validate(values)
 
 
 def arm_posterior(mapping: RowMapping) -> ArmPosterior:
