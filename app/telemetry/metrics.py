@@ -84,13 +84,13 @@ DATABASE_ERRORS = Counter(
     registry=REGISTRY,
 )
 
-# Every known label value starts at 0, so rates and sums work before the first event.
-for _type in TrialType:
-    TRIALS_DISPATCHED.labels(_type.value)
-for _status in (TrialStatus.SUCCEEDED, TrialStatus.FAILED):
-    TRIALS_ENDED.labels(_status.value)
-for _outcome in [*(r.value for r in StopReason), ALREADY_ENDED]:
-    REPORTS.labels(_outcome)
+# Every known label value starts at 0, so rates and sums work before the first
+# event. The children are kept: labels() costs more than the count (1-2 us).
+_DISPATCHED = {t.value: TRIALS_DISPATCHED.labels(t.value) for t in TrialType}
+_ENDED = {
+    s.value: TRIALS_ENDED.labels(s.value) for s in (TrialStatus.SUCCEEDED, TrialStatus.FAILED)
+}
+_REPORTS = {o: REPORTS.labels(o) for o in [*(r.value for r in StopReason), ALREADY_ENDED]}
 for _kind in DATABASE_ERROR_KINDS:
     DATABASE_ERRORS.labels(_kind)
 
@@ -103,26 +103,26 @@ _http_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
 
 def trial_dispatched(trial_type: str) -> None:
-    TRIALS_DISPATCHED.labels(trial_type).inc()
+    _DISPATCHED[str(trial_type)].inc()
 
 
 def trial_ended(status: str) -> None:
-    TRIALS_ENDED.labels(status).inc()
+    _ENDED[str(status)].inc()
 
 
 def report_answered(outcome: str) -> None:
     """Count a report; a final one (converged, stopped early, max epochs) ends its trial."""
     outcome = str(outcome)  # a StopReason is a str: its value
-    REPORTS.labels(outcome).inc()
+    _REPORTS[outcome].inc()
     if outcome in _FINAL:
-        TRIALS_ENDED.labels(TrialStatus.SUCCEEDED.value).inc()
+        _ENDED[TrialStatus.SUCCEEDED.value].inc()
 
 
 def leases_expired(count: int = 1) -> None:
     """Trials whose lease ran out; they end Failed (service.py, after the expiry committed)."""
     if count > 0:
         LEASES_EXPIRED.inc(count)
-        TRIALS_ENDED.labels(TrialStatus.FAILED.value).inc(count)
+        _ENDED[TrialStatus.FAILED.value].inc(count)
 
 
 def database_error(kind: str) -> None:
