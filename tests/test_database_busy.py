@@ -18,10 +18,11 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager, closing
 
+import greenlet
 import httpx
 import pytest
 from fastapi import FastAPI
-from sqlalchemy import text
+from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
@@ -164,3 +165,62 @@ async def test_a_request_cancelled_while_it_waits_for_a_lock_returns_its_connect
         assert engine.pool.checkedout() == 0
     served = await http.get("/jobs/batch_size", params={"job_id": job_id})
     assert served.status_code == 200, served.text
+
+
+async def test_a_request_cancelled_while_it_waits_for_a_pooled_connection_takes_none(
+    busy_app: FastAPI, http: httpx.AsyncClient
+) -> None:
+    """The checkout is the use case's first step, in its greenlet (store.engine)."""
+    trial = await running_trial(http)
+    engine = busy_app.state.engine
+    async with AsyncExitStack() as holding:
+        for _ in range(engine.pool.size()):
+            await holding.enter_async_context(engine.connect())
+        held = engine.pool.checkedout()
+        dispatch = asyncio.create_task(
+            service.dispatch_trial(engine, str(trial["job_id"]), now=service.utcnow())
+        )
+        await asyncio.sleep(LOCK_TIMEOUT_MS / 1000 / 3)  # waiting for a connection by now
+        dispatch.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await dispatch
+        assert engine.pool.checkedout() == held
+    assert engine.pool.checkedout() == 0
+    assert (await http.post("/report", json=final_report(trial))).json()["converged"] is True
+
+
+async def test_a_request_checks_out_runs_and_checks_in_in_one_greenlet(
+    busy_app: FastAPI, http: httpx.AsyncClient
+) -> None:
+    """One switch into SQLAlchemy's synchronous core per request (store.engine)."""
+    trial = await running_trial(http)
+    sync_engine = busy_app.state.engine.sync_engine
+    seen: list[tuple[str, object]] = []
+
+    def on(step: str) -> object:
+        def record(*_: object) -> None:
+            seen.append((step, greenlet.getcurrent()))
+
+        return record
+
+    hooks = [
+        (sync_engine.pool, "checkout", on("checkout")),
+        (sync_engine, "before_cursor_execute", on("statement")),
+        (sync_engine.pool, "checkin", on("checkin")),
+    ]
+    for target, name, hook in hooks:
+        event.listen(target, name, hook)
+    try:
+        for request in (
+            http.get("/jobs/batch_size", params={"job_id": str(trial["job_id"])}),  # a writer
+            http.post("/report", json={**final_report(trial), "metric": 0.1}),  # lock-free
+        ):
+            seen.clear()
+            assert (await request).status_code == 200
+            steps = [step for step, _ in seen]
+            assert steps[0] == "checkout" and steps[-1] == "checkin", steps
+            assert "statement" in steps, steps
+            assert len({id(where) for _, where in seen}) == 1, seen
+    finally:
+        for target, name, hook in hooks:
+            event.remove(target, name, hook)
