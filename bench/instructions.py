@@ -10,7 +10,9 @@ with ``--small`` and once with ``--large`` jobs, both at once, and prints
 
 that is, the user-space instructions of one request of the mix (registration,
 dispatch, three reports of which the last ends the trial, end), without the
-start-up's. Repeated runs of one checkout agree within about 0.3%.
+start-up's. Repeated runs of one checkout agree within about 2% (the event
+loop's polls depend on the database's timing), so read steps of a few
+percent, and compare checkouts in one run.
 
 Instructions are not seconds (cache misses and the kernel's share of each
 round trip are not in them): use it to compare two checkouts, and
