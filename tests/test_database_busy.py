@@ -15,10 +15,10 @@ import asyncio
 import re
 import sqlite3
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager, closing
 
-import greenlet
+import greenlet  # type: ignore[import-untyped]
 import httpx
 import pytest
 from fastapi import FastAPI
@@ -197,7 +197,7 @@ async def test_a_request_checks_out_runs_and_checks_in_in_one_greenlet(
     sync_engine = busy_app.state.engine.sync_engine
     seen: list[tuple[str, object]] = []
 
-    def on(step: str) -> object:
+    def on(step: str) -> Callable[..., None]:
         def record(*_: object) -> None:
             seen.append((step, greenlet.getcurrent()))
 
