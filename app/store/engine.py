@@ -143,7 +143,7 @@ def _transaction(
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
 ) -> T:
-    # Checked out and returned in this greenlet (see _lock_free).
+    # Checked out and returned in this greenlet (see the note above _lock_free).
     with engine.connect() as conn, conn.begin():
         return fn(conn, *args, **kwargs)
 
